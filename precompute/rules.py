@@ -1,0 +1,355 @@
+"""Freeze rules: what each non-linear unit becomes inside a LinearScope (paper eq. 2–4).
+
+A LinearScope replaces a non-linear unit ``y = h(x)`` on a batch ``[x0, x1]`` by
+
+    [y0, y1] = [h(x0), A(x0)·x1 + c(x0)]                               (eq. 2)
+
+and every rule below states ``A(x0)`` and ``c(x0)`` so that requirement (3) holds exactly:
+``x1 = x0  ⇒  y1 = y0``. Two interpretations exist for every unit:
+
+* ``freeze`` (default, the paper's choice, after DFV): keep the unit's *decision* at x0 — the ReLU
+  mask, the max-pool selection, the normalisation statistics, the gain of a smooth unit;
+* ``taylor`` (eq. 4): ``A = Dh(x0)``, ``c = h(x0) − Dh(x0)·x0``, the tangent at x0.
+
+For piecewise-linear units both coincide. The table at the end (:data:`RULES`) maps an *op family*
+to its two rules; :mod:`precompute.scope` maps the PyTorch functions that implement a family to it.
+
+Adding a non-linearity is one small change: write ``freeze_x``/``taylor_x`` returning a
+:class:`Frozen`, add ``"x": RuleSet(freeze_x, taylor_x)`` to :data:`RULES`, and list its PyTorch
+functions in ``precompute.scope.NONLINEAR_OPS``.
+
+Conventions: ``call.x0`` is the unit's input restricted to batch element 0 (shape ``(1, ...)``);
+rules return ``Frozen(y0, linear, offset)`` where ``linear(*probe_inputs)`` applies ``A(x0)`` to a
+batch of probes (shape ``(K, ...)``) and ``offset`` is ``c(x0)`` with a leading dimension of 1
+(broadcast over the probes), or ``None`` when ``c = 0``. ``A``, ``c`` are computed without
+autograd: the interpreter differentiates with respect to the probes only (eq. 6).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class Call:
+    """One intercepted call of a non-linear unit.
+
+    Attributes:
+        func: the PyTorch function that was called (e.g. ``F.relu``).
+        x0: the unit's (first) input on batch element 0, shape ``(1, ...)``.
+        others0: further input-dependent operands on batch element 0 (products), else ``()``.
+        params: the call's remaining arguments by name (after binding), e.g. ``negative_slope``.
+        gate_index: for products, which operand is the gate (decided by the scope).
+    """
+
+    func: Callable
+    x0: Tensor
+    others0: tuple[Tensor, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+    gate_index: int | None = None
+
+
+@dataclass
+class Frozen:
+    """The frozen unit: ``y1 = linear(x1) + offset`` on probes; ``y0 = h(x0)`` on element 0.
+
+    ``extra`` holds further outputs of the call that are not linear in the input (max-pool
+    indices), already computed at x0.
+    """
+
+    y0: Tensor
+    linear: Callable[..., Tensor]
+    offset: Tensor | None
+    extra: tuple = ()
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    freeze: Callable[[Call], Frozen]
+    taylor: Callable[[Call], Frozen]
+
+
+def small_threshold(dtype: torch.dtype) -> float:
+    """|x0| below which a chord is replaced by its limit, the derivative.
+
+    The chord ``(h(x0) − h(0))/x0`` loses ``eps/|x0|`` relative accuracy to cancellation while the
+    derivative differs from it by ``O(|x0|)``; ``sqrt(eps)`` balances both (1.5e-8 in float64,
+    3.5e-4 in float32).
+    """
+    return math.sqrt(torch.finfo(dtype).eps)
+
+
+def _pointwise_derivative(h: Callable[[Tensor], Tensor], x0: Tensor) -> tuple[Tensor, Tensor]:
+    """h(x0) and the elementwise derivative h'(x0) of a pointwise function, by autograd.
+
+    For a pointwise h, the gradient of ``sum(h(z))`` is the elementwise derivative.
+    """
+    with torch.enable_grad():
+        z = x0.detach().clone().requires_grad_(True)
+        y = h(z)
+        (dy,) = torch.autograd.grad(y.sum(), z)
+    return y.detach(), dy
+
+
+# --- piecewise-linear pointwise units: ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh, clamp, threshold ----
+
+
+def freeze_piecewise_linear(call: Call) -> Frozen:
+    """ReLU family: ``A = h'(x0)`` (the slope mask: 1/0 for ReLU, 1/α for LeakyReLU and PReLU,
+    1 inside and 0 outside a clamp), ``c = h(x0) − A·x0`` (0 except where a clamp saturates, where
+    it is the clamp's constant). Freeze and Taylor coincide for piecewise-linear units."""
+    h = lambda z: call.func(z, **call.params)  # noqa: E731
+    y0, slope = _pointwise_derivative(h, call.x0)
+    offset = y0 - slope * call.x0
+    return Frozen(y0, lambda x1: slope * x1, offset)
+
+
+# --- smooth pointwise units: Sigmoid, Tanh, SiLU, GELU, ELU, Softplus, Hardswish, ... ----------------
+
+
+def freeze_smooth(call: Call) -> Frozen:
+    """Smooth units: the chord from the origin, ``A = (h(x0) − h(0))/x0`` and ``c = h(0)``.
+
+    For units with h(0) = 0 (Tanh, SiLU, GELU, ELU) this is the gain ``h(x0)/x0`` with c = 0; for
+    Sigmoid, ``A = (σ(x0) − ½)/x0`` stays bounded by ¼ and c = ½. Where ``|x0|`` is below
+    :func:`small_threshold`, the chord is replaced by its limit ``A = h'(x0)``,
+    ``c = h(x0) − h'(x0)·x0``, so that ``A·x0 + c = h(x0)`` always (requirement 3).
+    """
+    h = lambda z: call.func(z, **call.params)  # noqa: E731
+    x0 = call.x0
+    y0, dy = _pointwise_derivative(h, x0)
+    h_zero = h(torch.zeros((), dtype=x0.dtype, device=x0.device))
+    small = x0.abs() < small_threshold(x0.dtype)
+    safe_x0 = torch.where(small, torch.ones_like(x0), x0)
+    gain = torch.where(small, dy, (y0 - h_zero) / safe_x0)
+    offset = torch.where(small, y0 - dy * x0, h_zero.expand_as(x0))
+    return Frozen(y0, lambda x1: gain * x1, offset)
+
+
+def taylor_pointwise(call: Call) -> Frozen:
+    """Eq. 4 for any pointwise unit: ``A = h'(x0)``, ``c = h(x0) − h'(x0)·x0``."""
+    h = lambda z: call.func(z, **call.params)  # noqa: E731
+    y0, dy = _pointwise_derivative(h, call.x0)
+    return Frozen(y0, lambda x1: dy * x1, y0 - dy * call.x0)
+
+
+# --- max pooling ------------------------------------------------------------------------------------
+
+
+def freeze_max_pool(call: Call) -> Frozen:
+    """MaxPool 1d/2d/3d and adaptive max pooling: the selection of x0 applied to x1.
+
+    The pool runs on x0 with ``return_indices=True``; probes gather their values at those flat
+    (per-channel) indices. ``A`` is the 0/1 selection matrix and ``c = 0``; freeze and Taylor
+    coincide (PyTorch's own gradient routes through the same indices). ``params["_with_indices"]``
+    is the function that returns indices for this pooling type.
+    """
+    params = dict(call.params)
+    pool = params.pop("_with_indices")
+    params.pop("return_indices", None)
+    y0, idx = pool(call.x0, **params)
+    spatial = idx.shape[2:]
+    flat_idx = idx.flatten(2)
+
+    def linear(x1: Tensor) -> Tensor:
+        k, c = x1.shape[:2]
+        gathered = x1.flatten(2).gather(2, flat_idx.expand(k, c, -1))
+        return gathered.view(k, c, *spatial)
+
+    return Frozen(y0, linear, None, extra=(idx,))
+
+
+# --- normalisation with statistics: InstanceNorm, GroupNorm, LayerNorm, BatchNorm (training) --------
+
+
+@dataclass
+class _Groups:
+    """How a normalisation groups values: ``view`` a tensor so statistics run over the last axis."""
+
+    group_shape: Callable[[Tensor], tuple[int, ...]]
+
+    def split(self, t: Tensor) -> Tensor:
+        return t.reshape(self.group_shape(t))
+
+
+def _norm_groups(call: Call) -> tuple[_Groups, Tensor | None, Tensor | None, float]:
+    """The grouping, weight, bias and eps of a normalisation call (after binding)."""
+    p = call.params
+    kind = p["_kind"]
+    x0 = call.x0
+    weight, bias, eps = p.get("weight"), p.get("bias"), float(p.get("eps", 1e-5))
+    if kind in ("instance", "batch"):
+        # batch element 0 alone: batch statistics of x0 = its per-channel statistics.
+        groups = _Groups(lambda t: (t.shape[0], t.shape[1], -1))
+        shape = (1, x0.shape[1]) + (1,) * (x0.dim() - 2)
+    elif kind == "group":
+        g = int(p["num_groups"])
+        groups = _Groups(lambda t: (t.shape[0], g, -1))
+        shape = (1, x0.shape[1]) + (1,) * (x0.dim() - 2)
+    elif kind == "layer":
+        nd = len(tuple(p["normalized_shape"]))
+        groups = _Groups(lambda t: tuple(t.shape[: t.dim() - nd]) + (-1,))
+        shape = tuple(p["normalized_shape"])
+    else:  # pragma: no cover - the scope only sends the kinds above
+        raise ValueError(kind)
+    w = None if weight is None else weight.detach().reshape(shape)
+    b = None if bias is None else bias.detach().reshape(shape)
+    return groups, w, b, eps
+
+
+def _normalise_parts(call: Call):
+    groups, w, b, eps = _norm_groups(call)
+    x0 = call.x0.detach()
+    g0 = groups.split(x0)
+    mean0 = g0.mean(dim=-1, keepdim=True)
+    std0 = (g0.var(dim=-1, unbiased=False, keepdim=True) + eps).sqrt()
+    return groups, w, b, mean0, std0
+
+
+def _affine(t: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
+    if w is not None:
+        t = t * w
+    if b is not None:
+        t = t + b
+    return t
+
+
+def freeze_norm(call: Call) -> Frozen:
+    """Normalisation frozen at x0's statistics: ``y1 = (x1 − μ0)/σ0 · w + b``.
+
+    ``A = w/σ0`` (per group), ``c = b − w·μ0/σ0``; ``σ0 = sqrt(var0 + eps)`` with the biased
+    variance, exactly as the unit computes it, so x1 = x0 reproduces y0 (requirement 3).
+    """
+    groups, w, b, mean0, std0 = _normalise_parts(call)
+    y0 = call.func(call.x0, **call.params["_call"])
+
+    def linear(x1: Tensor) -> Tensor:
+        t = (groups.split(x1) / std0).reshape(x1.shape)
+        return t * w if w is not None else t
+
+    x0 = call.x0.detach()
+    centre = (-(mean0 / std0)).expand_as(groups.split(x0)).reshape(x0.shape)
+    offset = _affine(centre, w, b)
+    return Frozen(y0, linear, offset)
+
+
+def taylor_norm(call: Call) -> Frozen:
+    """Eq. 4 for a normalisation: with ``x̂0 = (x0 − μ0)/σ0`` and means over each group,
+    ``Dh(x0)·v = w·(v − mean(v) − x̂0·mean(x̂0·v))/σ0`` and ``c = h(x0) − Dh(x0)·x0``."""
+    groups, w, b, mean0, std0 = _normalise_parts(call)
+    y0 = call.func(call.x0, **call.params["_call"])
+    xhat0 = (groups.split(call.x0.detach()) - mean0) / std0
+
+    def linear(x1: Tensor) -> Tensor:
+        g = groups.split(x1)
+        d = (g - g.mean(-1, keepdim=True) - xhat0 * (xhat0 * g).mean(-1, keepdim=True)) / std0
+        d = d.reshape(x1.shape)
+        return d * w if w is not None else d
+
+    offset = y0 - linear(call.x0.detach())
+    return Frozen(y0, linear, offset)
+
+
+def freeze_rms_norm(call: Call) -> Frozen:
+    """RMSNorm frozen at x0's root mean square: ``A = w/rms0``, ``c = 0``."""
+    p = call.params
+    nd = len(tuple(p["normalized_shape"]))
+    eps = p.get("eps")
+    eps = torch.finfo(call.x0.dtype).eps if eps is None else float(eps)
+    x0 = call.x0.detach()
+    dims = tuple(range(x0.dim() - nd, x0.dim()))
+    rms0 = (x0.pow(2).mean(dim=dims, keepdim=True) + eps).sqrt()
+    w = p.get("weight")
+    y0 = call.func(call.x0, **p["_call"])
+
+    def linear(x1: Tensor) -> Tensor:
+        t = x1 / rms0
+        return t * w.detach() if w is not None else t
+
+    return Frozen(y0, linear, None)
+
+
+def taylor_rms_norm(call: Call) -> Frozen:
+    """Eq. 4 for RMSNorm: ``Dh·v = w·(v − x̂0·mean(x̂0·v))/rms0`` with ``x̂0 = x0/rms0``."""
+    p = call.params
+    nd = len(tuple(p["normalized_shape"]))
+    eps = p.get("eps")
+    eps = torch.finfo(call.x0.dtype).eps if eps is None else float(eps)
+    x0 = call.x0.detach()
+    dims = tuple(range(x0.dim() - nd, x0.dim()))
+    rms0 = (x0.pow(2).mean(dim=dims, keepdim=True) + eps).sqrt()
+    xhat0 = x0 / rms0
+    w = p.get("weight")
+    y0 = call.func(call.x0, **p["_call"])
+
+    def linear(x1: Tensor) -> Tensor:
+        d = (x1 - xhat0 * (xhat0 * x1).mean(dim=dims, keepdim=True)) / rms0
+        return d * w.detach() if w is not None else d
+
+    return Frozen(y0, linear, y0 - linear(x0))
+
+
+# --- products of two input-dependent tensors (gating, squeeze-excitation, x·σ(x)) -----------------
+
+
+def freeze_product(call: Call) -> Frozen:
+    """``y = a·b`` with both factors input-dependent: the gate factor is frozen at x0.
+
+    ``y1 = g0·z1`` where g is the gate (``call.gate_index``) and z the other factor; c = 0. The
+    scope decides the gate (see ``precompute.scope``): the factor produced by a gating unit
+    (sigmoid, hard-sigmoid, tanh), else the factor that is broadcast (squeeze-excitation scales).
+    """
+    a0, b0 = call.x0, call.others0[0]
+    y0 = call.func(a0, b0)
+    gate0 = (a0, b0)[call.gate_index].detach()
+    signal = 1 - call.gate_index
+
+    def linear(a1: Tensor, b1: Tensor) -> Tensor:
+        return gate0 * (a1, b1)[signal]
+
+    return Frozen(y0, linear, None)
+
+
+def taylor_product(call: Call) -> Frozen:
+    """Eq. 4 for ``a·b``: ``A·(a1, b1) = a0·b1 + a1·b0`` and ``c = −a0·b0``; no gate is needed."""
+    a0, b0 = call.x0.detach(), call.others0[0].detach()
+    y0 = call.func(call.x0, call.others0[0])
+    return Frozen(y0, lambda a1, b1: a0 * b1 + a1 * b0, -(a0 * b0))
+
+
+#: op family → its freeze and Taylor rules.
+RULES: dict[str, RuleSet] = {
+    "piecewise_linear": RuleSet(freeze_piecewise_linear, freeze_piecewise_linear),
+    "smooth": RuleSet(freeze_smooth, taylor_pointwise),
+    "max_pool": RuleSet(freeze_max_pool, freeze_max_pool),
+    "norm": RuleSet(freeze_norm, taylor_norm),
+    "rms_norm": RuleSet(freeze_rms_norm, taylor_rms_norm),
+    "product": RuleSet(freeze_product, taylor_product),
+}
+
+RULE_NAMES = ("freeze", "taylor")
+
+
+def rule_for(family: str, rule: str) -> Callable[[Call], Frozen]:
+    """The rule function of an op family under ``rule`` ('freeze' or 'taylor')."""
+    if rule not in RULE_NAMES:
+        raise ValueError(f"unknown rule {rule!r}: expected one of {', '.join(RULE_NAMES)}")
+    return getattr(RULES[family], rule)
+
+
+__all__ = [
+    "Call",
+    "Frozen",
+    "RuleSet",
+    "RULES",
+    "RULE_NAMES",
+    "rule_for",
+    "small_threshold",
+    "F",
+]
