@@ -67,6 +67,9 @@ class ModelSpec:
         description: one paragraph for humans (range, channels, constraints).
         prepare: image -> Prepared (default: RGB in [0, 1]).
         display_input / display_output: tensors -> (H, W, 3) uint8.
+        arch: the family id without options (``edsr``, ``torchvision``, ``python``); "" if unset.
+        options: family-specific settings as loaded (e.g. ``{"preprocess": "auto"}`` for
+            classifiers, ``{"weights": "IMAGENET1K_V1"}``); JSON-serialisable, for provenance.
     """
 
     module: torch.nn.Module
@@ -85,6 +88,8 @@ class ModelSpec:
     prepare_fn: Callable[[Image.Image], Prepared] | None = None
     display_input_fn: Callable[[Prepared], np.ndarray] | None = None
     display_output_fn: Callable[[torch.Tensor, Prepared], np.ndarray] | None = None
+    arch: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
 
     def prepare(self, image: Image.Image) -> Prepared:
         """Turn a PIL image into the network input x0 (1, C, H, W) float32."""
