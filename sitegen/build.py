@@ -1,0 +1,502 @@
+"""Build the static site from stores: pages, display PNGs, lazily loaded filter tiles.
+
+Layout of the output folder (every path relative, so it works from file:// and any server)::
+
+    index.html                     every run, provenance, comparison groups
+    explorer/<run>.html            one run: input, output, residual, hover filters
+    compare/<group>.html           runs on the same image (same sha256), one cursor
+    static/linearscope.{js,css}    the viewer (vanilla, classic script)
+    data/<run>/meta.js             LinearScope.run({...}): what the run contains
+    data/<run>/{input,output,residual}.png
+    data/<run>/{columns,rows}/<ty>-<tx>.js   LinearScope.tile(...), one per site tile
+
+Writes are incremental and deterministic: a file is written only when its bytes change, the
+bytes depend only on the stores and the options, and files a previous build wrote but this one
+does not are removed (listed in ``.linearscope-build.json``; nothing else is ever deleted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+import sitegen
+from sitegen.reader import KINDS, Analysis, Store, StoreError, find_stores, open_store
+from sitegen.tiles import MODE_TEXT, MODES, PRECISIONS, channel_block, encode_block, tile_script
+
+MANIFEST = ".linearscope-build.json"
+TEMPLATES = Path(sitegen.__file__).resolve().parents[1] / "templates"
+
+# Analyses a store may contain, in page order. Pages are driven by this list: what a store
+# lacks is shown as "not computed". Reserved entries will get their own panels.
+ANALYSES = [
+    ("residual", "Residual r(x0)"),
+    ("columns", "Columns: projective filters (hover the input)"),
+    ("rows", "Rows: receptive filters (hover the output)"),
+    ("svd", "SVD bases"),
+    ("votes", "Classifier votes"),
+    ("contributions", "Contributions"),
+]
+
+
+class BuildError(Exception):
+    """A build that cannot go ahead; the message is shown to the user as is."""
+
+
+@dataclass
+class Options:
+    mode: str = "full"  # channel mode, see tiles.MODES
+    precision: str = "float16"
+    region: tuple[int, int, int, int] | None = None  # input pixels: top, left, height, width
+    stride: int = 1
+    tile: int = 8  # site tile side in pixels
+    max_bytes: int | None = 2 * 1024 ** 3
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise BuildError(f"unknown channel mode '{self.mode}' (choose from {', '.join(MODES)})")
+        if self.precision not in PRECISIONS:
+            raise BuildError(f"unknown precision '{self.precision}' "
+                             f"(choose from {', '.join(PRECISIONS)})")
+        if self.stride < 1:
+            raise BuildError("stride must be at least 1")
+        if self.tile < 1:
+            raise BuildError("tile must be at least 1")
+        if self.region is not None and (len(self.region) != 4 or self.region[2] < 1
+                                        or self.region[3] < 1 or min(self.region[:2]) < 0):
+            raise BuildError("region must be TOP,LEFT,HEIGHT,WIDTH with positive height and width")
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    estimate: int
+    total: int
+    written: int
+    unchanged: int
+    removed: int
+    files: int
+    runs: list = field(default_factory=list)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+class SiteWriter:
+    """Writes files under ``out`` only when their bytes change; removes what is no longer built."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.files: dict[str, int] = {}
+        self.written = 0
+        self.unchanged = 0
+        self.removed = 0
+
+    def write(self, rel: str, data: bytes) -> None:
+        path = self.out / rel
+        self.files[rel] = len(data)
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            self.unchanged += 1
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        self.written += 1
+
+    def finish(self) -> None:
+        man = self.out / MANIFEST
+        old: list[str] = []
+        if man.is_file():
+            try:
+                old = json.loads(man.read_text()).get("files", [])
+            except ValueError:
+                old = []
+        for rel in old:
+            if rel not in self.files and rel != MANIFEST and ".." not in rel.split("/"):
+                p = self.out / rel
+                if p.is_file():
+                    p.unlink()
+                    self.removed += 1
+        data = json.dumps({"files": sorted(self.files)}, indent=0).encode() + b"\n"
+        self.write(MANIFEST, data)
+
+    @property
+    def total(self) -> int:
+        return sum(self.files.values())
+
+
+# -- pixel selection -------------------------------------------------------------------------
+
+def selection(store: Store, a: Analysis, opts: Options) -> tuple[tuple[int, int, int, int], int]:
+    """The site's region (in the analysis' own pixel grid) and stride, clipped to the grid."""
+    H, W = a.grid
+    if opts.region is None:
+        top, left, h, w = 0, 0, H, W
+    else:
+        top, left, h, w = opts.region
+        if a.kind == "rows":  # region is given in input pixels; rows live on the output grid
+            s = store.scale or 1
+            top, left = int(np.floor(top * s)), int(np.floor(left * s))
+            h, w = int(np.ceil(h * s)), int(np.ceil(w * s))
+    top, left = min(max(top, 0), H - 1), min(max(left, 0), W - 1)
+    h, w = max(1, min(h, H - top)), max(1, min(w, W - left))
+    return (top, left, h, w), opts.stride
+
+
+def selected_mask(shape, region, stride, y0, x0) -> np.ndarray:
+    """Boolean mask of selected pixels for a block starting at (y0, x0)."""
+    top, left, h, w = region
+    ys = np.arange(y0, y0 + shape[0])[:, None]
+    xs = np.arange(x0, x0 + shape[1])[None, :]
+    return ((ys >= top) & (ys < top + h) & ((ys - top) % stride == 0)
+            & (xs >= left) & (xs < left + w) & ((xs - left) % stride == 0))
+
+
+def site_tiles(store: Store, a: Analysis, opts: Options):
+    """Site tiles (ty, tx, y0, y1, x0, x1) that hold at least one selected pixel of a done store tile."""
+    region, stride = selection(store, a, opts)
+    S = opts.tile
+    H, W = a.grid
+    done = {(ty, tx) for ty in range(a.tiles[0]) for tx in range(a.tiles[1])
+            if store.tile_done(a.kind, ty, tx)}
+    out = []
+    for ty in range(-(-H // S)):
+        for tx in range(-(-W // S)):
+            y0, y1, x0, x1 = ty * S, min(H, ty * S + S), tx * S, min(W, tx * S + S)
+            if not selected_mask((y1 - y0, x1 - x0), region, stride, y0, x0).any():
+                continue
+            T = a.tile
+            touched = {(sy, sx) for sy in range(y0 // T, (y1 - 1) // T + 1)
+                       for sx in range(x0 // T, (x1 - 1) // T + 1)}
+            if touched & done:
+                out.append((ty, tx, y0, y1, x0, x1))
+    return out
+
+
+def encode_tile(store: Store, a: Analysis, opts: Options, run_id: str, t) -> tuple[bytes | None, int, np.ndarray]:
+    """One site tile → (script bytes or None if empty, pixel count, max|v| per (P, Q))."""
+    ty, tx, y0, y1, x0, x1 = t
+    region, stride = selection(store, a, opts)
+    vals, origin, outside = store.read_block(a.kind, y0, y1, x0, x1)
+    mask = selected_mask(vals.shape[:2], region, stride, y0, x0)
+    block = channel_block(vals, opts.mode, a.kind)
+    P, Q = block.shape[2:4]
+    gmax = np.zeros((P, Q), np.float64)
+    pixels = []
+    for yy in range(vals.shape[0]):
+        for xx in range(vals.shape[1]):
+            if not mask[yy, xx]:
+                continue
+            v = block[yy, xx]
+            if origin[yy, xx, 0] < 0 or np.isnan(vals[yy, xx]).all():
+                continue  # not computed
+            v = np.nan_to_num(v, nan=0.0)
+            gmax = np.maximum(gmax, np.abs(v).max(axis=(2, 3)))
+            scale, blob = encode_block(v, opts.precision)
+            out = [float(o) if np.isfinite(o) else -1.0 for o in outside[yy, xx]]
+            pixels.append((y0 + yy, x0 + xx, origin[yy, xx, 0], origin[yy, xx, 1], out, scale, blob))
+    if not pixels:
+        return None, 0, gmax
+    return tile_script(run_id, a.kind, ty, tx, pixels), len(pixels), gmax
+
+
+# -- images ------------------------------------------------------------------------------------
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").save(
+        buf, format="PNG", compress_level=9)
+    return buf.getvalue()
+
+
+def residual_rgb(r: np.ndarray) -> tuple[np.ndarray, float]:
+    """r (C', H', W') → mid-grey-centred RGB scaled by max|r|; returns the image and max|r|."""
+    r = np.nan_to_num(np.asarray(r, np.float64))
+    if r.ndim != 3:
+        return np.zeros((1, 1, 3), np.uint8), 0.0
+    if r.shape[0] != 3:
+        r = np.repeat(r.mean(axis=0, keepdims=True), 3, axis=0)
+    m = float(np.abs(r).max())
+    img = 127.5 + (127.5 * r / m if m > 0 else 0 * r)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8).transpose(1, 2, 0), m
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+def slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return s or "run"
+
+
+def run_ids(stores: list[Store]) -> list[str]:
+    ids, seen = [], {}
+    for st in stores:
+        base = slug(st.path.name[:-5] if st.path.name.endswith(".zarr") else st.path.name)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        ids.append(base if n == 0 else f"{base}-{n + 1}")
+    return ids
+
+
+def fmt_float(v) -> str:
+    if v is None:
+        return "not measured"
+    try:
+        return f"{float(v):.2e}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def provenance(st: Store) -> dict:
+    m, im = st.model, st.image
+    sha = m.get("checkpoint_sha256")
+    return {
+        "model": m.get("id", "?"), "arch": m.get("arch", ""), "scale": m.get("scale"),
+        "checkpoint": m.get("checkpoint") or "none",
+        "checkpoint_sha256": sha or "none", "checkpoint_short": (sha or "none")[:12],
+        "description": m.get("description", ""),
+        "rule": st.attrs.get("interpreter", "?"), "dtype": st.attrs.get("dtype", "?"),
+        "created": st.attrs.get("created", "?"), "date": str(st.attrs.get("created", "?"))[:10],
+        "requirement3": fmt_float(st.checks.get("requirement3_rel")),
+        "requirement3_abs": fmt_float(st.checks.get("requirement3_abs")),
+        "reconstruction": fmt_float(st.checks.get("reconstruction_rel")),
+        "image_path": im.get("path", "?"), "image_sha256": im.get("sha256", ""),
+        "image_size": im.get("size"), "crop": im.get("crop"), "device": st.attrs.get("device", "?"),
+        "oom_splits": st.attrs.get("oom_splits"), "name": st.name, "kind": st.kind,
+        "format_version": st.format_version,
+    }
+
+
+def load_stores(paths: list[Path]) -> list[Store]:
+    stores = [open_store(p) for p in paths]
+    stores.sort(key=lambda s: (s.image.get("sha256", ""), s.name, str(s.path)))
+    return stores
+
+
+def resolve_sources(sources: list[str | Path]) -> list[Path]:
+    """Store paths, or folders holding stores, → store paths (sorted, unique)."""
+    out: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if (p / "zarr.json").is_file() and p.suffix == ".zarr":
+            out.append(p)
+        elif (p / "zarr.json").is_file():
+            out.append(p)  # a store without the .zarr suffix: the reader decides
+        elif p.is_dir():
+            found = find_stores(p)
+            if not found:
+                raise BuildError(f"no stores found under {p}")
+            out.extend(found)
+        else:
+            raise BuildError(f"{p} does not exist")
+    uniq = sorted({q.resolve() for q in out})
+    return uniq
+
+
+# -- the build -----------------------------------------------------------------------------------
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                             autoescape=jinja2.select_autoescape(["html"]),
+                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return env
+
+
+def js_literal(obj) -> str:
+    """JSON safe to embed in a <script> element."""
+    s = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return s.replace("</", "<\\/")
+
+
+def build(sources: list[str | Path], out: str | Path, opts: Options | None = None,
+          echo=print) -> BuildResult:
+    opts = opts or Options()
+    opts.check()
+    out = Path(out)
+    paths = resolve_sources(sources)
+    if not paths:
+        raise BuildError("no stores found")
+    stores = load_stores(paths)
+    ids = run_ids(stores)
+
+    # plan: which tiles of which run, and a size estimate from one encoded sample tile each
+    plan = []
+    estimate = 0
+    npix_total = 0
+    for st, rid in zip(stores, ids):
+        for kind, a in st.analyses.items():
+            tiles = site_tiles(st, a, opts)
+            region, stride = selection(st, a, opts)
+            if not tiles:
+                continue
+            sample, n, _ = encode_tile(st, a, opts, rid, tiles[0])
+            per_px = len(sample) / max(n, 1) if sample else 0
+            mask_n = 0
+            for t in tiles:
+                _, _, y0, y1, x0, x1 = t
+                mask_n += int(selected_mask((y1 - y0, x1 - x0), region, stride, y0, x0).sum())
+            npix_total += mask_n
+            estimate += int(per_px * mask_n)
+            plan.append((st, rid, kind, a, tiles))
+        C, H, W = st.input_shape
+        estimate += 3 * H * W * 2 + 40_000  # PNGs and pages, roughly
+    estimate += 60_000  # static files
+    echo(f"sitegen: {len(stores)} run(s), {npix_total} filter(s) to encode "
+         f"(channels {opts.mode}, {opts.precision}, tile {opts.tile}); "
+         f"estimated size {human(estimate)}")
+    if opts.max_bytes is not None and estimate > opts.max_bytes:
+        raise BuildError(f"the site would take about {human(estimate)}, more than the limit "
+                         f"{human(opts.max_bytes)}: choose fewer pixels (--region, --stride), "
+                         "--channels rgb or lum, or raise --max-size")
+
+    w = SiteWriter(out)
+    env = _env()
+    static = TEMPLATES / "static"
+    for f in sorted(static.iterdir()):
+        if f.is_file():
+            w.write(f"static/{f.name}", f.read_bytes())
+
+    # tiles
+    gmax: dict[tuple[str, str], np.ndarray] = {}
+    written_tiles: dict[tuple[str, str], list] = {}
+    counts: dict[tuple[str, str], int] = {}
+    total_tiles = sum(len(p[4]) for p in plan)
+    bar = tqdm(total=total_tiles, desc="sitegen tiles", unit="tile", disable=not opts.progress,
+               file=sys.stderr, leave=False)
+    for st, rid, kind, a, tiles in plan:
+        key = (rid, kind)
+        written_tiles[key] = []
+        counts[key] = 0
+        for t in tiles:
+            data, n, m = encode_tile(st, a, opts, rid, t)
+            gmax[key] = m if key not in gmax else np.maximum(gmax[key], m)
+            if data is not None:
+                w.write(f"data/{rid}/{kind}/{t[0]}-{t[1]}.js", data)
+                written_tiles[key].append([t[0], t[1]])
+                counts[key] += n
+            bar.update(1)
+    bar.close()
+
+    # per run: images, meta, explorer page
+    runs = []
+    for st, rid in zip(stores, ids):
+        prov = provenance(st)
+        images = {}
+        if st.has_array("display/input"):
+            w.write(f"data/{rid}/input.png", png_bytes(st.read("display/input")))
+            images["input"] = "input.png"
+        resid_max = None
+        if st.kind == "image":
+            if st.has_array("display/output"):
+                w.write(f"data/{rid}/output.png", png_bytes(st.read("display/output")))
+                images["output"] = "output.png"
+            if st.has_array("residual"):
+                img, resid_max = residual_rgb(st.read("residual"))
+                w.write(f"data/{rid}/residual.png", png_bytes(img))
+                images["residual"] = "residual.png"
+        analyses = {}
+        status = []
+        for name, title in ANALYSES:
+            if name in KINDS and name in st.analyses:
+                a = st.analyses[name]
+                key = (rid, name)
+                region, stride = selection(st, a, opts)
+                m = gmax.get(key)
+                analyses[name] = {
+                    "window": list(a.window), "full": a.full, "grid": list(a.grid),
+                    "other": list(a.other), "own": a.own_channels, "otherChannels": a.other_channels,
+                    "mode": opts.mode, "precision": opts.precision, "tile": opts.tile,
+                    "tiles": written_tiles.get(key, []), "region": list(region), "stride": stride,
+                    "pixels": counts.get(key, 0),
+                    "globalMax": [[float(np.float32(x)) for x in row] for row in m.tolist()]
+                    if m is not None else None,
+                }
+                n_all = a.grid[0] * a.grid[1]
+                state = "computed" if counts.get(key, 0) else "not computed"
+                detail = (f"{counts.get(key, 0)} of {n_all} pixels on this site, window "
+                          f"{a.window[0]}×{a.window[1]}{' (full)' if a.full else ''}")
+                status.append({"name": name, "title": title, "state": state, "detail": detail})
+            elif name == "residual":
+                ok = "residual" in images
+                status.append({"name": name, "title": title,
+                               "state": "computed" if ok else "not computed",
+                               "detail": f"max |r| = {resid_max:.3g}" if ok else ""})
+            else:
+                ok = st.has_array(name)
+                status.append({"name": name, "title": title,
+                               "state": "stored (no viewer yet)" if ok else "not computed",
+                               "detail": ""})
+        C, H, W = st.input_shape
+        outshape = list(st.output_shape)
+        meta = {
+            "id": rid, "name": st.name, "title": f"{prov['model']} on {Path(prov['image_path']).name}",
+            "kind": st.kind, "scale": st.scale, "offset": st.offset,
+            "input": [C, H, W], "output": outshape, "images": images,
+            "residualMax": resid_max, "analyses": analyses, "provenance": prov,
+            "modeText": MODE_TEXT[opts.mode],
+        }
+        w.write(f"data/{rid}/meta.js", f"LinearScope.run({js_literal(meta)});\n".encode())
+        runs.append({"id": rid, "store": st, "prov": prov, "meta": meta, "status": status,
+                     "sha": prov["image_sha256"]})
+
+    # comparison groups: runs on the same image
+    groups = {}
+    for r in runs:
+        groups.setdefault(r["sha"], []).append(r)
+    group_list = []
+    for sha, members in sorted(groups.items()):
+        gid = slug(sha[:12]) if sha else "unknown"
+        group_list.append({"id": gid, "sha": sha, "runs": members,
+                           "image": Path(members[0]["prov"]["image_path"]).name,
+                           "comparable": len(members) > 1})
+    for r in runs:
+        r["group"] = next(g for g in group_list if g["sha"] == r["sha"])
+
+    common = {"mode_text": MODE_TEXT[opts.mode], "mode": opts.mode, "precision": opts.precision,
+              "precision_text": precision_text(opts.precision),
+              "version": getattr(sitegen, "__version__", "")}
+    for r in runs:
+        html = env.get_template("explorer.html").render(
+            root="../", run=r, runs=[r], ids_json=js_literal([r["id"]]), **common)
+        w.write(f"explorer/{r['id']}.html", html.encode())
+    for g in group_list:
+        if not g["comparable"]:
+            continue
+        html = env.get_template("compare.html").render(
+            root="../", group=g, runs=g["runs"], ids_json=js_literal([r["id"] for r in g["runs"]]),
+            **common)
+        w.write(f"compare/{g['id']}.html", html.encode())
+    html = env.get_template("index.html").render(root="", runs=runs, groups=group_list, **common)
+    w.write("index.html", html.encode())
+    w.finish()
+    total = w.total
+    echo(f"sitegen: wrote {out}/ — {human(total)} in {len(w.files)} files "
+         f"({w.written} written, {w.unchanged} unchanged, {w.removed} removed)")
+    return BuildResult(out=out, estimate=estimate, total=total, written=w.written,
+                       unchanged=w.unchanged, removed=w.removed, files=len(w.files),
+                       runs=[r["id"] for r in runs])
+
+
+def precision_text(precision: str) -> str:
+    if precision == "float16":
+        return ("display copy: each filter divided by its max |value| and stored as float16 "
+                "(about 3 significant digits, exact zeros kept); exact values stay in the Zarr store")
+    return "exact float32 copy of the store's values (float64 stores are rounded to float32)"

@@ -1,0 +1,134 @@
+"""`sitegen build`: make the static LinearScope site from stores (see sitegen/build.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sitegen.build import BuildError, Options, build
+from sitegen.reader import StoreError
+from sitegen.tiles import MODES, PRECISIONS
+
+SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2,
+              "G": 1024 ** 3, "GB": 1024 ** 3}
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def parse_size(text: str) -> int | None:
+    t = str(text).strip().upper().replace(" ", "")
+    if t in ("NONE", "0", "UNLIMITED"):
+        return None
+    num = t.rstrip("KMGB")
+    unit = t[len(num):]
+    try:
+        return int(float(num) * SIZE_UNITS[unit])
+    except (ValueError, KeyError):
+        raise BuildError(f"cannot read size '{text}' (examples: 500MB, 2GB, none)") from None
+
+
+def parse_region(text) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    if isinstance(text, (list, tuple)):
+        parts = list(text)
+    else:
+        parts = str(text).split(",")
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        raise BuildError(f"region '{text}' must be TOP,LEFT,HEIGHT,WIDTH in input pixels") from None
+    if len(vals) != 4:
+        raise BuildError(f"region '{text}' must be TOP,LEFT,HEIGHT,WIDTH in input pixels")
+    return vals
+
+
+def load_config(path: Path) -> dict:
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise BuildError(f"cannot read config {path}: {e}") from None
+    if not isinstance(cfg, dict):
+        raise BuildError(f"config {path} must be a mapping")
+    if "site" in cfg and isinstance(cfg["site"], dict):
+        cfg = cfg["site"]
+    known = {"stores", "output", "channels", "precision", "region", "stride", "tile", "max_size"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise BuildError(f"config {path}: unknown key(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
+    base = path.parent
+    stores = cfg.get("stores", ["runs"])
+    if isinstance(stores, str):
+        stores = [stores]
+    cfg["stores"] = [str(base / s) for s in stores]
+    if "output" in cfg:
+        cfg["output"] = str(base / cfg["output"])
+    return cfg
+
+
+@click.group()
+def main() -> None:
+    """LinearScope site generator."""
+
+
+@main.command("build")
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default: site/).")
+@click.option("--channels", type=click.Choice(MODES), default=None,
+              help="full: every channel pair; rgb: composite over the pixel's own channels; "
+                   "lum: one luminance map (default: full).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="float16 display copy (default) or exact float32.")
+@click.option("--region", default=None, metavar="TOP,LEFT,H,W",
+              help="Only pixels in this input-pixel rectangle (rows: its image in the output).")
+@click.option("--stride", type=int, default=None, help="Only every STRIDE-th pixel (default 1).")
+@click.option("--tile", type=int, default=None, help="Site tile side in pixels (default 8).")
+@click.option("--max-size", default=None,
+              help="Refuse to write a site estimated larger than this (default 2GB; 'none').")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build_cmd(sources, output, channels, precision, region, stride, tile, max_size, quiet):
+    """Build the static site from STORES (store folders or folders holding stores) or a YAML
+    config; with no argument, every store under runs/ into site/.
+
+    Open OUTPUT/index.html from disk or serve the folder with any static web server.
+    """
+    try:
+        cfg: dict = {}
+        if len(sources) == 1 and sources[0].suffix in (".yaml", ".yml") and sources[0].is_file():
+            cfg = load_config(sources[0])
+            srcs = cfg["stores"]
+        elif sources:
+            srcs = list(sources)
+        else:
+            if not Path("runs").is_dir():
+                raise BuildError("no stores found: runs/ does not exist (run `precompute run` "
+                                 "first, or pass store paths)")
+            srcs = ["runs"]
+        out = output or Path(cfg.get("output", "site"))
+        opts = Options(
+            mode=channels or cfg.get("channels", "full"),
+            precision=precision or cfg.get("precision", "float16"),
+            region=parse_region(region if region is not None else cfg.get("region")),
+            stride=int(stride or cfg.get("stride", 1)),
+            tile=int(tile or cfg.get("tile", 8)),
+            max_bytes=parse_size(max_size if max_size is not None else cfg.get("max_size", "2GB")),
+            progress=not quiet,
+        )
+        build(srcs, out, opts, echo=lambda m: click.echo(m))
+    except (BuildError, StoreError) as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{e.filename or ''}: {e.strerror or e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Read a LinearScope store exactly as docs/FORMAT.md describes it, with zarr and nothing else.
+
+The site generator never imports the model or the precompute package: a store is the whole
+contract. Everything a user can get wrong (a path that is not a store, a store written by a newer
+LinearScope, a damaged array) raises :class:`StoreError` with one sentence for the user.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+FORMAT_VERSION = 1
+KINDS = ("columns", "rows")
+
+
+class StoreError(Exception):
+    """A store that cannot be read; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One planned filter analysis (``columns`` or ``rows``) of a store.
+
+    ``grid`` is the pixel grid the filters are indexed by (input pixels for columns, output pixels
+    for rows); ``other`` the size of the domain the filters live in; ``own_channels`` the channel
+    count of the indexing domain, ``other_channels`` that of the filter images.
+    """
+
+    kind: str
+    window: tuple[int, int]
+    full: bool
+    tile: int
+    region: tuple[int, int, int, int]
+    stride: int
+    grid: tuple[int, int]
+    other: tuple[int, int]
+    own_channels: int
+    other_channels: int
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        T = self.tile
+        return (-(-self.grid[0] // T), -(-self.grid[1] // T))
+
+
+class Store:
+    """A read-only view of one store (one model × one image)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        zj = self.path / "zarr.json"
+        if not self.path.is_dir() or not zj.is_file():
+            raise StoreError(f"{self.path} is not a LinearScope store (no zarr.json)")
+        try:
+            meta = json.loads(zj.read_text())
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{self.path}: unreadable zarr.json ({e})") from None
+        if meta.get("node_type") != "group":
+            raise StoreError(f"{self.path} is not a LinearScope store (not a Zarr group)")
+        attrs = meta.get("attributes") or {}
+        version = attrs.get("format_version")
+        if not isinstance(version, int):
+            raise StoreError(f"{self.path} is not a LinearScope store (no format_version)")
+        if version > FORMAT_VERSION:
+            raise StoreError(
+                f"{self.path} has format_version {version}, newer than the {FORMAT_VERSION} "
+                "this sitegen reads: upgrade linearscope"
+            )
+        try:
+            self.group = zarr.open_group(str(self.path), mode="r")
+            self.attrs = dict(self.group.attrs)
+        except Exception as e:  # zarr raises many types for damaged metadata
+            raise StoreError(f"{self.path}: cannot open the Zarr group ({e})") from None
+        self.format_version = version
+        self.model = self.attrs.get("model") or {}
+        self.image = self.attrs.get("image") or {}
+        self.geometry = self.attrs.get("geometry")
+        self.checks = self.attrs.get("checks") or {}
+        self.name = str(self.attrs.get("name") or self.path.stem)
+        self.kind = self.model.get("kind", "image")
+        self.input_shape = tuple(self._array("input").shape)
+        self.output_shape = tuple(self._array("output").shape)
+        self.analyses: dict[str, Analysis] = {}
+        for kind in KINDS:
+            a = self._analysis(kind)
+            if a is not None:
+                self.analyses[kind] = a
+
+    # -- arrays -----------------------------------------------------------------------------
+    def _array(self, name: str):
+        try:
+            return self.group[name]
+        except KeyError:
+            raise StoreError(f"{self.path}: array '{name}' is missing") from None
+        except Exception as e:
+            raise StoreError(f"{self.path}: cannot open array '{name}' ({e})") from None
+
+    def has_array(self, name: str) -> bool:
+        return (self.path / name / "zarr.json").is_file()
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            return np.asarray(self._array(name)[...])
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"{self.path}: cannot read array '{name}' ({e})") from None
+
+    def _analysis(self, kind: str) -> Analysis | None:
+        plan = (self.attrs.get("analyses") or {}).get(kind)
+        if not plan or self.kind != "image" or not self.has_array(kind):
+            return None
+        shape = self._array(kind).shape
+        C, H, W = self.input_shape
+        Co, Ho, Wo = self.output_shape
+        grid, other = ((H, W), (Ho, Wo)) if kind == "columns" else ((Ho, Wo), (H, W))
+        own_c, other_c = (C, Co) if kind == "columns" else (Co, C)
+        if tuple(shape[:4]) != (*grid, own_c, other_c):
+            raise StoreError(f"{self.path}: array '{kind}' has shape {tuple(shape)}, "
+                             f"expected {(*grid, own_c, other_c)}+window")
+        window = (int(shape[4]), int(shape[5]))
+        region = plan.get("region") or [0, 0, grid[0], grid[1]]
+        return Analysis(kind=kind, window=window, full=bool(plan.get("full", False)),
+                        tile=int(plan.get("tile") or self._array(kind).shards[0]),
+                        region=tuple(int(v) for v in region), stride=int(plan.get("stride") or 1),
+                        grid=grid, other=other, own_channels=own_c, other_channels=other_c)
+
+    def tile_done(self, kind: str, ty: int, tx: int) -> bool:
+        """A store tile is done when its shard of ``columns``/``rows`` exists (FORMAT.md)."""
+        arr = self._array(kind)
+        key = arr.metadata.encode_chunk_key((ty, tx, 0, 0, 0, 0))
+        return (self.path / kind / key).is_file()
+
+    def shard_path(self, kind: str, ty: int, tx: int) -> Path:
+        key = self._array(kind).metadata.encode_chunk_key((ty, tx, 0, 0, 0, 0))
+        return self.path / kind / key
+
+    def read_block(self, kind: str, y0: int, y1: int, x0: int, x1: int):
+        """Filters, window origins and outside-energy fractions of pixels [y0:y1, x0:x1]."""
+        try:
+            vals = np.asarray(self._array(kind)[y0:y1, x0:x1])
+            origin = np.asarray(self._array(kind + "_origin")[y0:y1, x0:x1])
+            if self.has_array(kind + "_outside"):
+                outside = np.asarray(self._array(kind + "_outside")[y0:y1, x0:x1])
+            else:
+                outside = np.full(vals.shape[:3], np.nan, np.float32)
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"{self.path}: cannot read '{kind}' tile ({e})") from None
+        return vals, origin, outside
+
+    # -- summaries --------------------------------------------------------------------------
+    @property
+    def scale(self) -> float | None:
+        return None if not self.geometry else float(self.geometry.get("scale", 1))
+
+    @property
+    def offset(self) -> float:
+        return 0.0 if not self.geometry else float(self.geometry.get("offset", 0))
+
+    def requirement3(self) -> float | None:
+        v = self.checks.get("requirement3_rel")
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def open_store(path: str | Path) -> Store:
+    return Store(Path(path))
+
+
+def find_stores(root: str | Path) -> list[Path]:
+    """Every store (a ``*.zarr`` directory with a group zarr.json) below ``root``, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in sorted(root.rglob("*.zarr")):
+        if p.is_dir() and (p / "zarr.json").is_file() and not any(
+                q.suffix == ".zarr" for q in p.relative_to(root).parents if q != Path(".")):
+            found.append(p)
+    return found
