@@ -1,0 +1,348 @@
+"""The `precompute run` configuration: a YAML file, validated before any work is done.
+
+Validation uses pydantic v2 models with ``extra="forbid"`` rather than hand-written checks: the
+schema is declared once, unknown keys and wrong types are caught uniformly at every depth, and
+each error carries its location, which :func:`format_validation_error` turns into one sentence
+for a human (with a difflib suggestion for a mistyped key).
+
+Input paths (image(s), checkpoint, a ``python:FILE.py:FUNC`` model file) are relative to the
+config file and ``~`` expands; ``output`` is relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad config, missing file, ...). The CLI prints it as one line."""
+
+
+# --------------------------------------------------------------------------------------------
+# Field parsers: each accepts the YAML value and raises ValueError with what was expected, so
+# that a union such as "integer or 'full'" gives one message instead of one per union member.
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _window(v: Any) -> int | str:
+    if v == "full":
+        return "full"
+    if _is_int(v) and v >= 1:
+        return v
+    raise ValueError(f"expected a window side in pixels (an integer ≥ 1) or 'full', got {v!r}")
+
+
+def _tile(v: Any) -> int | str:
+    if v == "auto":
+        return "auto"
+    if _is_int(v) and 1 <= v <= 256:
+        return v
+    raise ValueError(f"expected a tile side in pixels (an integer 1…256) or 'auto', got {v!r}")
+
+
+def _batch(v: Any) -> int | str:
+    if v == "auto":
+        return "auto"
+    if _is_int(v) and v >= 1:
+        return v
+    raise ValueError(f"expected a number of probes per pass (an integer ≥ 1) or 'auto', got {v!r}")
+
+
+def _device(v: Any) -> str:
+    if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda|cuda:\d+", v):
+        return v
+    raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {v!r}")
+
+
+def _box(what: str):
+    def parse(v: Any) -> tuple[int, int, int, int]:
+        if (
+            isinstance(v, (list, tuple))
+            and len(v) == 4
+            and all(_is_int(x) for x in v)
+            and v[0] >= 0
+            and v[1] >= 0
+            and v[2] >= 1
+            and v[3] >= 1
+        ):
+            return tuple(v)
+        raise ValueError(
+            f"expected {what} as [top, left, height, width] (integers, top/left ≥ 0, "
+            f"height/width ≥ 1), got {v!r}"
+        )
+
+    return parse
+
+
+def _analysis(v: Any) -> Any:
+    # `columns: true` means the defaults, `columns: false` (or null) means not computed.
+    if v is True:
+        return {}
+    if v is False:
+        return None
+    return v
+
+
+Window = Annotated[int | str, BeforeValidator(_window)]
+Tile = Annotated[int | str, BeforeValidator(_tile)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class PixelsConfig(_Strict):
+    """Which pixels to compute: a region [top, left, height, width] and a stride inside it."""
+
+    region: Annotated[tuple[int, int, int, int] | None, BeforeValidator(
+        lambda v: None if v is None else _box("a pixel region")(v))] = None
+    stride: Annotated[int, Field(ge=1)] = 1
+
+
+class WindowedConfig(_Strict):
+    """One windowed analysis (columns or rows)."""
+
+    window: Window = "full"
+    tile: Tile = "auto"
+    # Per-analysis override of the top-level `pixels` (rows: in output pixels).
+    pixels: PixelsConfig | None = None
+
+
+class AnalysesConfig(_Strict):
+    residual: bool = True
+    columns: Annotated[WindowedConfig | None, BeforeValidator(_analysis)] = WindowedConfig()
+    rows: Annotated[WindowedConfig | None, BeforeValidator(_analysis)] = WindowedConfig()
+
+
+class ModelConfig(_Strict):
+    arch: str
+    scale: Annotated[int, Field(ge=1)] | None = None
+    checkpoint: str | None = None
+    weights: str | None = None
+
+
+class RunConfig(_Strict):
+    """The whole `precompute run` configuration (see the issue / README for the example)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", max_length=200)]
+    model: ModelConfig
+    image: str | None = None
+    images: Annotated[list[str], Field(min_length=1)] | None = None
+    crop: Annotated[tuple[int, int, int, int] | None, BeforeValidator(
+        lambda v: None if v is None else _box("a crop")(v))] = None
+    pixels: PixelsConfig = PixelsConfig()
+    interpreter: Literal["freeze", "taylor"] = "freeze"
+    analyses: AnalysesConfig = AnalysesConfig()
+    device: Annotated[str, BeforeValidator(_device)] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    # ieee: no TF32 on CUDA (exact float32); tf32: faster, ~1e-3 relative error.
+    precision: Literal["ieee", "tf32"] = "ieee"
+    batch: Annotated[int | str, BeforeValidator(_batch)] = "auto"
+    output: str = "runs"
+
+    @model_validator(mode="after")
+    def _one_image_key(self) -> "RunConfig":
+        if (self.image is None) == (self.images is None):
+            raise ValueError("give exactly one of `image: FILE` or `images: [FILE, ...]`")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Turning pydantic errors into one human sentence.
+
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping (key: value)",
+    "model_type": "a mapping (key: value)",
+    "model_attributes_type": "a mapping (key: value)",
+    "tuple_type": "a list",
+}
+
+
+def _submodel_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at ``loc[:-1]``."""
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        if not isinstance(part, str):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        nxt = None
+        for cand in _model_classes(field.annotation):
+            nxt = cand
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def _model_classes(annotation: Any) -> list[type[BaseModel]]:
+    out = []
+    stack = [annotation]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            out.append(a)
+        stack.extend(getattr(a, "__args__", ()) or ())
+        meta = getattr(a, "__origin__", None)
+        if meta is not None and meta is not a:
+            stack.append(meta)
+    return out
+
+
+def _where(loc: tuple) -> str:
+    parts = [str(p) for p in loc if isinstance(p, (str, int))]
+    return ".".join(parts) if parts else "the config"
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    """One sentence for the first problem of a pydantic ValidationError (plus how many more)."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    loc, typ = tuple(first["loc"]), first["type"]
+    if typ == "extra_forbidden":
+        key = str(loc[-1])
+        model = _submodel_at(loc)
+        allowed = sorted(model.model_fields) if model is not None else []
+        parent = _where(loc[:-1])
+        where = f" in `{parent}`" if loc[:-1] else ""
+        msg = f"{source}: unknown key `{key}`{where}"
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+        if close:
+            msg += f"; did you mean `{close[0]}`?"
+        elif allowed:
+            msg += f"; allowed keys: {', '.join(allowed)}"
+    elif typ == "missing":
+        msg = f"{source}: missing key `{_where(loc)}`"
+    else:
+        text = first["msg"]
+        if text.startswith("Value error, "):
+            text = text[len("Value error, "):]
+        elif typ in _TYPE_WORDS:
+            text = f"expected {_TYPE_WORDS[typ]}, got {first.get('input')!r}"
+        elif text.startswith("Input should be "):
+            text = f"expected {text[len('Input should be '):]}, got {first.get('input')!r}"
+        elif typ == "string_pattern_mismatch" and loc == ("name",):
+            text = ("expected a file-name-safe name (letters, digits, . _ + -), "
+                    f"got {first.get('input')!r}")
+        msg = f"{source}: `{_where(loc)}`: {text}" if loc else f"{source}: {text}"
+    if len(errors) > 1:
+        msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and resolving paths.
+
+
+def _resolve_input(path: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(path))
+    if not p.is_absolute():
+        p = base / p
+    return p.resolve()
+
+
+class Resolved(BaseModel):
+    """A validated configuration with absolute paths (what the store records)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    config: RunConfig
+    config_path: Path
+    images: list[Path]
+    checkpoint: Path | None
+    arch: str  # `python:FILE.py:FUNC` with FILE made absolute
+    output_dir: Path
+
+    def store_path(self, image: Path) -> Path:
+        """<output>/<name>.zarr, or <output>/<name>-<image stem>.zarr with several images."""
+        if self.config.images is not None and len(self.images) > 1:
+            return self.output_dir / f"{self.config.name}-{image.stem}.zarr"
+        return self.output_dir / f"{self.config.name}.zarr"
+
+    def as_dict(self, image: Path) -> dict:
+        """The resolved config for one image, as stored in the store's `config` attribute."""
+        d = self.config.model_dump(mode="json")
+        d.pop("images", None)
+        d["image"] = str(image)
+        d["model"]["arch"] = self.arch
+        d["model"]["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
+        d["output"] = str(self.output_dir)
+        return d
+
+
+# Keys of the resolved config that change stored values; the others (batch, device, output)
+# may change between a run and its resumption.
+VALUE_KEYS = ("model", "image", "crop", "pixels", "interpreter", "analyses", "dtype", "precision")
+
+
+def load_config(path: str | os.PathLike) -> Resolved:
+    """Read, validate and resolve a YAML config; raise UserError with one clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of keys (name, model, image, ...) at the top")
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, source=str(path))) from None
+    base = path.resolve().parent
+
+    names = [cfg.image] if cfg.image is not None else list(cfg.images)
+    images = []
+    for n in names:
+        p = _resolve_input(n, base)
+        if not p.is_file():
+            raise UserError(f"{path}: image not found: {p} (paths are relative to the config file)")
+        images.append(p)
+    stems = [p.stem for p in images]
+    if len(set(stems)) != len(stems):
+        raise UserError(f"{path}: images must have distinct file names (stems): {stems}")
+
+    checkpoint = None
+    if cfg.model.checkpoint is not None:
+        checkpoint = _resolve_input(cfg.model.checkpoint, base)
+        if not checkpoint.is_file():
+            raise UserError(
+                f"{path}: checkpoint not found: {checkpoint} (paths are relative to the config file)"
+            )
+
+    arch = cfg.model.arch
+    if arch.startswith("python:"):
+        parts = arch.split(":")
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise UserError(
+                f"{path}: `model.arch`: expected python:FILE.py:FUNC or python:pkg.mod:FUNC, got {arch!r}"
+            )
+        if parts[1].endswith(".py"):
+            f = _resolve_input(parts[1], base)
+            if not f.is_file():
+                raise UserError(f"{path}: model file not found: {f} (paths are relative to the config file)")
+            arch = f"python:{f}:{parts[2]}"
+
+    out = Path(os.path.expanduser(cfg.output))
+    output_dir = (Path.cwd() / out).resolve() if not out.is_absolute() else out
+    return Resolved(config=cfg, config_path=path.resolve(), images=images, checkpoint=checkpoint,
+                    arch=arch, output_dir=output_dir)
