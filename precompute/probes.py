@@ -1,0 +1,185 @@
+"""The probe plan: pure functions, no torch, no I/O.
+
+Which pixels are computed, how they are cut into tiles (one tile = one shard of the store),
+which probes share a pass, and where each stored window lies. The execution lives in
+:mod:`precompute.sweep`; keeping the plan pure lets later work change the probes (e.g. one probe
+carrying many impulses: compressed probing) without touching execution or storage.
+
+A *probe* here is one impulse δ_k (paper §3, "Residual and Columns" / "Transposed System and
+Rows"): for columns an impulse at input entry (a, i, j) fed as x1 (eq. 5, column = F·δ_k), for
+rows an impulse at output entry (b, p, q) fed as y2 (eq. 6, row = Fᵀ·δ_k).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterable, Sequence
+
+# Shards above this size make the writer hold too much memory and compress slowly per call.
+SHARD_BYTES_LIMIT = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Pixels [y0, y1) × [x0, x1) of one domain; (ty, tx) is its index in the shard grid."""
+
+    ty: int
+    tx: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.y1 - self.y0, self.x1 - self.x0)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One impulse: pixel (i, j) and channel ``c`` of the probed domain; ``flat`` its C-order
+    index in (C, H, W)."""
+
+    i: int
+    j: int
+    c: int
+    flat: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Pixels to compute: those in ``region`` [top, left, h, w] (None: all) on the ``stride``
+    lattice anchored at the region's top-left corner."""
+
+    region: tuple[int, int, int, int] | None = None
+    stride: int = 1
+
+    def contains(self, i: int, j: int) -> bool:
+        top, left = (self.region[0], self.region[1]) if self.region else (0, 0)
+        if self.region is not None:
+            _, _, h, w = self.region
+            if not (top <= i < top + h and left <= j < left + w):
+                return False
+        return (i - top) % self.stride == 0 and (j - left) % self.stride == 0
+
+    def as_list(self, height: int, width: int) -> list[int]:
+        """The region as stored in attrs (the whole domain when None)."""
+        return list(self.region) if self.region is not None else [0, 0, height, width]
+
+
+def scaled_selection(sel: Selection, scale: float) -> Selection:
+    """The output-pixel selection covering an input-pixel selection (rows use output pixels)."""
+    if sel.region is None:
+        return Selection(None, sel.stride)
+    top, left, h, w = sel.region
+    s = Fraction(scale)
+    return Selection(
+        (
+            math.floor(top * s),
+            math.floor(left * s),
+            math.ceil((top + h) * s) - math.floor(top * s),
+            math.ceil((left + w) * s) - math.floor(left * s),
+        ),
+        sel.stride,
+    )
+
+
+def tile_grid(height: int, width: int, t: int) -> tuple[int, int]:
+    return (-(-height // t), -(-width // t))
+
+
+def tiles(height: int, width: int, t: int) -> list[Tile]:
+    """All tiles of side ``t`` covering a height × width grid, row-major (the last ones may be
+    smaller)."""
+    nty, ntx = tile_grid(height, width, t)
+    return [
+        Tile(ty, tx, ty * t, min(height, (ty + 1) * t), tx * t, min(width, (tx + 1) * t))
+        for ty in range(nty)
+        for tx in range(ntx)
+    ]
+
+
+def tile_pixels(tile: Tile, sel: Selection) -> list[tuple[int, int]]:
+    """Selected pixels of a tile, row-major."""
+    return [
+        (i, j)
+        for i in range(tile.y0, tile.y1)
+        for j in range(tile.x0, tile.x1)
+        if sel.contains(i, j)
+    ]
+
+
+def planned_tiles(height: int, width: int, t: int, sel: Selection) -> list[Tile]:
+    """Tiles with at least one selected pixel; only these are ever written."""
+    return [tl for tl in tiles(height, width, t) if tile_pixels(tl, sel)]
+
+
+def tile_probes(tile: Tile, channels: int, height: int, width: int, sel: Selection) -> list[Probe]:
+    """The impulses of one tile: selected pixels row-major, channels innermost."""
+    return [
+        Probe(i, j, c, (c * height + i) * width + j)
+        for (i, j) in tile_pixels(tile, sel)
+        for c in range(channels)
+    ]
+
+
+def passes(probes: Sequence[Probe], k: int) -> list[tuple[Probe, ...]]:
+    """Consecutive groups of at most ``k`` probes; each group is one batched pass.
+
+    The grouping depends only on the tile and ``k``, so a resumed run repeats exactly the passes
+    of an uninterrupted one (batched kernels may round differently for different batch sizes).
+    """
+    if k < 1:
+        raise ValueError("k must be ≥ 1")
+    return [tuple(probes[s : s + k]) for s in range(0, len(probes), k)]
+
+
+def share(items: Sequence, index: int, count: int) -> list:
+    """Round-robin share ``index`` of ``count`` (``--shard I/N``); shares are disjoint and cover
+    all items, and neighbouring tiles go to different processes (balances borders/centre)."""
+    if not (0 <= index < count):
+        raise ValueError(f"shard index {index} not in 0…{count - 1}")
+    return [x for n, x in enumerate(items) if n % count == index]
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows (docs/FORMAT.md, "Geometry").
+
+
+def window_side(window: int | str, size: int) -> int:
+    """Stored window side along one axis: ``size`` for 'full', else clamped to ``size``."""
+    return size if window == "full" else min(int(window), size)
+
+
+def _origin(centre: Fraction, w: int, size: int) -> int:
+    return min(max(math.floor(centre - Fraction(w, 2)), 0), size - w)
+
+
+def column_origin(i: int, scale: float, offset: float, w: int, out_size: int) -> int:
+    """Column window origin on one axis: clip(floor(s·(i + ½) + o − w/2), 0, H' − w).
+
+    Computed with exact rationals so that no float rounding moves a window by one pixel.
+    """
+    s, o = Fraction(scale), Fraction(offset)
+    return _origin(s * (i + Fraction(1, 2)) + o, w, out_size)
+
+
+def row_origin(p: int, scale: float, offset: float, w: int, in_size: int) -> int:
+    """Row window origin on one axis: clip(floor((p + ½ − o)/s − w/2), 0, H − w)."""
+    s, o = Fraction(scale), Fraction(offset)
+    return _origin((p + Fraction(1, 2) - o) / s, w, in_size)
+
+
+def auto_tile(bytes_per_pixel: int, height: int, width: int, limit: int = SHARD_BYTES_LIMIT) -> int:
+    """Largest power-of-two tile side ≤ 16 whose shard stays under ``limit`` bytes, and no larger
+    than needed to cover the domain."""
+    t = 16
+    while t > 1 and (t * t * bytes_per_pixel > limit or (t // 2 >= max(height, width))):
+        t //= 2
+    return t
+
+
+def count(items: Iterable) -> int:
+    return sum(1 for _ in items)

@@ -1,0 +1,398 @@
+"""Writing and reading LinearScope stores (docs/FORMAT.md is the contract; keep them together).
+
+A store is a Zarr v3 group holding one linear interpreter y = F(x0)·x + r(x0) (paper eq. 5).
+Writing rules that make a run safe to kill at any moment (see the shared zarr notes):
+
+* every array is created up front, by the one process that writes metadata;
+* a tile is written whole by one process (origins, outside fractions, then its shard), never
+  pixel by pixel, so no two processes ever touch the same shard;
+* zarr's LocalStore writes each file to ``<key>.<uuid>.partial`` and renames it: a shard file
+  either exists complete or not at all, hence **a tile is done when its shard file exists**;
+* fill value NaN with ``write_empty_chunks`` on, so a computed all-zero filter is still written
+  and "exists ⇔ done" is exact; ``*.partial`` leftovers of a killed run are deleted on resume.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from precompute import probes as P
+from precompute.config import UserError
+
+FORMAT_VERSION = 1
+ANALYSES = ("columns", "rows")
+
+
+class StoreError(UserError):
+    """A store that cannot be read or continued (message shown to the user as is)."""
+
+
+def codecs() -> list:
+    """Lossless only: zstd level 3 then a crc32c checksum per (inner) chunk."""
+    return [ZstdCodec(level=3), Crc32cCodec()]
+
+
+def free_disk_bytes(path: Path) -> int:
+    """Free bytes on the file system holding ``path`` (its nearest existing parent).
+
+    ``LINEARSCOPE_FREE_BYTES`` overrides the measurement (tests and dry planning).
+    """
+    env = os.environ.get("LINEARSCOPE_FREE_BYTES")
+    if env:
+        return int(env)
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout of one windowed analysis.
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Geometry of ``columns`` or ``rows``.
+
+    ``probe_shape`` (C, H, W) is the domain whose pixels are probed (input for columns, output for
+    rows), ``other_shape`` the domain the stored windows live in. ``window`` is (wh, ww).
+    """
+
+    name: str
+    probe_shape: tuple[int, int, int]
+    other_shape: tuple[int, int, int]
+    window: tuple[int, int]
+    full: bool
+    tile: int
+    selection: P.Selection
+    scale: float
+    offset: float
+
+    @property
+    def chunk(self) -> tuple[int, ...]:
+        return (1, 1, self.probe_shape[0], self.other_shape[0], *self.window)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.probe_shape[1], self.probe_shape[2], self.probe_shape[0], self.other_shape[0],
+                *self.window)
+
+    def bytes_per_pixel(self, itemsize: int) -> int:
+        return math.prod(self.chunk) * itemsize
+
+    def origin(self, i: int, j: int) -> tuple[int, int]:
+        """Window origin (oy, ox) in the other domain for probed pixel (i, j) (FORMAT.md)."""
+        rule = P.column_origin if self.name == "columns" else P.row_origin
+        _, oh, ow = self.other_shape
+        return (rule(i, self.scale, self.offset, self.window[0], oh),
+                rule(j, self.scale, self.offset, self.window[1], ow))
+
+    def tiles(self) -> list[P.Tile]:
+        return P.planned_tiles(self.probe_shape[1], self.probe_shape[2], self.tile, self.selection)
+
+    def attrs(self, batch: int | None = None) -> dict:
+        d = {
+            "window": list(self.window),
+            "full": self.full,
+            "tile": self.tile,
+            "region": self.selection.as_list(self.probe_shape[1], self.probe_shape[2]),
+            "stride": self.selection.stride,
+        }
+        if batch is not None:
+            d["batch"] = batch
+        return d
+
+    @classmethod
+    def from_attrs(cls, name: str, a: dict, in_shape, out_shape, geometry: dict) -> "Layout":
+        probe, other = (in_shape, out_shape) if name == "columns" else (out_shape, in_shape)
+        region = tuple(a["region"])
+        sel = P.Selection(None if region == (0, 0, probe[1], probe[2]) else region, a["stride"])
+        return cls(name, tuple(probe), tuple(other), tuple(a["window"]), a["full"], a["tile"], sel,
+                   geometry["scale"], geometry["offset"])
+
+
+def make_layout(name: str, window: int | str, tile: int | str, sel: P.Selection,
+                in_shape, out_shape, scale: float, offset: float, itemsize: int) -> Layout:
+    probe, other = (in_shape, out_shape) if name == "columns" else (out_shape, in_shape)
+    wh, ww = P.window_side(window, other[1]), P.window_side(window, other[2])
+    full = (wh, ww) == (other[1], other[2])
+    bpp = math.prod((probe[0], other[0], wh, ww)) * itemsize
+    t = P.auto_tile(bpp, probe[1], probe[2]) if tile == "auto" else int(tile)
+    return Layout(name, tuple(probe), tuple(other), (wh, ww), full, t, sel, scale, offset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+
+
+def create_store(path: Path, *, attrs: dict, dtype: str, input: np.ndarray, output: np.ndarray,
+                 residual: np.ndarray | None, display_input: np.ndarray,
+                 display_output: np.ndarray | None, layouts: list[Layout]) -> zarr.Group:
+    """Create the group and every array, write the small arrays, then the group attributes.
+
+    The attributes (with ``format_version``) are written last, in one atomic file: a store
+    without them is an interrupted creation and may be deleted and made again.
+    """
+    g = zarr.open_group(str(path), mode="w")
+    c = codecs()
+
+    def small(name, arr, fill):
+        a = g.create_array(name, shape=arr.shape, chunks=arr.shape, dtype=arr.dtype,
+                           fill_value=fill, compressors=c)
+        a[...] = arr
+
+    small("input", input.astype(dtype), np.nan)
+    small("output", output.astype(dtype), np.nan)
+    if residual is not None:
+        small("residual", residual.astype(dtype), np.nan)
+    small("display/input", display_input.astype(np.uint8), 0)
+    if display_output is not None:
+        small("display/output", display_output.astype(np.uint8), 0)
+    for lay in layouts:
+        t = lay.tile
+        g.create_array(lay.name, shape=lay.shape, chunks=lay.chunk,
+                       shards=(t, t, *lay.chunk[2:]), dtype=dtype, fill_value=np.nan,
+                       compressors=c, config={"write_empty_chunks": True})
+        h, w = lay.shape[:2]
+        g.create_array(f"{lay.name}_origin", shape=(h, w, 2), chunks=(t, t, 2), dtype="int32",
+                       fill_value=-1, compressors=c)
+        g.create_array(f"{lay.name}_outside", shape=(h, w, lay.probe_shape[0]),
+                       chunks=(t, t, lay.probe_shape[0]), dtype=dtype, fill_value=np.nan,
+                       compressors=c, config={"write_empty_chunks": True})
+    g.attrs.update(attrs)
+    return g
+
+
+def shard_file(path: Path, array: zarr.Array, name: str, tile: P.Tile) -> Path:
+    key = array.metadata.encode_chunk_key((tile.ty, tile.tx) + (0,) * (array.ndim - 2))
+    return Path(path) / name / key
+
+
+def write_tile(group: zarr.Group, lay: Layout, tile: P.Tile, block: np.ndarray,
+               origin: np.ndarray, outside: np.ndarray) -> None:
+    """Write one tile: origins and outside fractions first, then the whole shard (atomically).
+
+    Only the shard's existence marks the tile done, so a kill between the writes just makes
+    the tile recomputed and rewritten.
+    """
+    ys, xs = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
+    group[f"{lay.name}_origin"][ys, xs] = origin
+    group[f"{lay.name}_outside"][ys, xs] = outside
+    group[lay.name][ys, xs] = block
+
+
+def tile_done(path: Path, group: zarr.Group, lay: Layout, tile: P.Tile) -> bool:
+    return shard_file(path, group[lay.name], lay.name, tile).exists()
+
+
+def remove_partials(path: Path, names: list[str], owned: set[tuple[str, int, int]] | None,
+                    root: bool) -> int:
+    """Delete ``*.partial`` leftovers of killed writers; return how many.
+
+    With ``owned`` (a set of (analysis, ty, tx)) only files of those tiles are touched, so a
+    process never deletes the in-flight temporary file of another shard process. ``root``:
+    also the group-level leftovers (metadata, small arrays), for the metadata process.
+    """
+    n = 0
+    path = Path(path)
+    for f in path.rglob("*.partial"):
+        rel = f.relative_to(path).parts
+        base = rel[0].removesuffix("_origin").removesuffix("_outside")
+        if base in names and len(rel) >= 4 and rel[1] == "c":
+            try:
+                key = (base, int(rel[2]), int(rel[3].split(".")[0]))
+            except ValueError:
+                continue
+            if owned is not None and key not in owned:
+                continue  # another process's tile: its writer may be renaming this file now
+        elif not root:
+            continue
+        f.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading.
+
+
+def _check_version(attrs: dict, path: Path) -> None:
+    v = attrs.get("format_version")
+    if v is None:
+        raise StoreError(f"{path} is not a finished LinearScope store (no format_version attribute)")
+    if not isinstance(v, int) or v > FORMAT_VERSION:
+        raise StoreError(
+            f"{path} has format_version {v}, newer than this LinearScope reads "
+            f"({FORMAT_VERSION}); upgrade linearscope to read it"
+        )
+
+
+class Store:
+    """A store opened read-only. See docs/FORMAT.md for the meaning of every field."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise StoreError(f"no LinearScope store at {self.path}")
+        self.group = zarr.open_group(str(self.path), mode="r")
+        self.attrs: dict[str, Any] = dict(self.group.attrs)
+        _check_version(self.attrs, self.path)
+        self.in_shape = tuple(self.group["input"].shape)
+        self.out_shape = tuple(self.group["output"].shape)
+        self.layouts: dict[str, Layout] = {}
+        geometry = self.attrs.get("geometry")
+        for name in ANALYSES:
+            a = self.attrs.get("analyses", {}).get(name)
+            if a is not None and name in self.group:
+                self.layouts[name] = Layout.from_attrs(name, a, self.in_shape, self.out_shape,
+                                                       geometry)
+
+    # provenance ---------------------------------------------------------------------------
+    @property
+    def format_version(self) -> int:
+        return self.attrs["format_version"]
+
+    @property
+    def checks(self) -> dict:
+        """Errors measured at run time (requirement (3), reconstruction, linearity, adjoint)."""
+        return dict(self.attrs.get("checks", {}))
+
+    @property
+    def provenance(self) -> dict:
+        """Everything recorded about how the store was made (all attributes but the checks)."""
+        return {k: v for k, v in self.attrs.items() if k != "checks"}
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.attrs["dtype"])
+
+    def array(self, name: str) -> np.ndarray:
+        return self.group[name][...]
+
+    # progress -----------------------------------------------------------------------------
+    def planned_tiles(self, analysis: str) -> list[P.Tile]:
+        return self.layouts[analysis].tiles()
+
+    def done_tiles(self, analysis: str) -> list[P.Tile]:
+        """Tiles whose shard exists (finished, whatever happened later to the run)."""
+        lay = self.layouts[analysis]
+        return [t for t in lay.tiles() if tile_done(self.path, self.group, lay, t)]
+
+    def is_complete(self) -> bool:
+        return all(len(self.done_tiles(a)) == len(self.planned_tiles(a)) for a in self.layouts)
+
+    # filters ------------------------------------------------------------------------------
+    def window(self, analysis: str, i: int, j: int) -> tuple[int, int, int, int] | None:
+        """(oy, ox, wh, ww) of the stored window of pixel (i, j), or None if not computed."""
+        oy, ox = (int(v) for v in self.group[f"{analysis}_origin"][i, j])
+        if oy < 0:
+            return None
+        wh, ww = self.layouts[analysis].window
+        return (oy, ox, wh, ww)
+
+    def _full(self, analysis: str, i: int, j: int, channel: int | None) -> np.ndarray:
+        lay = self.layouts[analysis]
+        c_other, h, w = lay.other_shape
+        win = self.window(analysis, i, j)
+        n_probe = lay.probe_shape[0]
+        out = np.zeros((n_probe, c_other, h, w), dtype=self.dtype)
+        if win is None:
+            out[...] = np.nan
+        else:
+            oy, ox, wh, ww = win
+            out[:, :, oy:oy + wh, ox:ox + ww] = self.group[analysis][i, j]
+        return out if channel is None else out[channel]
+
+    def column(self, i: int, j: int, channel: int | None = None) -> np.ndarray:
+        """Column(s) of input pixel (i, j) as full output-size images: (C, C', H', W'), or
+        (C', H', W') for one input ``channel``. Zeros outside the window, NaN if not computed;
+        ``outside`` tells how much of the column the window cut off."""
+        return self._full("columns", i, j, channel)
+
+    def row(self, p: int, q: int, channel: int | None = None) -> np.ndarray:
+        """Row(s) of output pixel (p, q) as full input-size images: (C', C, H, W), or (C, H, W)
+        for one output ``channel``. Zeros outside the window, NaN if not computed."""
+        return self._full("rows", p, q, channel)
+
+    def outside(self, analysis: str, i: int, j: int) -> np.ndarray:
+        """Fraction of each filter's squared norm outside its window (per probed channel)."""
+        return self.group[f"{analysis}_outside"][i, j]
+
+    def dense(self) -> np.ndarray:
+        """The whole filter matrix F (N × n, FORMAT.md index order) of a small store.
+
+        Built from full-window columns if all are computed, else from full-window rows; any
+        other store holds only part of F and this raises StoreError.
+        """
+        n = math.prod(self.in_shape)
+        big = n * math.prod(self.out_shape) * self.dtype.itemsize
+        if big > 2**31:
+            raise StoreError(f"F would take {big / 2**30:.1f} GiB; dense() is for small stores")
+        for name, order in (("columns", (3, 4, 5, 2, 0, 1)), ("rows", (2, 0, 1, 3, 4, 5))):
+            lay = self.layouts.get(name)
+            if lay is None or not lay.full:
+                continue
+            if lay.selection != P.Selection(None, 1) or not self.is_analysis_complete(name):
+                continue
+            a = self.group[name][...]
+            return np.ascontiguousarray(a.transpose(order)).reshape(math.prod(self.out_shape), n)
+        raise StoreError(
+            f"{self.path} holds no complete full-window columns or rows of every pixel, so it "
+            "does not determine the whole F"
+        )
+
+    def is_analysis_complete(self, analysis: str) -> bool:
+        return len(self.done_tiles(analysis)) == len(self.planned_tiles(analysis))
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Open a store written by ``precompute run`` read-only (see docs/FORMAT.md)."""
+    return Store(path)
+
+
+def _size_on_disk(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def info_text(path: str | os.PathLike) -> str:
+    """A human summary of a store (``precompute info``)."""
+    st = open_store(path)
+    a = st.attrs
+    m, im = a["model"], a["image"]
+    lines = [
+        f"{st.path}  (format_version {a['format_version']}, created {a.get('created')})",
+        f"model     {m['id']}  kind {m['kind']}  scale {m.get('scale')}"
+        + (f"  checkpoint {m['checkpoint']} (sha256 {str(m['checkpoint_sha256'])[:12]}…)"
+           if m.get("checkpoint") else ""),
+        f"image     {im['path']}  crop {im['crop']}  size {im['size'][0]}×{im['size'][1]}"
+        f"  sha256 {im['sha256'][:12]}…",
+        f"x0 {'×'.join(map(str, st.in_shape))} → f(x0) {'×'.join(map(str, st.out_shape))}; "
+        f"{a['interpreter']} interpreter, {a['dtype']}, geometry {a.get('geometry')}",
+    ]
+    for name, lay in st.layouts.items():
+        done, planned = len(st.done_tiles(name)), len(st.planned_tiles(name))
+        state = "done" if done == planned else f"{done}/{planned} tiles"
+        lines.append(
+            f"{name:9} window {lay.window[0]}×{lay.window[1]}{' (full)' if lay.full else ''}, "
+            f"tile {lay.tile}, region {lay.attrs()['region']} stride {lay.selection.stride}, "
+            f"batch {a['analyses'][name].get('batch')}: {state}"
+        )
+    if "residual" in st.group:
+        r = st.group["residual"][...]
+        lines.append(f"residual  max |r| = {np.abs(r).max():.3g}")
+    ch = a.get("checks", {})
+    lines.append("checks    " + ", ".join(f"{k} {v:.2e}" for k, v in ch.items()))
+    t = a.get("timings", {})
+    lines.append("timings   " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items())
+                 + f"; oom_splits {a.get('oom_splits', 0)}; last device {a.get('device')}")
+    lines.append(f"size      {_size_on_disk(st.path) / 1e6:.1f} MB on disk")
+    return "\n".join(lines)
