@@ -1,0 +1,84 @@
+"""`precompute` command line: run / info / verify.
+
+Every user error is one line ``error: …`` on stderr with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from precompute.config import UserError
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished tiles are on disk; run the same command to resume",
+                       err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+def main():
+    """LinearScope precompute: compute and inspect linear-interpreter stores."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the plan (probes, passes, bytes, time) and exit.")
+@click.option("--overwrite", is_flag=True,
+              help="Discard an existing store made with a different value-affecting configuration.")
+@click.option("--shard", metavar="I/N", default=None,
+              help="Compute only share I of N of the tiles (default: RANK/WORLD_SIZE under torchrun).")
+@click.option("--quiet", "-q", is_flag=True, help="No plan paragraph and no progress bars.")
+def run(config, dry_run, overwrite, shard, quiet):
+    """Compute the residual, columns and rows of CONFIG (YAML) into Zarr store(s).
+
+    Safe to kill at any moment: the same command continues where it stopped.
+    """
+    from precompute import sweep
+
+    opts = sweep.Options(overwrite=overwrite, dry_run=dry_run, shard=sweep.parse_shard(shard),
+                         quiet=quiet)
+    for line in sweep.run(config, opts):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False))
+def info(store):
+    """Summarise STORE: provenance, checks, progress, size."""
+    from precompute.store import info_text
+
+    click.echo(info_text(store))
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--samples", default=8, show_default=True,
+              help="Random columns and rows to recompute (each).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def verify(store, samples, seed, device):
+    """Recompute a random sample of stored columns and rows and report the maximum difference."""
+    from precompute.sweep import verify_store
+
+    text, ok = verify_store(store, samples=samples, seed=seed, device=device)
+    click.echo(text)
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
