@@ -265,8 +265,16 @@
         var p = pixelAt(slot.panes[pane], ev);
         probe(dom, slot.index, p[0], p[1], false);
       });
+      var downAt = null;
+      stage.addEventListener("mousedown", function (ev) {
+        // focus without scrolling, so the pixel under the mouse stays the one clicked
+        ev.preventDefault();
+        downAt = pixelAt(slot.panes[pane], ev);
+        stage.focus({ preventScroll: true });
+      });
       stage.addEventListener("click", function (ev) {
-        var p = pixelAt(slot.panes[pane], ev);
+        var p = downAt || pixelAt(slot.panes[pane], ev);
+        downAt = null;
         var same = state.pin && state.d === dom && state.r === slot.index && state.y === p[0] && state.x === p[1];
         probe(dom, slot.index, p[0], p[1], !same);
       });
@@ -569,8 +577,9 @@
 
   LS.init = function (opts) {
     root = opts.root || "";
-    runIds = opts.runs;
+    runIds = opts.runs || [];
     var start = function () {
+      if (!runIds.length) { hooks.ready = true; return; }  // the index: nothing to drive
       readHash();
       runIds.forEach(function (id, i) {
         var meta = LS.runs[id];

@@ -1,0 +1,246 @@
+"""The built site in a real browser: Debian's Chromium driven by Playwright, pages opened from file://.
+
+Playwright (Python) is used instead of a hand-written DevTools client: it gives waiting, mouse,
+keyboard, downloads and console/failed-request events in a few lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.sync_api import sync_playwright
+
+from site_fixtures import make_suite
+from sitegen.build import Options, build
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    stores = make_suite(root / "stores")
+    build([root / "stores"], root / "site", Options(progress=False))
+    return root / "site", stores
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+class Page:
+    """A page plus everything that went wrong while it was open."""
+
+    def __init__(self, browser, url):
+        self.ctx = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                       accept_downloads=True)
+        self.page = self.ctx.new_page()
+        self.problems: list[str] = []
+        self.page.on("console", lambda m: m.type in ("error", "warning") and
+                     self.problems.append(f"console {m.type}: {m.text}"))
+        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        self.page.on("requestfailed", lambda r: self.problems.append(f"failed load: {r.url}"))
+        self.open(url)
+
+    def open(self, url):
+        self.page.goto(url)
+        self.page.wait_for_function("window.__linearscope && window.__linearscope.ready")
+
+    def pixel(self, pane, y, x, run=None, click=False):
+        """Move the mouse to the centre of pixel (y, x) of a pane."""
+        if click:  # hover first: the page must not move under the mouse before the click
+            self.pixel(pane, y, x, run)
+        sec = f'section.run[data-run="{run}"] ' if run else ""
+        stage = self.page.locator(f'{sec}[data-pane="{pane}"] .stage').first
+        stage.scroll_into_view_if_needed()
+        box = stage.bounding_box()
+        H, W = self.page.evaluate(
+            """([s, pane]) => { const sec = s ? document.querySelector(s) : document;
+               const img = sec.querySelector('[data-pane="' + pane + '"] img');
+               return [img.naturalHeight, img.naturalWidth]; }""",
+            [sec.strip() or None, pane])
+        px, py = box["x"] + (x + 0.5) * box["width"] / W, box["y"] + (y + 0.5) * box["height"] / H
+        if click:
+            self.page.mouse.click(px, py)
+        else:
+            self.page.mouse.move(px, py)
+
+    def filter(self, run, kind, y, x):
+        self.page.wait_for_function(
+            """([run, kind, y, x]) => { const f = window.__linearscope.filters[run];
+               return f && f.kind === kind && f.pixel[0] === y && f.pixel[1] === x; }""",
+            arg=[run, kind, y, x], timeout=10000)
+        return self.page.evaluate("(run) => window.__linearscope.filters[run]", run)
+
+    def shot(self, name):
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def close(self):
+        self.ctx.close()
+        assert not self.problems, self.problems
+
+
+def url(site_dir: Path, rel: str) -> str:
+    return (site_dir / rel).as_uri()
+
+
+def check_values(f, want):
+    """The page's decoded filter equals the store's values to float16 display precision."""
+    got = np.asarray(f["data"], np.float64).reshape(f["shape"])
+    assert got.shape == want.shape
+    scale = f["scale"]
+    tol = np.abs(want) * 2.0 ** -11 + scale * (2.0 ** -24 + 1e-7)
+    assert np.all(np.abs(got - want) <= tol), np.abs(got - want).max()
+    assert np.all(got[want == 0] == 0)
+
+
+def test_index_lists_runs_and_groups(site, browser):
+    d, _ = site
+    p = Page(browser, url(d, "index.html"))
+    rows = p.page.locator("table.runs tbody tr")
+    assert rows.count() == 4
+    assert p.page.locator('a[href="compare/b4298686047a.html"]').count() >= 1
+    for rid in ("netA-test", "netB-test", "colsonly-test", "rowsonly-test"):
+        assert p.page.locator(f'a[href="explorer/{rid}.html"]').count() >= 1
+    p.shot("index")
+    p.page.locator('a[href="explorer/netA-test.html"]').first.click()
+    p.page.wait_for_function("window.__linearscope && window.__linearscope.ready")
+    p.close()
+
+
+def test_hover_column_and_row_match_store(site, browser):
+    d, s = site
+    fx = s["both"]
+    p = Page(browser, url(d, "explorer/netA-test.html"))
+    for (i, j) in ((0, 0), (2, 5), (7, 0)):
+        p.pixel("input", i, j)
+        f = p.filter("netA-test", "columns", i, j)
+        assert tuple(f["origin"]) == fx.col_origin(i, j)
+        check_values(f, fx.column(i, j))
+    for (q, r) in ((0, 0), (9, 4), (15, 15)):
+        p.pixel("output", q, r)
+        f = p.filter("netA-test", "rows", q, r)
+        assert tuple(f["origin"]) == fx.row_origin(q, r)
+        check_values(f, fx.row(q, r))
+    # the footprint of the window is outlined on the input, the crosshair is on both panes
+    assert p.page.locator('[data-pane="input"] .fp').is_visible()
+    assert p.page.locator('[data-pane="output"] .xh-h').is_visible()
+    # value under the cursor in the filter window
+    box = p.page.locator(".fcanvas").bounding_box()
+    p.page.mouse.move(box["x"] + 1, box["y"] + 1)
+    assert "value at input (" in p.page.locator(".readout .val").inner_text()
+    assert "%" in p.page.locator(".readout .outside").inner_text()
+    p.shot("explorer")
+    p.close()
+
+
+def test_pin_permalink_keys_and_controls(site, browser):
+    d, s = site
+    p = Page(browser, url(d, "explorer/netA-test.html"))
+    pg = p.page
+    p.pixel("output", 6, 3, click=True)
+    p.filter("netA-test", "rows", 6, 3)
+    p.pixel("output", 12, 12)  # pinned: hovering elsewhere does not move the probe
+    pg.wait_for_timeout(150)
+    assert pg.evaluate("window.__linearscope.state.pin") is True
+    assert p.filter("netA-test", "rows", 6, 3)["pixel"] == [6, 3]
+    pg.keyboard.press("ArrowRight")
+    p.filter("netA-test", "rows", 6, 4)
+    pg.keyboard.press("Shift+ArrowDown")
+    p.filter("netA-test", "rows", 15, 4)  # 16 - 1: clamped to the image
+    pg.keyboard.press("ArrowUp")
+    f = p.filter("netA-test", "rows", 14, 4)
+    check_values(f, s["both"].row(14, 4))
+    pg.select_option("#ls-cmap", "puor")
+    pg.select_option("#ls-norm", "g")
+    pg.select_option("#ls-tail", "log")
+    pg.select_option("#ls-own", "1")
+    pg.select_option("#ls-other", "2")
+    before = pg.evaluate("window.__linearscope.filters['netA-test']")
+    assert (before["a"], before["b"]) == (1, 2)
+    state = pg.evaluate("window.__linearscope.state")
+    link = pg.url
+    assert "pin=1" in link and "cm=puor" in link
+    p.shot("explorer-pinned")
+    # reopen through the permalink: same pixel, same view
+    q = Page(pg.context.browser, link)
+    f2 = q.filter("netA-test", "rows", 14, 4)
+    assert q.page.evaluate("window.__linearscope.state") == state
+    assert f2["data"] == before["data"] and (f2["a"], f2["b"], f2["max"]) == (1, 2, before["max"])
+    assert q.page.input_value("#ls-cmap") == "puor" and q.page.input_value("#ls-tail") == "log"
+    caption = q.page.locator(".fcap").inner_text()
+    assert "output pixel (14, 4)" in caption and "global" in caption and "log" in caption
+    q.close()
+    # Esc releases the pin; hovering follows the mouse again
+    pg.keyboard.press("Escape")
+    assert pg.evaluate("window.__linearscope.state.pin") is False
+    p.pixel("input", 1, 1)
+    p.filter("netA-test", "columns", 1, 1)
+    # export the shown filter as PNG
+    with pg.expect_download() as dl:
+        pg.click("#ls-export")
+    assert dl.value.suggested_filename.startswith("netA-test-columns-1-1")
+    path = dl.value.path()
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    p.close()
+
+
+def test_keyboard_only(site, browser):
+    d, _ = site
+    p = Page(browser, url(d, "explorer/netB-test.html"))
+    pg = p.page
+    pg.keyboard.press("Tab")  # breadcrumb links and controls come first; focus the input pane
+    pg.locator('[data-pane="input"] .stage').focus()
+    pg.keyboard.press("ArrowLeft")
+    f = pg.evaluate("window.__linearscope.state")
+    assert f["d"] == "in" and f["pin"] is True
+    p.filter("netB-test", "columns", f["y"], f["x"])
+    p.close()
+
+
+def test_not_computed_states(site, browser):
+    d, _ = site
+    p = Page(browser, url(d, "explorer/netA-test.html"))
+    p.pixel("input", 5, 5)  # store tile (1, 1) of columns was never computed
+    p.page.wait_for_function("document.querySelector('.fmsg').textContent.includes('not computed')")
+    assert p.page.locator(".fstage.nc").count() == 1
+    p.close()
+    for rid, pane, kind in (("colsonly-test", "output", "Rows"), ("rowsonly-test", "input", "Columns")):
+        p = Page(browser, url(d, f"explorer/{rid}.html"))
+        p.pixel(pane, 1, 1)
+        p.page.wait_for_function(
+            f"document.querySelector('.fmsg').textContent.includes('{kind}') && "
+            "document.querySelector('.fmsg').textContent.includes('not computed for this run')")
+        other = "input" if pane == "output" else "output"
+        p.pixel(other, 2, 3)
+        p.filter(rid, "columns" if other == "input" else "rows", 2, 3)
+        p.shot(f"explorer-{rid}")
+        p.close()
+
+
+def test_compare_one_cursor(site, browser):
+    d, s = site
+    p = Page(browser, url(d, "compare/b4298686047a.html"))
+    assert p.page.locator("section.run").count() == 2
+    p.pixel("input", 3, 6, run="netB-test")
+    fa = p.filter("netA-test", "columns", 3, 6)
+    fb = p.filter("netB-test", "columns", 3, 6)
+    check_values(fa, s["both"].column(3, 6))
+    check_values(fb, s["both2"].column(3, 6))
+    p.pixel("output", 10, 2, run="netA-test")
+    check_values(p.filter("netB-test", "rows", 10, 2), s["both2"].row(10, 2))
+    check_values(p.filter("netA-test", "rows", 10, 2), s["both"].row(10, 2))
+    p.shot("compare")
+    p.close()
