@@ -126,7 +126,10 @@ def describe_mismatch(
 ) -> tuple[list[str], list[str], list[str]]:
     """Missing keys, unexpected keys, and ``"key: file [..] vs model [..]"`` shape mismatches."""
     expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
+    # Batch norm fills a missing num_batches_tracked itself (pre-1.0 files, e.g. the 2017
+    # torchvision ResNet/VGG-BN/DenseNet weights, lack it), so it is not a missing key.
+    missing = [k for k in expected
+               if k not in state_dict and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [
         f"{k}: file {list(state_dict[k].shape)} vs model {list(v.shape)}"
