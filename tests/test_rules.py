@@ -67,6 +67,7 @@ def _chord(h, z0):
 
 @pytest.mark.parametrize("act1,act2", [(nn.Tanh(), nn.Sigmoid()), (nn.GELU(), nn.SiLU())])
 def test_smooth_units_freeze_is_the_chord(act1, act2):
+    # (activation modules hold no parameters, so creating them at collection time is fine)
     torch.manual_seed(0)
     model = SmoothNet(act1, act2)
     x0 = torch.randn(1, 2, 5, 5)
@@ -131,14 +132,15 @@ def _frozen_stats(z0, groups):
     return mean, (var + 1e-5).sqrt()
 
 
-@pytest.mark.parametrize("norm,groups", [
-    (nn.InstanceNorm2d(4), 4),                      # CycleGAN style: no affine, no running stats
-    (nn.InstanceNorm2d(4, affine=True), 4),
-    (nn.GroupNorm(2, 4), 2),
-    (nn.BatchNorm2d(4).train(), 4),                 # training mode: x0's statistics
+@pytest.mark.parametrize("make_norm,groups", [
+    (lambda: nn.InstanceNorm2d(4), 4),              # CycleGAN style: no affine, no running stats
+    (lambda: nn.InstanceNorm2d(4, affine=True), 4),
+    (lambda: nn.GroupNorm(2, 4), 2),
+    (lambda: nn.BatchNorm2d(4).train(), 4),         # training mode: x0's statistics
 ])
-def test_normalisations_are_frozen_at_x0_statistics(norm, groups):
+def test_normalisations_are_frozen_at_x0_statistics(make_norm, groups):
     torch.manual_seed(2)
+    norm = make_norm()
     model = NormNet(norm)
     if getattr(norm, "weight", None) is not None:
         with torch.no_grad():
