@@ -446,12 +446,19 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
                                "detail": ""})
         C, H, W = st.input_shape
         outshape = list(st.output_shape)
+        scores = None
+        if st.kind != "image":  # a classifier: show its top scores (class rows will follow)
+            y = np.asarray(st.read("output"), np.float64).reshape(-1)
+            labels = st.model.get("labels") or [str(k) for k in range(len(y))]
+            top = sorted(range(len(y)), key=lambda k: (-y[k], k))[:10]
+            scores = [[str(labels[k]) if k < len(labels) else str(k), float(f"{y[k]:.6g}")]
+                      for k in top]
         meta = {
             "id": rid, "name": st.name, "title": f"{prov['model']} on {Path(prov['image_path']).name}",
             "kind": st.kind, "scale": st.scale, "offset": st.offset,
             "input": [C, H, W], "output": outshape, "images": images,
             "residualMax": resid_max, "analyses": analyses, "provenance": prov,
-            "modeText": MODE_TEXT[opts.mode],
+            "modeText": MODE_TEXT[opts.mode], "scores": scores,
         }
         w.write(f"data/{rid}/meta.js", f"LinearScope.run({js_literal(meta)});\n".encode())
         runs.append({"id": rid, "store": st, "prov": prov, "meta": meta, "status": status,

@@ -227,3 +227,29 @@ def make_suite(root: Path) -> dict[str, FixtureStore]:
         "both2": make_store(root / "netB-test.zarr", name="netB", model_id="netB", seed=4,
                             col_window=16, row_window=8),
     }
+
+
+def make_vector_store(path: Path, *, name: str = "classifier", K: int = 5, H: int = 8, W: int = 8,
+                      image_sha: str = IMAGE_SHA) -> Path:
+    """A classifier ("vector" model) store: scores only, no columns or rows (FORMAT.md)."""
+    rng = np.random.default_rng(11)
+    x0 = rng.random((3, H, W), dtype=np.float32)
+    scores = rng.standard_normal(K).astype(np.float32)
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.attrs.update({
+        "format_version": 1, "name": name, "config": {"name": name},
+        "model": {"id": "torchvision:tiny", "arch": "tiny", "scale": None, "checkpoint": None,
+                  "checkpoint_sha256": None, "kind": "vector",
+                  "labels": [f"class {k}" for k in range(K)], "description": "test classifier"},
+        "image": {"path": "/data/test.png", "sha256": image_sha, "crop": None, "size": [H, W]},
+        "interpreter": "freeze", "dtype": "float32", "geometry": None,
+        "checks": {"requirement3_abs": 1e-6, "requirement3_rel": 1e-7},
+        "analyses": {"residual": True}, "timings": {}, "versions": {}, "device": "cpu",
+        "created": "2026-11-27T12:00:00Z", "oom_splits": 0,
+    })
+    for nm, data in (("input", x0), ("output", scores), ("residual", 0.1 * scores)):
+        _arr(root, nm, data, data.shape)[...] = data
+    disp = root.create_group("display")
+    d = (x0 * 255).round().astype(np.uint8).transpose(1, 2, 0)
+    _arr(disp, "input", d, d.shape, fill=0)[...] = d
+    return Path(path)

@@ -244,3 +244,21 @@ def test_compare_one_cursor(site, browser):
     check_values(p.filter("netA-test", "rows", 10, 2), s["both"].row(10, 2))
     p.shot("compare")
     p.close()
+
+
+def test_vector_model_pages(browser, tmp_path):
+    from site_fixtures import make_vector_store
+
+    make_vector_store(tmp_path / "stores" / "cls.zarr")
+    build([tmp_path / "stores"], tmp_path / "site", Options(progress=False))
+    p = Page(browser, url(tmp_path / "site", "explorer/cls.html"))
+    assert p.page.locator("table.scores tbody tr").count() == 5
+    p.pixel("input", 2, 2)
+    p.page.wait_for_function(
+        "document.querySelector('.fmsg').textContent.includes('not computed: vector')")
+    assert p.page.locator(".fstage.nc").count() == 1
+    p.shot("explorer-vector")
+    p.close()
+    p = Page(browser, url(tmp_path / "site", "index.html"))
+    assert p.page.locator("table.runs tbody tr").count() == 1
+    p.close()
