@@ -386,10 +386,21 @@
       placeRect(slot.panes.input, null); placeRect(slot.panes.output, null); placeRect(slot.panes.residual, null);
       tgt.forEach(function (o) { placeRect(o, f.origin[0], f.origin[1], f.shape[2], f.shape[3]); });
       draw(slot);
+      prefetch(m, kind, f.pixel);
     }, function (err) {
       if (my !== token) return;
       hooks.errors.push(String(err));
       message(slot, "Could not load this filter: " + err.message, true);
+    });
+  }
+
+  // load the neighbouring tiles ahead of the mouse (only tiles the site has: no failed loads)
+  function prefetch(meta, kind, p) {
+    var an = meta.analyses[kind], S = an.tile, ty = Math.floor(p[0] / S), tx = Math.floor(p[1] / S);
+    [[-1, 0], [1, 0], [0, -1], [0, 1]].forEach(function (d) {
+      if (tileSet(an)[(ty + d[0]) + "," + (tx + d[1])]) {
+        loadTile(meta.id, kind, ty + d[0], tx + d[1]).catch(function () {});
+      }
     });
   }
 
