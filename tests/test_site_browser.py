@@ -262,3 +262,31 @@ def test_vector_model_pages(browser, tmp_path):
     p = Page(browser, url(tmp_path / "site", "index.html"))
     assert p.page.locator("table.runs tbody tr").count() == 1
     p.close()
+
+
+def test_same_site_behind_a_static_server(site, browser):
+    """Unchanged files served over http:// (Python's http.server) behave as from disk."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    d, s = site
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(d)))
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}/"
+        p = Page(browser, base + "index.html")
+        p.page.locator('a[href="explorer/netB-test.html"]').first.click()
+        p.page.wait_for_function("window.__linearscope && window.__linearscope.ready")
+        p.pixel("input", 4, 4)
+        check_values(p.filter("netB-test", "columns", 4, 4), s["both2"].column(4, 4))
+        p.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
