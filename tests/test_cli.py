@@ -1,0 +1,150 @@
+"""The `precompute` CLI: user errors are one line with exit 2 and no traceback; dry run, info,
+verify, resume refusals, the free-disk check and --shard."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+import precompute
+from sweep_helpers import TINY, assert_bitwise_equal, cli, cli_subprocess, make_image, write_config
+
+
+def _cfg(tmp_path, name="t", image="img.png", **kw):
+    if not (tmp_path / "img.png").exists():
+        make_image(tmp_path / "img.png", 6, 6)
+    cfg = {"name": name, "model": {"arch": "bicubic", "scale": 2}, "image": image,
+           "analyses": {"residual": True, "columns": {"window": 4, "tile": 2},
+                        "rows": {"window": 3, "tile": 4}},
+           "dtype": "float64", "output": str(tmp_path / "runs")}
+    cfg.update(kw)
+    return write_config(tmp_path / f"{name}.yaml", **cfg)
+
+
+def _user_error(result, text):
+    assert result.exit_code == 2, (result.exit_code, result.output, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert text in lines[0], lines[0]
+    assert "Traceback" not in result.output + result.stderr
+
+
+@pytest.mark.parametrize("kw,text", [
+    ({"analyses": {"colums": True}}, "did you mean `columns`?"),
+    ({"crop": [2, 2, 8, 8]}, "crop [2, 2, 8, 8] ([top, left, height, width]) does not fit"),
+    ({"pixels": {"region": [4, 0, 4, 2]}}, "`pixels` region [4, 0, 4, 2] ([top, left, height, width]) leaves the input image of 6×6"),
+    ({"model": {"arch": "nosuchnet", "scale": 2}}, "nosuchnet"),
+    ({"model": {"arch": f"python:{TINY}:one_channel"}}, "expects 1-channel input, but img.png gave an input of shape (1, 3, 6, 6)"),
+    ({"model": {"arch": f"python:{TINY}:big_kernel"}}, "cannot take this image (input shape (1, 3, 6, 6))"),
+    ({"model": {"arch": f"python:{TINY}:multiple_of_4"}}, "multiples of 4"),
+    ({"model": {"arch": f"python:{TINY}:classifier"}}, "vector model"),
+    ({"model": {"arch": f"python:{TINY}:nan_net"}}, "NaN/Inf"),
+])
+def test_bad_runs_are_one_line_errors(tmp_path, kw, text):
+    _user_error(cli("run", _cfg(tmp_path, **kw)), text)
+    assert not (tmp_path / "runs" / "t.zarr" / "columns").exists()  # nothing stored
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    r = cli_subprocess("run", _cfg(tmp_path, dtype="float16"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (f"error: {tmp_path / 't.yaml'}: `dtype`: expected 'float32' or "
+                                "'float64', got 'float16'")
+    r = cli_subprocess("info", tmp_path / "nothing.zarr")
+    assert r.returncode == 2 and r.stderr.startswith("error: no LinearScope store at")
+
+
+def test_plan_bigger_than_free_disk_is_refused(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path)
+    monkeypatch.setenv("LINEARSCOPE_FREE_BYTES", "1000")
+    r = cli("run", cfg)
+    _user_error(r, "but only 1.0 KB is free at")
+    assert "use smaller windows" in r.stderr
+    assert not (tmp_path / "runs" / "t.zarr").exists()
+    monkeypatch.setenv("LINEARSCOPE_FREE_BYTES", str(10**9))
+    assert cli("run", "-q", cfg).exit_code == 0
+
+
+def test_dry_run_info_verify_and_done(tmp_path):
+    cfg = _cfg(tmp_path)
+    r = cli("run", "--dry-run", cfg)
+    assert r.exit_code == 0, r.stderr
+    assert "columns: window 4×4, 9 of 9 tiles of 2×2 px to do, 108 probes" in r.stderr
+    assert "To write:" in r.stderr and "estimated compute time" in r.stderr
+    assert not (tmp_path / "runs" / "t.zarr").exists()
+
+    r = cli("run", cfg)
+    assert r.exit_code == 0, r.stderr
+    assert "creating" in r.stderr and "done (" in r.stdout
+    store = tmp_path / "runs" / "t.zarr"
+
+    r = cli("info", store)
+    assert r.exit_code == 0
+    assert "columns   window 4×4, tile 2" in r.stdout and ": done" in r.stdout
+    assert "reconstruction_abs" in r.stdout
+
+    r = cli("verify", "--samples", "3", store)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "columns: 3 pixels × 3 channels recomputed" in r.stdout and "verify: OK" in r.stdout
+
+    # verify notices a corrupted value
+    g = zarr.open_group(str(store), mode="r+")
+    block = g["columns"][...]
+    block[np.isfinite(block)] += 1e-3
+    g["columns"][...] = block
+    r = cli("verify", "--samples", "2", store)
+    assert r.exit_code == 1 and "MISMATCH" in r.stdout
+
+    r = cli("run", cfg)
+    assert r.exit_code == 0 and "already done" in r.stdout
+
+
+def test_value_changes_are_refused_unless_overwrite(tmp_path):
+    assert cli("run", "-q", _cfg(tmp_path)).exit_code == 0
+    wider = {"residual": True, "columns": {"window": 5, "tile": 2}, "rows": {"window": 3, "tile": 4}}
+    _user_error(cli("run", _cfg(tmp_path, analyses=wider)), "was made with a different analyses")
+    _user_error(cli("run", _cfg(tmp_path, interpreter="taylor")), "different interpreter")
+    # batch and device may change
+    assert cli("run", "-q", _cfg(tmp_path, batch=3, device="cpu")).exit_code == 0
+    r = cli("run", "-q", "--overwrite", _cfg(tmp_path, analyses=wider))
+    assert r.exit_code == 0, r.stderr
+    st = precompute.open_store(tmp_path / "runs" / "t.zarr")
+    assert st.layouts["columns"].window == (5, 5) and st.is_complete()
+
+
+def test_newer_format_is_refused(tmp_path):
+    assert cli("run", "-q", _cfg(tmp_path)).exit_code == 0
+    store = tmp_path / "runs" / "t.zarr"
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["format_version"] = 99
+    (store / "zarr.json").write_text(json.dumps(meta))
+    _user_error(cli("info", store), "format_version 99, newer than this LinearScope reads (1)")
+    with pytest.raises(precompute.store.StoreError, match="upgrade linearscope"):
+        precompute.open_store(store)
+    _user_error(cli("run", _cfg(tmp_path)), "format_version 99")
+
+
+def test_shard_halves_combine_into_the_full_store(tmp_path):
+    make_image(tmp_path / "img.png", 6, 6)
+    common = dict(model={"arch": f"python:{TINY}:relu_same"}, dtype="float32", batch=4,
+                  analyses={"residual": True, "columns": {"window": 3, "tile": 2},
+                            "rows": {"window": 3, "tile": 2}})
+    full = write_config(tmp_path / "full.yaml", name="s", image="img.png",
+                        output=str(tmp_path / "full"), **common)
+    half = write_config(tmp_path / "half.yaml", name="s", image="img.png",
+                        output=str(tmp_path / "half"), **common)
+    assert cli("run", "-q", full).exit_code == 0
+    r = cli("run", "-q", "--shard", "1/2", half)
+    assert r.exit_code == 0, r.stderr
+    st = precompute.open_store(tmp_path / "half" / "s.zarr")
+    done = {(t.ty, t.tx) for t in st.done_tiles("columns")}
+    assert done == {(t.ty, t.tx) for i, t in enumerate(st.planned_tiles("columns")) if i % 2 == 1}
+    assert not st.is_complete()
+    r = cli("run", "-q", half, env={"RANK": "0", "WORLD_SIZE": "2"})  # torchrun's variables
+    assert r.exit_code == 0, r.stderr
+    assert precompute.open_store(tmp_path / "half" / "s.zarr").is_complete()
+    assert_bitwise_equal(tmp_path / "full" / "s.zarr", tmp_path / "half" / "s.zarr")
+    _user_error(cli("run", "--shard", "2/2", half), "--shard: expected 0 ≤ I < N")
