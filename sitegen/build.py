@@ -347,14 +347,24 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
             region, stride = selection(st, a, opts)
             if not tiles:
                 continue
-            sample, n, _ = encode_tile(st, a, opts, rid, tiles[0])
-            per_px = len(sample) / max(n, 1) if sample else 0
-            mask_n = 0
-            for t in tiles:
-                _, _, y0, y1, x0, x1 = t
-                mask_n += int(selected_mask((y1 - y0, x1 - x0), region, stride, y0, x0).sum())
-            npix_total += mask_n
-            estimate += int(per_px * mask_n)
+            # exact count of the filters to encode: selected pixels with a stored origin
+            # (origins are small int arrays; a not-computed pixel has origin -1)
+            origin = st.read(kind + "_origin")
+            H, W = a.grid
+            sel = selected_mask((H, W), region, stride, 0, 0) & (origin[..., 0] >= 0)
+            n_sel = int(sel.sum())
+            tiles = [t for t in tiles if sel[t[2]:t[3], t[4]:t[5]].any()]
+            if not tiles:
+                continue
+            # bytes per filter from up to three encoded sample tiles (first, middle, last)
+            picks = sorted({0, len(tiles) // 2, len(tiles) - 1})
+            size = count = 0
+            for k in picks:
+                data, n, _ = encode_tile(st, a, opts, rid, tiles[k])
+                size += len(data or b"")
+                count += n
+            npix_total += n_sel
+            estimate += int(size / max(count, 1) * n_sel)
             plan.append((st, rid, kind, a, tiles))
         C, H, W = st.input_shape
         estimate += 3 * H * W * 2 + 40_000  # PNGs and pages, roughly
