@@ -108,6 +108,7 @@ def make_store(
     missing_col_tiles: tuple = (),
     missing_row_tiles: tuple = (),
     format_version: int = 1,
+    crop: list | None = None,
 ) -> FixtureStore:
     """Write a store of a ``scale``× image model on a C×H×W input to ``path``."""
     Co = C
@@ -134,7 +135,7 @@ def make_store(
                   "checkpoint": f"/ckpt/{model_id}.pt",
                   "checkpoint_sha256": hashlib.sha256(model_id.encode()).hexdigest(),
                   "kind": "image", "labels": None, "description": f"test model {model_id}"},
-        "image": {"path": "/data/test.png", "sha256": image_sha, "crop": None, "size": [H, W]},
+        "image": {"path": "/data/test.png", "sha256": image_sha, "crop": crop, "size": [H, W]},
         "interpreter": "freeze",
         "dtype": "float32",
         "geometry": {"scale": scale, "offset": 0},

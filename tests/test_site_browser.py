@@ -290,3 +290,25 @@ def test_same_site_behind_a_static_server(site, browser):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_compare_through_crops(browser, tmp_path):
+    """Runs on the same image file with different crops share the cursor in image coordinates."""
+    from site_fixtures import make_store
+
+    a = make_store(tmp_path / "s" / "whole.zarr", name="whole", model_id="whole", seed=8)
+    c = make_store(tmp_path / "s" / "crop.zarr", name="crop", model_id="crop", seed=9, H=6, W=6,
+                   crop=[2, 2, 6, 6], tile=3)
+    build([tmp_path / "s"], tmp_path / "site", Options(progress=False))
+    p = Page(browser, url(tmp_path / "site", "compare/b4298686047a.html"))
+    p.pixel("input", 5, 4, run="whole")
+    check_values(p.filter("whole", "columns", 5, 4), a.column(5, 4))
+    check_values(p.filter("crop", "columns", 3, 2), c.column(3, 2))
+    p.pixel("output", 4, 5, run="crop")  # crop output (4, 5) is whole output (8, 9)
+    check_values(p.filter("whole", "rows", 8, 9), a.row(8, 9))
+    check_values(p.filter("crop", "rows", 4, 5), c.row(4, 5))
+    p.pixel("input", 0, 0, run="whole")
+    p.page.wait_for_function(
+        """() => document.querySelector('section[data-run="crop"] .fmsg').textContent
+                 .includes("outside this run's crop")""")
+    p.close()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 import zarr
 from PIL import Image
@@ -24,6 +25,7 @@ def run(module, *args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_precompute_then_sitegen(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((6, 6, 3)) * 255).astype(np.uint8), "RGB").save(tmp_path / "tiny.png")

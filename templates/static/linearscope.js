@@ -328,6 +328,10 @@
   }
 
   // continuous input/output coordinates of the probe for one slot (input pixel, output pixel)
+  function cropOf(meta) {
+    var c = meta.provenance && meta.provenance.crop;
+    return c && c.length === 4 ? [c[0], c[1]] : [0, 0];
+  }
   function crossFor(slot) {
     var m = slot.meta, src = slots[state.r].meta, s = m.scale || 1, o = m.offset || 0;
     var u, v;  // input coordinates (continuous), same image for every slot
@@ -336,6 +340,9 @@
       var ss = src.scale || 1, so = src.offset || 0;
       u = (state.y + 0.5 - so) / ss; v = (state.x + 0.5 - so) / ss;
     }
+    // runs on the same image file may use different crops: go through image coordinates
+    var cs = cropOf(src), ck = cropOf(m);
+    u += cs[0] - ck[0]; v += cs[1] - ck[1];
     var c = { iy: u, ix: v, oy: s * u + o, ox: s * v + o };
     if (state.d === "out" && slot === slots[state.r]) { c.oy = state.y + 0.5; c.ox = state.x + 0.5; }
     return c;
@@ -359,6 +366,11 @@
     var iy = Math.min(Math.max(Math.floor(c.iy), 0), H - 1), ix = Math.min(Math.max(Math.floor(c.ix), 0), W - 1);
     var oy = Math.min(Math.max(Math.floor(c.oy), 0), Ho - 1), ox = Math.min(Math.max(Math.floor(c.ox), 0), Wo - 1);
     var y = kind === "columns" ? iy : oy, x = kind === "columns" ? ix : ox;
+    if (c.iy < 0 || c.ix < 0 || c.iy >= H || c.ix >= W) {
+      slot.cur = null;
+      message(slot, "This point lies outside this run's crop of the image.", true);
+      return;
+    }
     for (var name in slot.panes) slot.panes[name].stage.classList.toggle("pinned", state.pin);
     placeCross(slot.panes.input, c.iy, c.ix, kind === "columns" ? iy : null, ix);
     placeCross(slot.panes.output, c.oy, c.ox, kind === "rows" ? oy : null, ox);
