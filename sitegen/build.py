@@ -138,6 +138,11 @@ class SiteWriter:
         data = json.dumps({"files": sorted(self.files)}, indent=0).encode() + b"\n"
         self.write(MANIFEST, data)
 
+    def keep(self, rel: str, size: int) -> None:
+        """Count a file this build makes, known unchanged without producing its bytes."""
+        self.files[rel] = size
+        self.unchanged += 1
+
     @property
     def total(self) -> int:
         return sum(self.files.values())
@@ -216,6 +221,52 @@ def encode_tile(store: Store, a: Analysis, opts: Options, run_id: str, t) -> tup
     if not pixels:
         return None, 0, gmax
     return tile_script(run_id, a.kind, ty, tx, pixels), len(pixels), gmax
+
+
+# -- the encode cache: skip unchanged store tiles without reading them -------------------------
+
+CACHE = ".linearscope-cache.json"
+ENCODING = 1  # bump when tiles.py changes what a tile contains
+
+
+def tile_signature(store: Store, a: Analysis, opts: Options, run_id: str, t) -> str:
+    """A digest of everything a site tile's bytes depend on: the encoder, the options, and the
+    size and modification time of each store file under it (shards, origin and outside chunks).
+    A tile recomputed by `precompute` is an atomic rename, so its mtime changes."""
+    _, _, y0, y1, x0, x1 = t
+    T = a.tile
+    stats = []
+    for sy in range(y0 // T, (y1 - 1) // T + 1):
+        for sx in range(x0 // T, (x1 - 1) // T + 1):
+            for name, idx in ((a.kind, (sy, sx, 0, 0, 0, 0)), (a.kind + "_origin", (sy, sx, 0)),
+                              (a.kind + "_outside", (sy, sx, 0))):
+                try:
+                    arr = store.group[name]
+                    f = store.path / name / arr.metadata.encode_chunk_key(idx)
+                    st = f.stat()
+                    stats.append([name, list(idx), st.st_size, st.st_mtime_ns])
+                except (KeyError, OSError):
+                    stats.append([name, list(idx), None, None])
+    key = [ENCODING, run_id, str(store.path.resolve()), a.kind, opts.mode, opts.precision,
+           list(opts.region) if opts.region else None, opts.stride, opts.tile, list(t), stats]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()
+
+
+def load_cache(out: Path) -> dict:
+    try:
+        data = json.loads((out / CACHE).read_text())
+        return data.get("tiles", {}) if data.get("encoding") == ENCODING else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def save_cache(out: Path, tiles: dict) -> None:
+    """Build state next to the site (not part of it, not listed in the manifest)."""
+    data = json.dumps({"encoding": ENCODING, "tiles": tiles}, sort_keys=True).encode()
+    path = out / CACHE
+    if path.is_file() and path.read_bytes() == data:
+        return
+    path.write_bytes(data)
 
 
 # -- images ------------------------------------------------------------------------------------
@@ -391,17 +442,35 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
     total_tiles = sum(len(p[4]) for p in plan)
     bar = tqdm(total=total_tiles, desc="sitegen tiles", unit="tile", disable=not opts.progress,
                file=sys.stderr, leave=False)
+    old_cache = load_cache(out)
+    new_cache: dict[str, dict] = {}
     for st, rid, kind, a, tiles in plan:
         key = (rid, kind)
         written_tiles[key] = []
         counts[key] = 0
         for t in tiles:
-            data, n, m = encode_tile(st, a, opts, rid, t)
+            rel = f"data/{rid}/{kind}/{t[0]}-{t[1]}.js"
+            sig = tile_signature(st, a, opts, rid, t)
+            hit = old_cache.get(rel)
+            path = out / rel
+            if (hit and hit.get("sig") == sig and path.is_file()
+                    and path.stat().st_size == hit.get("size")):
+                # the store tiles under this site tile are untouched since the last build:
+                # keep the file without reading or encoding anything
+                n, m = hit["n"], np.asarray(hit["gmax"], np.float64)
+                w.keep(rel, hit["size"])
+                data_size = hit["size"]
+            else:
+                data, n, m = encode_tile(st, a, opts, rid, t)
+                data_size = None
+                if data is not None:
+                    w.write(rel, data)
+                    data_size = len(data)
             gmax[key] = m if key not in gmax else np.maximum(gmax[key], m)
-            if data is not None:
-                w.write(f"data/{rid}/{kind}/{t[0]}-{t[1]}.js", data)
+            if data_size is not None:
                 written_tiles[key].append([t[0], t[1]])
                 counts[key] += n
+                new_cache[rel] = {"sig": sig, "size": data_size, "n": n, "gmax": m.tolist()}
             bar.update(1)
     bar.close()
 
@@ -504,6 +573,7 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
     html = env.get_template("index.html").render(root="", runs=runs, groups=group_list, **common)
     w.write("index.html", html.encode())
     w.finish()
+    save_cache(out, new_cache)
     total = w.total
     echo(f"sitegen: wrote {out}/ — {human(total)} in {len(w.files)} files "
          f"({w.written} written, {w.unchanged} unchanged, {w.removed} removed)")

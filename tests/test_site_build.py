@@ -138,19 +138,32 @@ def test_two_builds_are_byte_identical(suite, tmp_path):
     assert "compare/" + "b4298686047a.html" in pages  # netA and netB share the image sha256
 
 
-def test_rebuild_is_incremental(tmp_path):
+def test_rebuild_is_incremental(tmp_path, monkeypatch):
+    import sitegen.build as sb
+
+    encoded = []
+    real = sb.encode_tile
+    monkeypatch.setattr(sb, "encode_tile", lambda *a: encoded.append(a[-1]) or real(*a))
     fx = make_store(tmp_path / "stores" / "inc.zarr", name="inc", seed=7)
     site = tmp_path / "site"
     first = build([tmp_path / "stores"], site, quiet(tile=4))
+    n_first = len(encoded)
     mtimes = {p: p.stat().st_mtime_ns for p in site.rglob("*") if p.is_file()}
+    encoded.clear()
     again = build([tmp_path / "stores"], site, quiet(tile=4))
     assert again.written == 0 and again.unchanged == first.files == again.files
     assert mtimes == {p: p.stat().st_mtime_ns for p in site.rglob("*") if p.is_file()}
+    # nothing re-encoded but the size-estimate samples (≤ 3 per analysis)
+    assert len(encoded) <= 6 < n_first
+    encoded.clear()
     # change one stored column (a re-computed tile): only its site tile is rewritten
     arr = zarr.open_array(str(fx.path / "columns"), mode="r+")
     arr[0:4, 4:8] = arr[0:4, 4:8] * 0.5
     third = build([tmp_path / "stores"], site, quiet(tile=4))
-    changed = {p for p in site.rglob("*") if p.is_file() and p.stat().st_mtime_ns != mtimes.get(p)}
+    changed = {p for p in site.rglob("*") if p.is_file() and p.stat().st_mtime_ns != mtimes.get(p)
+               and p.name != ".linearscope-cache.json"}  # build state, not the site
+    assert len([t for t in encoded if t[:2] == (0, 1)]) == 1  # re-encoded because it changed
+    assert len(encoded) <= 7
     # the tile, and meta.js because the run's global max|v| (global normalisation) changed
     assert {p.relative_to(site).as_posix() for p in changed} == {"data/inc/columns/0-1.js",
                                                                 "data/inc/meta.js"}
