@@ -316,11 +316,18 @@ def fmt_float(v) -> str:
         return str(v)
 
 
+def nice_number(v):
+    """3.0 → 3 (scales are written as floats), anything else unchanged."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
 def provenance(st: Store) -> dict:
     m, im = st.model, st.image
     sha = m.get("checkpoint_sha256")
     return {
-        "model": m.get("id", "?"), "arch": m.get("arch", ""), "scale": m.get("scale"),
+        "model": m.get("id", "?"), "arch": m.get("arch", ""), "scale": nice_number(m.get("scale")),
         "checkpoint": m.get("checkpoint") or "none",
         "checkpoint_sha256": sha or "none", "checkpoint_short": (sha or "none")[:12],
         "description": m.get("description", ""),
@@ -534,7 +541,7 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
                       for k in top]
         meta = {
             "id": rid, "name": st.name, "title": f"{prov['model']} on {Path(prov['image_path']).name}",
-            "kind": st.kind, "scale": st.scale, "offset": st.offset,
+            "kind": st.kind, "scale": nice_number(st.scale), "offset": st.offset,
             "input": [C, H, W], "output": outshape, "images": images,
             "residualMax": resid_max, "analyses": analyses, "provenance": prov,
             "modeText": MODE_TEXT[opts.mode], "scores": scores,

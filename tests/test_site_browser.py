@@ -152,8 +152,14 @@ def test_pin_permalink_keys_and_controls(site, browser):
     pg = p.page
     p.pixel("output", 6, 3, click=True)
     p.filter("netA-test", "rows", 6, 3)
-    p.pixel("output", 12, 12)  # pinned: hovering elsewhere does not move the probe
+    p.pixel("input", 3, 1)  # pinned: hovering elsewhere does not move the probe...
     pg.wait_for_timeout(150)
+    # ...and reads the pinned row where the mouse is: input (3, 1) is in its window
+    f = p.filter("netA-test", "rows", 6, 3)
+    want = s["both"].row(6, 3)[0, 0, 3 - f["origin"][0], 1 - f["origin"][1]]
+    text = pg.locator(".readout .val").inner_text()
+    assert text.startswith("value at input (3, 1): ")
+    assert float(text.split(": ")[1]) == pytest.approx(want, rel=2e-3, abs=1e-6)
     assert pg.evaluate("window.__linearscope.state.pin") is True
     assert p.filter("netA-test", "rows", 6, 3)["pixel"] == [6, 3]
     pg.keyboard.press("ArrowRight")

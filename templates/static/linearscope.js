@@ -261,7 +261,7 @@
       if (pane === "residual") return;
       var dom = pane === "input" ? "in" : "out";
       stage.addEventListener("mousemove", function (ev) {
-        if (state.pin) return;
+        if (state.pin) { readPaneValue(slot, pane, ev); return; }
         var p = pixelAt(slot.panes[pane], ev);
         probe(dom, slot.index, p[0], p[1], false);
       });
@@ -517,9 +517,25 @@
   function readValue(slot, ev) {
     var f = slot.cur;
     if (!f || !slot.f.sel) return;
-    var r = slot.f.canvas.getBoundingClientRect(), wh = f.shape[2], ww = f.shape[3], Q = f.shape[1];
+    var r = slot.f.canvas.getBoundingClientRect(), wh = f.shape[2], ww = f.shape[3];
     var y = Math.min(wh - 1, Math.max(0, Math.floor((ev.clientY - r.top) / r.height * wh)));
     var x = Math.min(ww - 1, Math.max(0, Math.floor((ev.clientX - r.left) / r.width * ww)));
+    showValue(slot, y, x);
+  }
+  // pinned probe, mouse over the image the filter lives on: read the filter there
+  function readPaneValue(slot, pane, ev) {
+    var f = slot.cur;
+    if (!f || !slot.f.sel) return;
+    if ((f.kind === "columns") !== (pane !== "input")) return;
+    var p = pixelAt(slot.panes[pane], ev), y = p[0] - f.origin[0], x = p[1] - f.origin[1];
+    if (y < 0 || x < 0 || y >= f.shape[2] || x >= f.shape[3]) {
+      slot.f.val.textContent = "value at " + (pane === "input" ? "input" : "output") + " (" + p[0] + ", " + p[1] + "): outside the stored window";
+      return;
+    }
+    showValue(slot, y, x);
+  }
+  function showValue(slot, y, x) {
+    var f = slot.cur, wh = f.shape[2], ww = f.shape[3], Q = f.shape[1];
     var sel = slot.f.sel, n = wh * ww, i = y * ww + x;
     var at = (f.kind === "columns" ? "output" : "input") + " (" + (f.origin[0] + y) + ", " + (f.origin[1] + x) + ")";
     var v = sel.b === "rgb" ? [0, 1, 2].map(function (c) { return fmt(f.data[(sel.a * Q + c) * n + i]); }).join(", ")
