@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -17,6 +19,10 @@ SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024 ** 2, "MB": 1024 *
 
 def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
+    # A failed zarr read can leave zarr's own event loop with pending tasks, whose teardown at
+    # interpreter exit logs pages of asyncio noise after our one line: silence that logger.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    warnings.simplefilter("ignore")  # "coroutine ... was never awaited" from the same teardown
     sys.exit(2)
 
 

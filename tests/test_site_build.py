@@ -227,6 +227,13 @@ def test_cli_errors(suite, tmp_path):
     bad.mkdir()
     (bad / "zarr.json").write_text("{ not json")
     assert "unreadable zarr.json" in _error(sitegen(bad, "-o", tmp_path / "o"))
+    broken = make_store(tmp_path / "broken.zarr", name="broken", seed=6)
+    shard = broken.path / "columns/c/0/0/0/0/0/0"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    err = _error(sitegen(broken.path, "-o", tmp_path / "o"))
+    assert "cannot read 'columns'" in err and "checksum" in err
     assert "limit" in _error(sitegen(s["both"].path, "-o", tmp_path / "o", "--max-size", "10KB"))
     assert "region" in _error(sitegen(s["both"].path, "-o", tmp_path / "o", "--region", "1,2"))
     with pytest.raises(StoreError, match="newer"):
