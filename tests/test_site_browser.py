@@ -81,7 +81,10 @@ class Page:
             """([run, kind, y, x]) => { const f = window.__linearscope.filters[run];
                return f && f.kind === kind && f.pixel[0] === y && f.pixel[1] === x; }""",
             arg=[run, kind, y, x], timeout=10000)
-        return self.page.evaluate("(run) => window.__linearscope.filters[run]", run)
+        # data is the decoded Float32Array the page drew from
+        return self.page.evaluate(
+            """(run) => { const f = window.__linearscope.filters[run];
+               return Object.assign({}, f, {data: Array.from(f.data)}); }""", run)
 
     def shot(self, name):
         ARTIFACTS.mkdir(exist_ok=True)
@@ -174,7 +177,7 @@ def test_pin_permalink_keys_and_controls(site, browser):
     pg.select_option("#ls-tail", "log")
     pg.select_option("#ls-own", "1")
     pg.select_option("#ls-other", "2")
-    before = pg.evaluate("window.__linearscope.filters['netA-test']")
+    before = p.filter("netA-test", "rows", 14, 4)
     assert (before["a"], before["b"]) == (1, 2)
     state = pg.evaluate("window.__linearscope.state")
     link = pg.url

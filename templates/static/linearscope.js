@@ -3,7 +3,8 @@
  * Data arrive as classic scripts: data/<run>/meta.js calls LinearScope.run(meta), and tile scripts,
  * injected lazily, call LinearScope.tile(run, kind, ty, tx, {px: [...]}). Each pixel entry is
  * [y, x, oy, ox, outside[], scale, blob]; blob = base64(gzip(byte-shuffled float16 or float32)).
- * The decoded filter of the last render is exposed as window.__linearscope.lastFilter (tests).
+ * The decoded filter of the last render is exposed as window.__linearscope.lastFilter (and per run
+ * in .filters[run]): {run, kind, pixel, origin, shape [P, Q, wh, ww], data (Float32Array), ...}.
  */
 (function () {
   "use strict";
@@ -490,7 +491,7 @@
     slot.f.sel = sel;
     var rec = { run: m.id, kind: f.kind, pixel: f.pixel.slice(), origin: f.origin.slice(), shape: f.shape.slice(),
       scale: f.scale, precision: an.precision, mode: an.mode, outside: f.outside.slice(),
-      data: Array.prototype.slice.call(f.data), a: sel.a, b: sel.b, max: mx };
+      data: f.data, a: sel.a, b: sel.b, max: mx };
     hooks.lastFilter = rec;
     hooks.filters[m.id] = rec;
     hooks.renders++;
