@@ -321,3 +321,25 @@ def test_compare_through_crops(browser, tmp_path):
         """() => document.querySelector('section[data-run="crop"] .fmsg').textContent
                  .includes("outside this run's crop")""")
     p.close()
+
+
+def test_compare_columns_only_with_rows_only(browser, tmp_path):
+    """A Compare page of a columns-only and a rows-only run: each shows what it has."""
+    from site_fixtures import make_store
+
+    c = make_store(tmp_path / "s" / "c.zarr", name="c", model_id="c", seed=12, rows=False)
+    r = make_store(tmp_path / "s" / "r.zarr", name="r", model_id="r", seed=13, columns=False)
+    build([tmp_path / "s"], tmp_path / "site", Options(progress=False))
+    p = Page(browser, url(tmp_path / "site", "compare/b4298686047a.html"))
+    p.pixel("input", 2, 2, run="r")
+    check_values(p.filter("c", "columns", 2, 2), c.column(2, 2))
+    p.page.wait_for_function(
+        """() => document.querySelector('section[data-run="r"] .fmsg').textContent
+                 .includes("Columns (projective filters) not computed for this run")""")
+    p.pixel("output", 5, 9, run="c")
+    check_values(p.filter("r", "rows", 5, 9), r.row(5, 9))
+    p.page.wait_for_function(
+        """() => document.querySelector('section[data-run="c"] .fmsg').textContent
+                 .includes("Rows (receptive filters) not computed for this run")""")
+    p.shot("compare-columns-only-rows-only")
+    p.close()
