@@ -60,7 +60,7 @@ class Options:
     precision: str = "float16"
     region: tuple[int, int, int, int] | None = None  # input pixels: top, left, height, width
     stride: int = 1
-    tile: int = 8  # site tile side in pixels
+    tile: int | None = None  # site tile side in pixels; None: auto (tile scripts of ~1 MB)
     max_bytes: int | None = 2 * 1024 ** 3
     progress: bool = True
 
@@ -72,7 +72,7 @@ class Options:
                              f"(choose from {', '.join(PRECISIONS)})")
         if self.stride < 1:
             raise BuildError("stride must be at least 1")
-        if self.tile < 1:
+        if self.tile is not None and self.tile < 1:
             raise BuildError("tile must be at least 1")
         if self.region is not None and (len(self.region) != 4 or self.region[2] < 1
                                         or self.region[3] < 1 or min(self.region[:2]) < 0):
@@ -175,10 +175,24 @@ def selected_mask(shape, region, stride, y0, x0) -> np.ndarray:
             & (xs >= left) & (xs < left + w) & ((xs - left) % stride == 0))
 
 
+TILE_BYTES = 1_000_000  # aim of --tile auto: one tile script ≈ 1 MB (notes §3: 135–270 ms to load)
+
+
+def site_tile(a: Analysis, opts: Options) -> int:
+    """Side of the site tiles of an analysis: the user's, or the largest (≤ 16) whose script stays
+    near TILE_BYTES given the block size (gzip of float16 noise saves little; base64 adds 1/3)."""
+    if opts.tile is not None:
+        return opts.tile
+    P = a.own_channels if opts.mode == "full" else 1
+    Q = 1 if opts.mode == "lum" else a.other_channels
+    per = P * Q * a.window[0] * a.window[1] * (2 if opts.precision == "float16" else 4) * 4 / 3
+    return int(max(1, min(16, (TILE_BYTES / per) ** 0.5)))
+
+
 def site_tiles(store: Store, a: Analysis, opts: Options):
     """Site tiles (ty, tx, y0, y1, x0, x1) that hold at least one selected pixel of a done store tile."""
     region, stride = selection(store, a, opts)
-    S = opts.tile
+    S = site_tile(a, opts)
     H, W = a.grid
     done = {(ty, tx) for ty in range(a.tiles[0]) for tx in range(a.tiles[1])
             if store.tile_done(a.kind, ty, tx)}
@@ -248,7 +262,7 @@ def tile_signature(store: Store, a: Analysis, opts: Options, run_id: str, t) -> 
                 except (KeyError, OSError):
                     stats.append([name, list(idx), None, None])
     key = [ENCODING, run_id, str(store.path.resolve()), a.kind, opts.mode, opts.precision,
-           list(opts.region) if opts.region else None, opts.stride, opts.tile, list(t), stats]
+           list(opts.region) if opts.region else None, opts.stride, site_tile(a, opts), list(t), stats]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
 
@@ -428,7 +442,7 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
         estimate += 3 * H * W * 2 + 40_000  # PNGs and pages, roughly
     estimate += 60_000  # static files
     echo(f"sitegen: {len(stores)} run(s), {npix_total} filter(s) to encode "
-         f"(channels {opts.mode}, {opts.precision}, tile {opts.tile}); "
+         f"(channels {opts.mode}, {opts.precision}, tile {opts.tile or 'auto'}); "
          f"estimated size {human(estimate)}")
     if opts.max_bytes is not None and estimate > opts.max_bytes:
         raise BuildError(f"the site would take about {human(estimate)}, more than the limit "
@@ -509,7 +523,7 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
                 analyses[name] = {
                     "window": list(a.window), "full": a.full, "grid": list(a.grid),
                     "other": list(a.other), "own": a.own_channels, "otherChannels": a.other_channels,
-                    "mode": opts.mode, "precision": opts.precision, "tile": opts.tile,
+                    "mode": opts.mode, "precision": opts.precision, "tile": site_tile(a, opts),
                     "tiles": written_tiles.get(key, []), "region": list(region), "stride": stride,
                     "pixels": counts.get(key, 0),
                     "globalMax": [[float(np.float32(x)) for x in row] for row in m.tolist()]

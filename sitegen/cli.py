@@ -54,6 +54,18 @@ def parse_region(text) -> tuple[int, int, int, int] | None:
     return vals
 
 
+def parse_tile(value) -> int | None:
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        t = int(value)
+    except (TypeError, ValueError):
+        raise BuildError(f"tile must be a number of pixels or 'auto', got '{value}'") from None
+    if t < 1:
+        raise BuildError("tile must be at least 1")
+    return t
+
+
 def load_config(path: Path) -> dict:
     import yaml
 
@@ -97,7 +109,8 @@ def main() -> None:
 @click.option("--region", default=None, metavar="TOP,LEFT,H,W",
               help="Only pixels in this input-pixel rectangle (rows: its image in the output).")
 @click.option("--stride", type=int, default=None, help="Only every STRIDE-th pixel (default 1).")
-@click.option("--tile", type=int, default=None, help="Site tile side in pixels (default 8).")
+@click.option("--tile", default=None,
+              help="Site tile side in pixels, or 'auto' (default: tile scripts of about 1 MB).")
 @click.option("--max-size", default=None,
               help="Refuse to write a site estimated larger than this (default 2GB; 'none').")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -125,7 +138,7 @@ def build_cmd(sources, output, channels, precision, region, stride, tile, max_si
             precision=precision or cfg.get("precision", "float16"),
             region=parse_region(region if region is not None else cfg.get("region")),
             stride=int(stride or cfg.get("stride", 1)),
-            tile=int(tile or cfg.get("tile", 8)),
+            tile=parse_tile(tile if tile is not None else cfg.get("tile", "auto")),
             max_bytes=parse_size(max_size if max_size is not None else cfg.get("max_size", "2GB")),
             progress=not quiet,
         )

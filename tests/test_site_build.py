@@ -256,3 +256,19 @@ def test_pages_follow_store_contents(suite, tmp_path):
     for page in (tmp_path / "site").rglob("*.html"):
         text = page.read_text()
         assert "http://" not in text and "https://" not in text and 'type="module"' not in text
+
+
+def test_auto_tile_keeps_scripts_near_one_megabyte():
+    from sitegen.build import site_tile
+    from sitegen.reader import Analysis
+
+    def an(window, c):
+        return Analysis(kind="rows", window=(window, window), full=False, tile=16,
+                        region=(0, 0, 256, 256), stride=1, grid=(256, 256), other=(128, 128),
+                        own_channels=c, other_channels=c)
+
+    # EDSR-like: 3×3 blocks of 64×64 float16 ≈ 98 KB of base64 per filter → 3×3 pixels a tile
+    assert site_tile(an(64, 3), Options()) == 3
+    assert site_tile(an(64, 3), Options(mode="lum")) == 8
+    assert site_tile(an(12, 1), Options()) == 16  # small filters: capped at 16×16 pixels
+    assert site_tile(an(64, 3), Options(tile=5)) == 5
