@@ -269,6 +269,6 @@ def test_auto_tile_keeps_scripts_near_one_megabyte():
 
     # EDSR-like: 3×3 blocks of 64×64 float16 ≈ 98 KB of base64 per filter → 3×3 pixels a tile
     assert site_tile(an(64, 3), Options()) == 3
-    assert site_tile(an(64, 3), Options(mode="lum")) == 8
+    assert site_tile(an(64, 3), Options(mode="lum")) == 9  # one 64×64 map ≈ 11 KB
     assert site_tile(an(12, 1), Options()) == 16  # small filters: capped at 16×16 pixels
     assert site_tile(an(64, 3), Options(tile=5)) == 5
