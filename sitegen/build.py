@@ -286,6 +286,12 @@ def save_cache(out: Path, tiles: dict) -> None:
 # -- images ------------------------------------------------------------------------------------
 
 def png_bytes(rgb: np.ndarray) -> bytes:
+    rgb = np.asarray(rgb)
+    if rgb.ndim == 2:
+        rgb = rgb[..., None]
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    rgb = rgb[..., :3]  # RGB only (notes §1: no alpha)
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").save(
         buf, format="PNG", compress_level=9)

@@ -154,8 +154,9 @@ def make_store(
     root.attrs.update(attrs)
     for nm, data in (("input", x0), ("output", y0.astype(np.float32)), ("residual", resid)):
         _arr(root, nm, data, data.shape)[...] = data
-    disp_in = (np.clip(x0, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
-    disp_out = (np.clip(y0, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
+    rgb = (lambda a: np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a)  # display is (H, W, 3)
+    disp_in = (np.clip(rgb(x0), 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
+    disp_out = (np.clip(rgb(y0), 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
     disp = root.create_group("display")
     for nm, data in (("input", disp_in), ("output", disp_out)):
         _arr(disp, nm, data, data.shape, fill=0)[...] = data

@@ -343,3 +343,27 @@ def test_compare_columns_only_with_rows_only(browser, tmp_path):
                  .includes("Rows (receptive filters) not computed for this run")""")
     p.shot("compare-columns-only-rows-only")
     p.close()
+
+
+def test_compare_grey_and_colour_models(browser, tmp_path):
+    """A 1-channel (Y) model next to an RGB one: channel choices apply where they exist."""
+    from site_fixtures import make_store
+
+    y = make_store(tmp_path / "s" / "y.zarr", name="y", model_id="y", seed=14, C=1)
+    rgb = make_store(tmp_path / "s" / "rgb.zarr", name="rgb", model_id="rgb", seed=15)
+    build([tmp_path / "s"], tmp_path / "site", Options(progress=False))
+    p = Page(browser, url(tmp_path / "site", "compare/b4298686047a.html"))
+    labels = p.page.locator("#ls-other option").all_inner_texts()
+    assert labels == ["RGB composite", "R", "G", "B"]
+    p.page.select_option("#ls-other", "2")
+    p.pixel("input", 6, 1, run="y")
+    fy, fc = p.filter("y", "columns", 6, 1), p.filter("rgb", "columns", 6, 1)
+    check_values(fy, y.column(6, 1))
+    check_values(fc, rgb.column(6, 1))
+    assert (fy["a"], fy["b"]) == (0, 0) and (fc["a"], fc["b"]) == (0, 2)
+    p.page.select_option("#ls-other", "rgb")  # composite of the RGB model's output channels
+    p.page.wait_for_function("window.__linearscope.filters['rgb'].b === 'rgb'")
+    assert "RGB composite" in p.page.locator('section[data-run="rgb"] .fcap').inner_text()
+    assert p.page.evaluate("window.__linearscope.filters['y'].b") == 0
+    p.shot("compare-grey-colour")
+    p.close()

@@ -571,20 +571,20 @@
     ctl.own = $("#ls-own"); ctl.other = $("#ls-other"); ctl.cmap = $("#ls-cmap"); ctl.norm = $("#ls-norm");
     ctl.tail = $("#ls-tail"); ctl.param = $("#ls-param"); ctl.paramText = $("#ls-param-text");
     ctl.pinState = $("#ls-pin-state"); ctl.permalink = $("#ls-permalink"); ctl.download = $("#ls-download");
-    var P = 1, Q = 1, names = null, mode = "full";
+    var P = 1, Q = 1, mode = "full";
     slots.forEach(function (s) {
       for (var k in s.meta.analyses) {
         var an = s.meta.analyses[k], sh = shapeOf(an);
         P = Math.max(P, sh[0]); Q = Math.max(Q, sh[1]); mode = an.mode;
-        names = channelNames(Math.max(an.own, an.otherChannels));
       }
     });
     var ownOpts = [], othOpts = [];
-    for (var a = 0; a < P; a++) ownOpts.push([String(a), mode === "full" ? (names ? names[a] : "channel " + a) : "composite"]);
+    var ownNames = channelNames(P), othNames = channelNames(Q);  // R, G, B / Y, else numbers
+    for (var a = 0; a < P; a++) ownOpts.push([String(a), mode === "full" ? (ownNames ? ownNames[a] : "channel " + a) : "composite"]);
     if (mode === "lum") othOpts.push(["0", "luminance"]);
     else {
       if (Q === 3) othOpts.push(["rgb", "RGB composite"]);
-      for (var b = 0; b < Q; b++) othOpts.push([String(b), names && Q === names.length ? names[b] : "channel " + b]);
+      for (var b = 0; b < Q; b++) othOpts.push([String(b), othNames ? othNames[b] : "channel " + b]);
     }
     fillSelect(ctl.own, ownOpts, state.a);
     fillSelect(ctl.other, othOpts, state.b);
