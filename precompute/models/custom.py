@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from precompute.models.base import ModelError, ModelSpec
+from precompute.models.checkpoint import sha256_file
 
 
 def parse(model_id: str) -> tuple[str, str]:
@@ -117,10 +118,13 @@ def load(
     except Exception as e:
         raise ModelError(f"{where}:{func_name} failed: {type(e).__name__}: {e}") from e
     canonical = f"python:{where}:{func_name}"
+    sha = sha256_file(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
     if isinstance(built, ModelSpec):
         built.module.eval()
         built.model_id = canonical
         built.arch = built.arch or "python"
+        if built.checkpoint is None and checkpoint is not None:
+            built.checkpoint, built.checkpoint_sha256 = str(checkpoint), sha
         return built
     if not isinstance(built, nn.Module):
         raise ModelError(
@@ -138,6 +142,7 @@ def load(
         offset=0.0,
         value_range=(0.0, 1.0),
         checkpoint=None if checkpoint is None else str(checkpoint),
+        checkpoint_sha256=sha,
         description=(
             f"User model {func_name} from {where}: x0 = RGB in [0, 1], shape (1, 3, H, W)"
             + (f"; image output at ×{s:g}." if kind == "image" else "; vector output.")

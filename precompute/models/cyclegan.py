@@ -108,12 +108,6 @@ def drop_instance_norm_stats(module: nn.Module, sd: dict[str, torch.Tensor]) -> 
             if not (_STAT.search(k) and _STAT.sub("", k) in norms)}
 
 
-def _to_display(t: torch.Tensor) -> "object":
-    from precompute.models.base import _to_uint8_rgb
-
-    return _to_uint8_rgb(t, -1.0, 1.0)
-
-
 def build_spec(module: ResnetGenerator, *, checkpoint: str | None = None, sha: str | None = None) -> ModelSpec:
     """ModelSpec of a generator: RGB [−1, 1] in and out, same size, sides multiples of 4."""
     name = Path(checkpoint).stem if checkpoint else "untrained"
