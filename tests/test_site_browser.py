@@ -367,3 +367,20 @@ def test_compare_grey_and_colour_models(browser, tmp_path):
     assert p.page.evaluate("window.__linearscope.filters['y'].b") == 0
     p.shot("compare-grey-colour")
     p.close()
+
+
+def test_float16_fallback_without_Float16Array(site, browser):
+    """Browsers without Float16Array decode the display copy with the page's own converter."""
+    d, s = site
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    ctx.add_init_script("delete window.Float16Array;")
+    p = Page.__new__(Page)
+    p.ctx, p.page, p.problems = ctx, ctx.new_page(), []
+    p.page.on("pageerror", lambda e: p.problems.append(f"page error: {e}"))
+    p.open(url(d, "explorer/netA-test.html"))
+    assert p.page.evaluate("typeof Float16Array") == "undefined"
+    p.pixel("input", 0, 0)  # holds a value below float16's range (flushed to 0) and exact zeros
+    check_values(p.filter("netA-test", "columns", 0, 0), s["both"].column(0, 0))
+    p.pixel("output", 3, 7)
+    check_values(p.filter("netA-test", "rows", 3, 7), s["both"].row(3, 7))
+    p.close()
