@@ -415,7 +415,8 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
     stores = load_stores(paths)
     ids = run_ids(stores)
 
-    # plan: which tiles of which run, and a size estimate from one encoded sample tile each
+    # plan: which tiles of which run, and a size estimate (exact filter counts × bytes per
+    # filter measured on up to three encoded sample tiles per analysis)
     plan = []
     estimate = 0
     npix_total = 0
@@ -445,7 +446,8 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
             estimate += int(size / max(count, 1) * n_sel)
             plan.append((st, rid, kind, a, tiles))
         C, H, W = st.input_shape
-        estimate += 3 * H * W * 2 + 40_000  # PNGs and pages, roughly
+        out_px = int(np.prod(st.output_shape[-2:])) if st.kind == "image" else 0
+        estimate += 3 * H * W + 6 * out_px + 40_000  # PNGs (≤ 3 bytes a pixel), pages: roughly
     estimate += 60_000  # static files
     echo(f"sitegen: {len(stores)} run(s), {npix_total} filter(s) to encode "
          f"(channels {opts.mode}, {opts.precision}, tile {opts.tile or 'auto'}); "
