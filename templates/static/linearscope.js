@@ -356,6 +356,7 @@
       (state.d === "in" ? "input" : "output") + " pixel (" + state.y + ", " + state.x + ")" +
       (state.pin ? ". Esc releases; arrow keys move (Shift: ten)." : ". Click to pin.");
     var my = ++token;
+    hooks.probeAt = performance.now();
     slots.forEach(function (slot) { show(slot, my); });
   }
 
@@ -492,6 +493,7 @@
     var rec = { run: m.id, kind: f.kind, pixel: f.pixel.slice(), origin: f.origin.slice(), shape: f.shape.slice(),
       scale: f.scale, precision: an.precision, mode: an.mode, outside: f.outside.slice(),
       data: f.data, a: sel.a, b: sel.b, max: mx };
+    rec.ms = performance.now() - hooks.probeAt;  // probe → drawn (load, decode, draw)
     hooks.lastFilter = rec;
     hooks.filters[m.id] = rec;
     hooks.renders++;
