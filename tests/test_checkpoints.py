@@ -100,6 +100,7 @@ def test_malicious_pickle_is_not_executed(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_plain_pickle_file_is_refused(tmp_path):
     p = tmp_path / "plain.pkl"
     p.write_bytes(pickle.dumps({"conv1.weight": [1, 2, 3]}))

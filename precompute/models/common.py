@@ -24,7 +24,7 @@ def prepare_y(image: Image.Image, scale: int) -> Prepared:
     (``"cbcr"``, to show x0 in colour) and upscaled by ``scale`` with PIL bicubic
     (``"cbcr_up"``, only to show the output in colour; they never enter the network).
     """
-    ycbcr = image.convert("YCbCr")
+    ycbcr = image.convert("RGB").convert("YCbCr")  # via RGB: alpha, palette and gray modes alike
     y, cb, cr = ycbcr.split()
     x0 = torch.from_numpy(np.asarray(y, dtype=np.float32) / 255.0)[None, None].contiguous()
     w, h = ycbcr.size
