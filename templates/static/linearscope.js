@@ -640,7 +640,8 @@
         }
         var t = ev.target && ev.target.tagName;
         if (t === "SELECT" || t === "INPUT" || t === "TEXTAREA" || t === "BUTTON") return;
-        if (state.d && /^Arrow/.test(ev.key)) key(ev, null, null);
+        // arrows move a pinned probe; otherwise they keep scrolling the page
+        if (state.d && state.pin && /^Arrow/.test(ev.key)) key(ev, null, null);
       });
       window.addEventListener("hashchange", function () { readHash(); update(); });
       window.addEventListener("resize", function () { slots.forEach(draw); });
