@@ -67,6 +67,9 @@ class Frozen:
     linear: Callable[..., Tensor]
     offset: Tensor | None
     extra: tuple = ()
+    #: ``linear(x0) + offset`` reproduces ``y0`` exactly, so the scope may run ``linear`` on the
+    #: whole batch ``[x0, x1]`` at once instead of splitting it (no slice/cat on the grad path).
+    whole_batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,13 @@ def freeze_piecewise_linear(call: Call) -> Frozen:
     it is the clamp's constant). Freeze and Taylor coincide for piecewise-linear units."""
     h = lambda z: call.func(z, **call.params)  # noqa: E731
     y0, slope = _pointwise_derivative(h, call.x0)
-    offset = y0 - slope * call.x0
-    return Frozen(y0, lambda x1: slope * x1, offset)
+    # ReLU, LeakyReLU and PReLU have c ≡ 0 by construction (no saturation constant).
+    offset = None if call.func in _NO_OFFSET else y0 - slope * call.x0
+    # slope·x0 (+ c) is h(x0) exactly: x·1 = x, x·0 = 0 and x·α is the unit's own product.
+    return Frozen(y0, lambda x1: slope * x1, offset, whole_batch=True)
+
+
+_NO_OFFSET = {torch.relu, F.relu, F.leaky_relu, F.prelu}
 
 
 # --- smooth pointwise units: Sigmoid, Tanh, SiLU, GELU, ELU, Softplus, Hardswish, ... ----------------
@@ -162,7 +170,8 @@ def freeze_max_pool(call: Call) -> Frozen:
         gathered = x1.flatten(2).gather(2, flat_idx.expand(k, c, -1))
         return gathered.view(k, c, *spatial)
 
-    return Frozen(y0, linear, None, extra=(idx,))
+    # Gathering x0 at its own selection is y0 exactly.
+    return Frozen(y0, linear, None, extra=(idx,), whole_batch=True)
 
 
 # --- normalisation with statistics: InstanceNorm, GroupNorm, LayerNorm, BatchNorm (training) --------

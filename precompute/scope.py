@@ -324,6 +324,9 @@ DIV_LIKE: set[Callable] = {torch.div, T.div, T.div_, T.__truediv__, T.__itruediv
 MATMUL_LIKE: set[Callable] = {torch.matmul, T.matmul, T.__matmul__, torch.mm, T.mm, torch.bmm,
                               T.bmm, torch.einsum, F.bilinear}
 
+_BIASED_LINEAR = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                  F.conv_transpose3d, F.linear}
+
 _INPLACE_DUNDERS = {T.__iadd__, T.__isub__, T.__imul__, T.__itruediv__}
 
 
@@ -478,6 +481,8 @@ class LinearScope:
         self._dropouts: list[nn.Module] = []
         self._token = None
         self._batch: int | None = None
+        self._ref: Tensor | None = None
+        self._first_cache: dict[int, Tensor] = {}
         self._stack: list[tuple[nn.Module, str]] = []
         self._counts: dict[tuple[str, str], int] = {}
         self._qualnames: dict[int, str] = {}
@@ -499,6 +504,7 @@ class LinearScope:
     def _attach(self) -> None:
         self._token = next(_token_counter)
         self._batch = None
+        self._first_cache = {}
         self._stack.clear()
         self._counts.clear()
         self.records = []
@@ -542,6 +548,7 @@ class LinearScope:
                             f"(x0 and one probe); got input shape {tuple(t.shape)}")
                     self._mark(t)
                     self._batch = self._batch or t.shape[0]
+                    self._ref = t
             path = ""
         else:
             parent, parent_path = self._stack[-1]
@@ -696,6 +703,18 @@ class LinearScope:
         gate = func in VIEW_LIKE and first is not None and self._is_gate(first)
         return self._mark_outputs(func(*args, **kwargs), gate=gate)
 
+    def _first(self, ndim: int) -> Tensor:
+        """The indicator [1, 0, …, 0] of batch element 0, shaped (B, 1, …, 1) to broadcast."""
+        key = ndim
+        cached = self._first_cache.get(key)
+        if cached is None:
+            ref = self._ref
+            cached = torch.zeros((self._batch,) + (1,) * (ndim - 1), dtype=ref.dtype,
+                                 device=ref.device)
+            cached[0] = 1
+            self._first_cache[key] = cached
+        return cached
+
     def _split(self, args, kwargs, part: slice):
         """The call's arguments restricted to one part of the batch (probe-carrying tensors only)."""
         return tree_map(lambda t: t[part] if self._marked(t) else t, (args, kwargs))
@@ -710,6 +729,18 @@ class LinearScope:
         self._record(func, "affine")
         if self.constants:
             return self._mark_outputs(func(*args, **kwargs))
+        if func in _BIASED_LINEAR and self._marked(args[0]) and not self._marked(
+                args[1] if len(args) > 1 else kwargs.get("weight")):
+            # The whole batch without bias, the bias added to x0 only: same values as the
+            # split computation, without slicing the activation (cheaper backward).
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            args, kwargs = AFFINE[func](args, kwargs)
+            y = func(*args, **kwargs)
+            if bias is not None:
+                per_channel = bias.reshape((-1,) + (1,) * (y.dim() - 2)) if func is not F.linear \
+                    else bias
+                y = y + per_channel * self._first(y.dim())
+            return self._mark_outputs(y)
         strip = AFFINE[func]
         a0, k0 = self._split(args, kwargs, slice(0, 1))
         a1, k1 = self._split(args, kwargs, slice(1, None))
@@ -725,29 +756,17 @@ class LinearScope:
             self._record(func, "linear" if all(self._marked(o) for o in operands) else "affine")
             return self._mark_outputs(func(*args, **kwargs))
         self._record(func, "affine")
-        batch = self._batch
 
-        def part(t, probes: bool):
-            per_sample = isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == batch
-            if not probes:
-                return t[:1] if per_sample else t
-            if self._marked(t):
-                return t[1:]
-            if isinstance(t, Tensor):  # a constant term: switched off on the probe branch
-                return torch.zeros_like(t[1:] if per_sample else t)
-            if isinstance(t, (int, float)) and not isinstance(t, bool):
-                return 0
-            return t
+        def first_only(t):
+            # A constant term kept on x0 and switched off on the probes: c·[1, 0, …, 0].
+            if self._marked(t) or not isinstance(t, (Tensor, int, float)) or isinstance(t, bool):
+                return t
+            ref = operands[0] if self._marked(operands[0]) else operands[1]
+            return t * self._first(max(ref.dim(), t.dim() if isinstance(t, Tensor) else 0))
 
-        pure = _out_of_place(func)
-        y0 = pure(*[part(a, False) for a in args],
-                  **{k: (part(v, False) if k == "other" else v) for k, v in kwargs.items()})
-        y1 = pure(*[part(a, True) for a in args],
-                  **{k: (part(v, True) if k == "other" else v) for k, v in kwargs.items()})
-        y = torch.cat([y0, y1.expand((y1.shape[0],) + tuple(y0.shape[1:]))])
-        if _is_inplace(func, kwargs):
-            return self._finish_inplace(args[0], y)
-        return self._mark_outputs(y)
+        args = tuple(first_only(a) for a in args)
+        kwargs = {k: (first_only(v) if k == "other" else v) for k, v in kwargs.items()}
+        return self._mark_outputs(func(*args, **kwargs))
 
     def _mul(self, func, args, kwargs):
         a = args[0]
@@ -794,10 +813,17 @@ class LinearScope:
         wants_indices = func in _POOL_RETURNS_INDICES or bool(params.get("return_indices"))
         frozen: Frozen = rule_for(op.family, rule)(Call(op.pure, x[:1], (), params))
         self._record(func, f"{rule}:{op.family}")
-        y1 = frozen.linear(x[1:])
-        if self.constants and frozen.offset is not None:
-            y1 = y1 + frozen.offset
-        y = torch.cat([frozen.y0, y1])
+        if frozen.whole_batch:
+            # linear(x0) + c is h(x0) exactly: run the whole batch at once, c on x0 only unless
+            # the constants are on (no slicing of the activation, nothing to undo in backward).
+            y = frozen.linear(x)
+            if frozen.offset is not None:
+                y = y + (frozen.offset if self.constants else frozen.offset * self._first(y.dim()))
+        else:
+            y1 = frozen.linear(x[1:])
+            if self.constants and frozen.offset is not None:
+                y1 = y1 + frozen.offset
+            y = torch.cat([frozen.y0, y1])
         if inplace:
             return self._finish_inplace(x, y)
         self._mark_outputs(y, gate=op.gate)
