@@ -47,10 +47,12 @@ class LinearInterpreter:
         rule: ``"freeze"`` (default) or ``"taylor"`` (eq. 4) for every non-linear unit.
         overrides: module-path pattern → rule (see :class:`LinearScope`).
         batch: probes per pass for ``apply``/``apply_transpose`` (any K is split into passes).
+        exact: on CUDA, switch TF32 off (the default; results are then exact in float32). Pass
+            False to keep the process-wide precision settings as they are.
     """
 
     def __init__(self, model: nn.Module, x0: Tensor, rule: str = "freeze",
-                 overrides: dict[str, str] | None = None, batch: int = 16):
+                 overrides: dict[str, str] | None = None, batch: int = 16, exact: bool = True):
         self.model = unwrap_model(model)
         if not isinstance(x0, Tensor) or not x0.is_floating_point():
             raise ScopeError("x0 must be a floating-point tensor")
@@ -61,7 +63,8 @@ class LinearInterpreter:
         self.x0 = x0.detach()
         self.dtype, self.device = x0.dtype, x0.device
         self._check_model_matches()
-        exact_float_mode(self.device)
+        if exact:
+            exact_float_mode(self.device)
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self.batch = int(batch)
