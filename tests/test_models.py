@@ -454,6 +454,11 @@ def test_densenet_old_style_file_loads(tmp_path):
     spec = load_model("torchvision:densenet121", checkpoint=tmp_path / "densenet121-a639ec97.pth")
     got = spec.module.state_dict()
     assert all(torch.equal(got[k], v) for k, v in sd.items() if not k.endswith("num_batches_tracked"))
+    # built on the meta device and filled from the file: nothing may stay on meta
+    assert all(t.device.type == "cpu" for t in got.values())
+    assert got["features.norm5.num_batches_tracked"].item() == 0
+    with torch.no_grad():
+        assert torch.isfinite(spec.module(torch.rand(1, 3, 32, 32))).all()
 
 
 def test_inception_file_with_aux_logits_loads_and_drops_them(tmp_path):
@@ -493,8 +498,11 @@ def test_hub_cache_lookup_and_missing_weights_message(tmp_path, monkeypatch):
     torch.manual_seed(0)
     sd = tvm.resnet18().state_dict()
     (tmp_path / "checkpoints").mkdir()
-    torch.save(sd, tmp_path / "checkpoints" / "resnet18-5c106cde.pth")  # the 2019-era name
+    half = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    torch.save(half, tmp_path / "checkpoints" / "resnet18-5c106cde.pth")  # the 2019-era name
     spec = load_model("torchvision:resnet18")
+    assert spec.module.fc.weight.dtype == torch.float32
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in half.items()}
     assert spec.checkpoint.endswith("resnet18-5c106cde.pth") and spec.options["weights"] == "IMAGENET1K_V1"
     assert torch.equal(spec.module.fc.weight, sd["fc.weight"])
 

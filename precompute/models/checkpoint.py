@@ -146,8 +146,13 @@ def load_strict(
     source: str,
     model_name: str,
     hint: str = "",
+    assign: bool = False,
 ) -> None:
     """``module.load_state_dict(state_dict, strict=True)`` with one readable ModelError.
+
+    With ``assign=True`` the module may live on the ``meta`` device (built without initialising
+    weights that the file replaces anyway): the file's tensors become its parameters, as float32
+    on the CPU, and buffers the file lacks (``num_batches_tracked``) are materialised as zeros.
 
     The message names the source file and the expected model, lists missing and unexpected keys
     and mismatched shapes (long lists truncated), and ends with ``hint`` (e.g. "this looks like an
@@ -167,5 +172,17 @@ def load_strict(
         if hint:
             lines.append(hint)
         raise ModelError("\n".join(lines))
-    # Cast to the module's dtype (files may hold float16/float64); strict load cannot fail now.
-    module.load_state_dict(dict(state_dict), strict=True)
+    if not assign:
+        # Cast to the module's dtype (files may hold float16/float64); strict load cannot fail now.
+        module.load_state_dict(dict(state_dict), strict=True)
+        return
+    sd = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+    module.load_state_dict(sd, strict=True, assign=True)
+    for owner in module.modules():
+        for name, buf in list(owner.named_buffers(recurse=False)):
+            if buf is not None and buf.is_meta:
+                owner.register_buffer(name, torch.zeros(buf.shape, dtype=buf.dtype),
+                                      persistent=name not in owner._non_persistent_buffers_set)
+    left = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+    if left:  # every parameter must have come from the file
+        raise ModelError(f"{source}: no values for {_list(left)} of {model_name}")
