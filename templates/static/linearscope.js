@@ -290,6 +290,7 @@
     var ffig = $('[data-pane="filter"]', section);
     slot.f = {
       fig: ffig, stage: $(".fstage", ffig), canvas: $(".fcanvas", ffig), msg: $(".fmsg", ffig),
+      mark: $(".fmark", ffig),
       bar: $(".colorbar", ffig), ticks: $(".ticks", ffig), cap: $(".fcap", ffig),
       val: $(".val", ffig), outside: $(".outside", ffig)
     };
@@ -472,6 +473,15 @@
       d[4 * i + 3] = 255;
     }
     ctx.putImageData(img, 0, 0);
+    // mark where the probed pixel itself sits in the window (through the model's geometry)
+    var c = state.d ? crossFor(slot) : null, my = null, mxp = null;
+    if (c) {
+      my = (f.kind === "columns" ? c.oy : c.iy) - f.origin[0];
+      mxp = (f.kind === "columns" ? c.ox : c.ix) - f.origin[1];
+    }
+    var inside = c && my >= 0 && mxp >= 0 && my <= wh && mxp <= ww;
+    slot.f.mark.hidden = !inside;
+    if (inside) { slot.f.mark.style.top = (my / wh * 100) + "%"; slot.f.mark.style.left = (mxp / ww * 100) + "%"; }
     slot.f.stage.classList.add("has");
     slot.f.stage.classList.remove("nc");
     drawBar(slot, mx, tp, sel);
@@ -484,7 +494,8 @@
       (col ? "how this input pixel spreads over the output" : "which input pixels make this output pixel") +
       ". Window " + wh + "×" + ww + " at " + (col ? "output" : "input") + " (" + f.origin[0] + ", " + f.origin[1] + ")" +
       (an.full ? " (the whole image)" : "") + ", colours ±" + fmt(mx) + " (" + (state.n === "g" ? "global" : "per filter") + ", " +
-      (tp.kind === "lin" ? "linear" : tp.kind === "gamma" ? "gamma " + tp.g : "log, " + tp.d + " decades") + ").";
+      (tp.kind === "lin" ? "linear" : tp.kind === "gamma" ? "gamma " + tp.g : "log, " + tp.d + " decades") + ")" +
+      (slot.f.mark.hidden ? "." : "; the ring marks the pixel's own position.");
     slot.f.cap.textContent = cap;
     var out = f.outside, oa = an.mode === "full" ? out[sel.a] : Math.max.apply(null, out);
     slot.f.outside.textContent = "energy outside the window: " + (oa < 0 || oa === undefined ? "not stored" :
