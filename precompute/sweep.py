@@ -37,7 +37,7 @@ from precompute import probes as P
 from precompute import store as S
 from precompute.config import VALUE_KEYS, Resolved, UserError
 
-CPU_AUTO_BATCH = 16
+CPU_MAX_BATCH = 256
 GPU_MAX_BATCH = 512
 
 
@@ -104,7 +104,8 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def prepare(cfg: dict, base_dir: Path | None, device: torch.device) -> Prepared:
+def prepare(cfg: dict, base_dir: Path | None, device: torch.device,
+            random_weights: bool = False) -> Prepared:
     """Load the model and the (cropped) image of a resolved config dict (as stored in a store).
 
     Every problem (unknown model, bad checkpoint, unreadable image, crop outside the image, a
@@ -117,8 +118,9 @@ def prepare(cfg: dict, base_dir: Path | None, device: torch.device) -> Prepared:
     m = cfg["model"]
     dtype = torch.float64 if cfg["dtype"] == "float64" else torch.float32
     try:
+        kw = {"random_weights": True} if random_weights else {}  # benchmarks only
         spec = load_model(m["arch"], scale=m.get("scale"), checkpoint=m.get("checkpoint"),
-                          weights=m.get("weights"), base_dir=base_dir)
+                          weights=m.get("weights"), base_dir=base_dir, **kw)
     except ModelError as e:
         raise UserError(str(e)) from None
     image_path = Path(cfg["image"])
@@ -255,14 +257,49 @@ class Engine:
         return torch.cat([self.probe(flat[:half], kind), self.probe(flat[half:], kind)])
 
 
-def choose_batch(engine: Engine, kind: str, per_tile: int) -> int:
-    """Probes per pass from free memory (batch: auto).
+def activation_bytes(module: torch.nn.Module, x0: torch.Tensor) -> int:
+    """Bytes of all module outputs of one forward of x0 (what a probe keeps alive at most)."""
+    total = 0
+
+    def hook(_m, _inp, out):
+        nonlocal total
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            module(x0)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total, x0.numel() * x0.element_size())
+
+
+def _mem_available() -> int:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def choose_batch(engine: Engine, kind: str, per_tile: int, module=None, x0=None) -> int:
+    """Probes per pass from free memory (batch: auto), at most one tile's probes.
 
     CUDA: measure the peak memory of passes of 1 and 2 probes, then fill 70 % of free memory.
-    CPU: a fixed moderate batch (larger batches gain little on CPU and cost memory).
+    CPU: per-pass overhead dominates small images, so batches are large (≤ 256), bounded by a
+    quarter of the available RAM at ~4× the activations of one forward per probe (the frozen
+    branch, and for rows the saved activations of the backward pass).
     """
     if engine.device.type != "cuda":
-        return max(1, min(CPU_AUTO_BATCH, per_tile))
+        per_probe = 4 * activation_bytes(module, x0) if module is not None else 1 << 20
+        k = int(0.25 * _mem_available() // per_probe)
+        return max(1, min(k, CPU_MAX_BATCH, per_tile))
     n = math.prod(engine.in_shape if kind == "columns" else engine.out_shape)
     peaks = []
     for k in (1, 2):
@@ -582,7 +619,8 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
         elif stored is not None:
             batches[lay.name] = int(stored)  # same passes as before: bitwise-identical resume
         else:
-            batches[lay.name] = choose_batch(get_engine(GPU_MAX_BATCH), lay.name, per_tile)
+            batches[lay.name] = choose_batch(get_engine(GPU_MAX_BATCH), lay.name, per_tile,
+                                             spec.module, prep.x0)
     k_max = max(batches.values(), default=1)
 
     # ---- plan ----------------------------------------------------------------------------------
@@ -719,6 +757,11 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
             )
         # whoever created it, recount this process's tiles from disk now that we hold the lock
         g = zarr.open_group(str(path), mode="r")
+        if c.batch == "auto":
+            # another --shard process may have created the store: use its batch, so every tile
+            # is computed with the same passes as in a single-process run
+            for lay in layouts:
+                batches[lay.name] = int(g.attrs["analyses"][lay.name].get("batch", batches[lay.name]))
         todo = {lay.name: [t for t in mine[lay.name] if not S.tile_done(path, g, lay, t)]
                 for lay in layouts}
         owned = {(n, t.ty, t.tx) for n in todo for t in mine[n]}
