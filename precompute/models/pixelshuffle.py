@@ -48,6 +48,19 @@ class PixelShuffleSR(nn.Module):
         return self.pixel_shuffle(self.conv4(x))
 
 
+#: Published files with these keys, by sha256 (recorded in the description for provenance).
+KNOWN_FILES = {
+    "53372085bef8930982eb6be7d932fd7bea8f845e4b181f5be7e23321b75426cc": (
+        "LinearScope's examples/weights/pixelshuffle_x3.pt (×3, trained by "
+        "examples/train_pixelshuffle.py on public-domain/CC0 scikit-image images)"
+    ),
+    "44c6958ea9df3886ef120bad1fc827ffb913e4e6f667b24dc7aea9b032b6df75": (
+        "PyTorch ONNX-tutorial weights superres_epoch100-44c6958e.pth (×3; 'not trained fully … "
+        "for demonstration purposes only')"
+    ),
+}
+
+
 def expected_keys(r: int) -> dict[str, tuple[int, ...]]:
     """Key -> shape table of the upstream state_dict for upscale factor r."""
     return {
@@ -69,6 +82,7 @@ def _scale_of(sd: dict[str, torch.Tensor]) -> int | None:
 def build_spec(module: PixelShuffleSR, *, checkpoint: str | None = None, sha: str | None = None) -> ModelSpec:
     """The ModelSpec of a PixelShuffleSR module (Y channel in [0, 1], scale r, offset 0)."""
     r = module.upscale_factor
+    known = f" Weights: {KNOWN_FILES[sha]}." if sha in KNOWN_FILES else ""
     return ModelSpec(
         module=module.eval(),
         model_id="pixelshuffle",
@@ -86,7 +100,7 @@ def build_spec(module: PixelShuffleSR, *, checkpoint: str | None = None, sha: st
             f"4-layer PixelShuffle ×{r} super-resolution (PyTorch example). x0 is the Y channel "
             "(PIL YCbCr, BT.601 full range) in [0, 1], shape (1, 1, H, W), any size. The output is "
             f"Y at ×{r}; for display it is clipped and merged with bicubically upscaled Cb/Cr, "
-            "which are not part of the interpreted system."
+            "which are not part of the interpreted system." + known
         ),
         prepare_fn=lambda image: prepare_y(image, r),
         display_input_fn=lambda p: y_to_rgb(p.x0, p.extra.get("cbcr")),
