@@ -119,6 +119,13 @@ def build_cmd(sources, output, channels, precision, region, stride, tile, max_si
     config; with no argument, every store under runs/ into site/.
 
     Open OUTPUT/index.html from disk or serve the folder with any static web server.
+
+    \b
+    A config is YAML with any of these keys (or the same under `site:`):
+      stores: [runs/]   output: site   channels: full   precision: float16
+      region: [top, left, h, w]   stride: 1   tile: auto   max_size: 2GB
+    Store paths and output are relative to the config file; options given on
+    the command line win over the config.
     """
     try:
         cfg: dict = {}
