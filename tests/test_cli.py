@@ -148,3 +148,18 @@ def test_shard_halves_combine_into_the_full_store(tmp_path):
     assert precompute.open_store(tmp_path / "half" / "s.zarr").is_complete()
     assert_bitwise_equal(tmp_path / "full" / "s.zarr", tmp_path / "half" / "s.zarr")
     _user_error(cli("run", "--shard", "2/2", half), "--shard: expected 0 ≤ I < N")
+
+
+def test_several_images_make_one_store_each(tmp_path):
+    make_image(tmp_path / "a.png", 4, 4, seed=1)
+    make_image(tmp_path / "b.png", 5, 3, seed=2)
+    cfg = write_config(tmp_path / "m.yaml", name="m", model={"arch": "bicubic", "scale": 2},
+                       images=["a.png", "b.png"], output=str(tmp_path / "runs"),
+                       analyses={"columns": {"window": 3}, "rows": False})
+    r = cli("run", "-q", cfg)
+    assert r.exit_code == 0, r.stderr
+    a = precompute.open_store(tmp_path / "runs" / "m-a.zarr")
+    b = precompute.open_store(tmp_path / "runs" / "m-b.zarr")
+    assert a.in_shape == (3, 4, 4) and b.in_shape == (3, 5, 3)
+    assert a.is_complete() and b.is_complete() and "rows" not in b.layouts
+    assert b.attrs["image"]["path"] == str(tmp_path / "b.png")
