@@ -360,8 +360,12 @@ class Writer:
         self.q.put(item)
 
     def raise_error(self):
-        if self.error is not None:
-            raise RuntimeError(f"writing the store failed: {self.error!r}") from self.error
+        if self.error is None:
+            return
+        if isinstance(self.error, OSError):  # disk full, permissions, ...: the user can fix it
+            raise UserError(f"writing the store failed: {self.error}; finished tiles are kept, "
+                            "fix this and run the same command to continue") from None
+        raise RuntimeError(f"writing the store failed: {self.error!r}") from self.error
 
     def close(self) -> None:
         """Finish every queued tile (nothing computed is lost), then stop."""
@@ -605,6 +609,7 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
             from precompute.interpreter import LinearInterpreter
 
             li = LinearInterpreter(spec.module, prep.x0, rule=c.interpreter, batch=k)
+            set_precision(device, c.precision)  # the interpreter defaults to exact (ieee) on CUDA
             engine = Engine(li, device, prep.dtype)
         return engine
 
