@@ -255,11 +255,9 @@ def tile_signature(store: Store, a: Analysis, opts: Options, run_id: str, t) -> 
             for name, idx in ((a.kind, (sy, sx, 0, 0, 0, 0)), (a.kind + "_origin", (sy, sx, 0)),
                               (a.kind + "_outside", (sy, sx, 0))):
                 try:
-                    arr = store.group[name]
-                    f = store.path / name / arr.metadata.encode_chunk_key(idx)
-                    st = f.stat()
+                    st = store.chunk_path(name, idx).stat()
                     stats.append([name, list(idx), st.st_size, st.st_mtime_ns])
-                except (KeyError, OSError):
+                except (StoreError, OSError):
                     stats.append([name, list(idx), None, None])
     key = [ENCODING, run_id, str(store.path.resolve()), a.kind, opts.mode, opts.precision,
            list(opts.region) if opts.region else None, opts.stride, site_tile(a, opts), list(t), stats]

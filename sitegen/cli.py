@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -21,9 +22,38 @@ def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     # A failed zarr read can leave zarr's own event loop with pending tasks, whose teardown at
     # interpreter exit logs pages of asyncio noise after our one line: silence that logger.
+    _drain_zarr_loop()
     logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
     warnings.simplefilter("ignore")  # "coroutine ... was never awaited" from the same teardown
+    sys.unraisablehook = lambda *_: None  # "Exception ignored in ...": event loop closed
+    threading.excepthook = lambda *_: None
     sys.exit(2)
+
+
+def _drain_zarr_loop(timeout: float = 2.0) -> None:
+    """Let the reads zarr still has in flight after a failed one finish, so that nothing is
+    pending when the interpreter shuts its event loop down."""
+    try:
+        import asyncio
+
+        from zarr.core import sync as zsync
+
+        loop = zsync.loop[0] if isinstance(zsync.loop, list) else None
+        if loop is None or loop.is_closed():
+            return
+
+        async def settle():
+            me = asyncio.current_task()
+            pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=timeout)
+            for t in pending:
+                if t.done() and not t.cancelled():
+                    t.exception()  # retrieved: no "never retrieved" report at exit
+
+        asyncio.run_coroutine_threadsafe(settle(), loop).result(timeout + 1)
+    except Exception:
+        pass
 
 
 def parse_size(text: str) -> int | None:

@@ -94,8 +94,12 @@ class Store:
 
     # -- arrays -----------------------------------------------------------------------------
     def _array(self, name: str):
+        cache = self.__dict__.setdefault("_arrays", {})
+        if name in cache:
+            return cache[name]
         try:
-            return self.group[name]
+            cache[name] = self.group[name]
+            return cache[name]
         except KeyError:
             raise StoreError(f"{self.path}: array '{name}' is missing") from None
         except Exception as e:
@@ -133,13 +137,11 @@ class Store:
 
     def tile_done(self, kind: str, ty: int, tx: int) -> bool:
         """A store tile is done when its shard of ``columns``/``rows`` exists (FORMAT.md)."""
-        arr = self._array(kind)
-        key = arr.metadata.encode_chunk_key((ty, tx, 0, 0, 0, 0))
-        return (self.path / kind / key).is_file()
+        return self.chunk_path(kind, (ty, tx, 0, 0, 0, 0)).is_file()
 
-    def shard_path(self, kind: str, ty: int, tx: int) -> Path:
-        key = self._array(kind).metadata.encode_chunk_key((ty, tx, 0, 0, 0, 0))
-        return self.path / kind / key
+    def chunk_path(self, name: str, index: tuple) -> Path:
+        """The file of one chunk (or shard) of an array of this (directory) store."""
+        return self.path / name / self._array(name).metadata.encode_chunk_key(index)
 
     def read_block(self, kind: str, y0: int, y1: int, x0: int, x1: int):
         """Filters, window origins and outside-energy fractions of pixels [y0:y1, x0:x1]."""
