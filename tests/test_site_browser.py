@@ -203,6 +203,12 @@ def test_pin_permalink_keys_and_controls(site, browser):
     assert dl.value.suggested_filename.startswith("netA-test-columns-1-1")
     path = dl.value.path()
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    img = Image.open(path)
+    img.save(ARTIFACTS / "export.png")
+    assert img.size == (510, 510 + 40)  # 6×6 window ×85, colorbar and ticks below
     p.close()
 
 

@@ -561,11 +561,21 @@
     var slot = slots.filter(function (s) { return s.cur; })[0];
     if (!slot) { ctl.pinState.textContent = "Nothing to export: show a filter first."; return; }
     var f = slot.cur, src = slot.f.canvas, k = Math.max(1, Math.floor(512 / Math.max(src.width, src.height)));
-    var c = document.createElement("canvas");
-    c.width = src.width * k; c.height = src.height * k;
+    // the map at nearest-neighbour zoom, then its colorbar and tick values underneath
+    var c = document.createElement("canvas"), w = Math.max(src.width * k, 256), h = src.height * k;
+    c.width = w; c.height = h + 40;
     var ctx = c.getContext("2d");
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, c.width, c.height);
     ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(src, 0, 0, c.width, c.height);
+    ctx.drawImage(src, Math.floor((w - src.width * k) / 2), 0, src.width * k, h);
+    ctx.drawImage(slot.f.bar, 0, h + 6, w, 12);
+    ctx.fillStyle = "#111"; ctx.font = "11px sans-serif"; ctx.textBaseline = "top";
+    var spans = slot.f.ticks.querySelectorAll("span");
+    Array.prototype.forEach.call(spans, function (sp, i) {
+      var x = i / (spans.length - 1) * w;
+      ctx.textAlign = i === 0 ? "left" : (i === spans.length - 1 ? "right" : "center");
+      ctx.fillText(sp.textContent, x, h + 22);
+    });
     var a = ctl.download;
     a.href = c.toDataURL("image/png");
     a.download = slot.meta.id + "-" + f.kind + "-" + f.pixel[0] + "-" + f.pixel[1] + "-a" + slot.f.sel.a + "-b" + slot.f.sel.b + ".png";
