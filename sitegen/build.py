@@ -514,8 +514,9 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
             if st.has_array("display/output"):
                 w.write(f"data/{rid}/output.png", png_bytes(st.read("display/output")))
                 images["output"] = "output.png"
-            if st.has_array("residual"):
-                img, resid_max = residual_rgb(st.read("residual"))
+            resid = st.read("residual") if st.has_array("residual") else None
+            if resid is not None and not np.isnan(resid).all():  # all NaN: not computed
+                img, resid_max = residual_rgb(resid)
                 w.write(f"data/{rid}/residual.png", png_bytes(img))
                 images["residual"] = "residual.png"
         analyses = {}

@@ -274,3 +274,12 @@ def test_auto_tile_keeps_scripts_near_one_megabyte():
     assert site_tile(an(64, 3), Options(mode="lum")) == 9  # one 64×64 map ≈ 11 KB
     assert site_tile(an(12, 1), Options()) == 16  # small filters: capped at 16×16 pixels
     assert site_tile(an(64, 3), Options(tile=5)) == 5
+
+
+def test_residual_not_computed(tmp_path):
+    make_store(tmp_path / "s" / "n.zarr", name="n", seed=2)
+    zarr.open_array(str(tmp_path / "s/n.zarr/residual"), mode="r+")[...] = np.nan
+    build([tmp_path / "s"], tmp_path / "site", quiet())
+    page = (tmp_path / "site/explorer/n.html").read_text()
+    assert "Residual not computed." in page and "Residual r(x0)</b>: not computed" in page
+    assert not (tmp_path / "site/data/n/residual.png").exists()
