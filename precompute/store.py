@@ -30,6 +30,7 @@ from precompute.config import UserError
 
 FORMAT_VERSION = 1
 ANALYSES = ("columns", "rows")
+CREATING = "linearscope_creating"
 
 
 class StoreError(UserError):
@@ -142,7 +143,9 @@ def create_store(path: Path, *, attrs: dict, dtype: str, input: np.ndarray, outp
     The attributes (with ``format_version``) are written last, in one atomic file: a store
     without them is an interrupted creation and may be deleted and made again.
     """
-    g = zarr.open_group(str(path), mode="w")
+    # marker until the real attributes replace it: lets a resumed run tell its own interrupted
+    # creation (safe to delete) from someone else's Zarr data (never deleted)
+    g = zarr.open_group(str(path), mode="w", attributes={CREATING: True})
     c = codecs()
 
     def small(name, arr, fill):
@@ -168,7 +171,7 @@ def create_store(path: Path, *, attrs: dict, dtype: str, input: np.ndarray, outp
         g.create_array(f"{lay.name}_outside", shape=(h, w, lay.probe_shape[0]),
                        chunks=(t, t, lay.probe_shape[0]), dtype=dtype, fill_value=np.nan,
                        compressors=c, config={"write_empty_chunks": True})
-    g.attrs.update(attrs)
+    g.attrs.put(attrs)
     return g
 
 

@@ -525,7 +525,10 @@ def _existing_attrs(path: Path) -> dict | None:
 
     attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     if "format_version" not in attrs:
-        return None  # creation was interrupted before the attributes: nothing computed yet
+        if attrs.get(S.CREATING):
+            return None  # our creation was interrupted before the attributes: nothing computed
+        raise UserError(f"{path} is a Zarr group but not a LinearScope store; choose another "
+                        "name/output (it is never deleted)")
     if attrs["format_version"] > S.FORMAT_VERSION:
         raise UserError(
             f"{path} has format_version {attrs['format_version']}, newer than this LinearScope "

@@ -163,3 +163,16 @@ def test_several_images_make_one_store_each(tmp_path):
     assert a.in_shape == (3, 4, 4) and b.in_shape == (3, 5, 3)
     assert a.is_complete() and b.is_complete() and "rows" not in b.layouts
     assert b.attrs["image"]["path"] == str(tmp_path / "b.png")
+
+
+def test_foreign_data_at_the_store_path_is_never_deleted(tmp_path):
+    cfg = _cfg(tmp_path)
+    foreign = tmp_path / "runs" / "t.zarr"
+    g = zarr.open_group(str(foreign), mode="w", attributes={"owner": "someone else"})
+    g.create_array("data", shape=(2,), dtype="int8")
+    _user_error(cli("run", "--overwrite", cfg), "is a Zarr group but not a LinearScope store")
+    assert (foreign / "data" / "zarr.json").exists()
+    (tmp_path / "runs" / "u.zarr").mkdir()
+    (tmp_path / "runs" / "u.zarr" / "notes.txt").write_text("mine")
+    _user_error(cli("run", _cfg(tmp_path, name="u")), "exists and is not a LinearScope store")
+    assert (tmp_path / "runs" / "u.zarr" / "notes.txt").exists()

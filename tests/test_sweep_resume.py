@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import precompute
 from sweep_helpers import REPO, TINY, assert_bitwise_equal, cli, cli_subprocess, make_image, write_config
 
@@ -46,6 +48,7 @@ def _run_and_kill(cfg, store, ready) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     ref_cfg = _config(tmp_path, "ref")
     r = cli("run", "-q", ref_cfg)
