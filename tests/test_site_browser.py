@@ -390,3 +390,11 @@ def test_float16_fallback_without_Float16Array(site, browser):
     p.pixel("output", 3, 7)
     check_values(p.filter("netA-test", "rows", 3, 7), s["both"].row(3, 7))
     p.close()
+
+
+def test_residual_pane_probes_rows(site, browser):
+    d, s = site
+    p = Page(browser, url(d, "explorer/netA-test.html"))
+    p.pixel("residual", 11, 6)
+    check_values(p.filter("netA-test", "rows", 11, 6), s["both"].row(11, 6))
+    p.close()

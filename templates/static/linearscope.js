@@ -259,8 +259,7 @@
       if (!fig) return;
       var stage = $(".stage", fig);
       if (pane === "output" || pane === "residual" || pane === "input") slot.panes[pane] = setupStage(slot, pane === "residual" ? "output" : pane, stage);
-      if (pane === "residual") return;
-      var dom = pane === "input" ? "in" : "out";
+      var dom = pane === "input" ? "in" : "out";  // the residual lives on the output grid
       stage.addEventListener("mousemove", function (ev) {
         if (state.pin) { readPaneValue(slot, pane, ev); return; }
         var p = pixelAt(slot.panes[pane], ev);
