@@ -158,9 +158,10 @@ def selection(store: Store, a: Analysis, opts: Options) -> tuple[tuple[int, int,
     else:
         top, left, h, w = opts.region
         if a.kind == "rows":  # region is given in input pixels; rows live on the output grid
-            s = store.scale or 1
-            top, left = int(np.floor(top * s)), int(np.floor(left * s))
-            h, w = int(np.ceil(h * s)), int(np.ceil(w * s))
+            s = store.scale or 1  # the scaling FORMAT.md gives for a run's `pixels` region
+            top0, left0 = int(np.floor(top * s)), int(np.floor(left * s))
+            h, w = int(np.ceil((top + h) * s)) - top0, int(np.ceil((left + w) * s)) - left0
+            top, left = top0, left0
     top, left = min(max(top, 0), H - 1), min(max(left, 0), W - 1)
     h, w = max(1, min(h, H - top)), max(1, min(w, W - left))
     return (top, left, h, w), opts.stride
