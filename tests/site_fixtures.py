@@ -123,10 +123,10 @@ def make_store(
     analyses: dict = {"residual": True}
     if columns:
         analyses["columns"] = {"window": [col_window] * 2, "full": col_window == Ho,
-                               "tile": tile, "region": [0, 0, H, W], "stride": 1}
+                               "tile": tile, "region": [0, 0, H, W], "stride": 1, "batch": 16}
     if rows:
         analyses["rows"] = {"window": [row_window] * 2, "full": row_window == H,
-                            "tile": tile, "region": [0, 0, Ho, Wo], "stride": 1}
+                            "tile": tile, "region": [0, 0, Ho, Wo], "stride": 1, "batch": 16}
     attrs = {
         "format_version": format_version,
         "name": name,
