@@ -26,6 +26,7 @@ def run(module, *args, cwd):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_precompute_then_sitegen(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((6, 6, 3)) * 255).astype(np.uint8), "RGB").save(tmp_path / "tiny.png")
@@ -59,3 +60,20 @@ def test_precompute_then_sitegen(tmp_path):
     assert np.all(block[0, 1] == 0) and np.abs(block[1, 1]).max() > 0
     index = (site / "index.html").read_text()
     assert "bicubic" in index and "freeze" in index
+    # and in the browser, from file://: the page's decoded column equals the store's
+    from playwright.sync_api import sync_playwright
+
+    from test_site_browser import ARGS, Page, check_values
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+        try:
+            p = Page(browser, (site / "explorer/tiny-bicubic.html").as_uri())
+            p.pixel("input", 4, 1)
+            check_values(p.filter("tiny-bicubic", "columns", 4, 1), cols[4, 1])
+            p.pixel("output", 7, 10)
+            check_values(p.filter("tiny-bicubic", "rows", 7, 10), rows[7, 10])
+            p.shot("explorer-e2e-bicubic")
+            p.close()
+        finally:
+            browser.close()
