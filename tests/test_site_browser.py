@@ -177,6 +177,8 @@ def test_pin_permalink_keys_and_controls(site, browser):
     pg.select_option("#ls-tail", "log")
     pg.select_option("#ls-own", "1")
     pg.select_option("#ls-other", "2")
+    pg.select_option("#ls-size", "1")  # larger panes: 448 px
+    assert pg.locator('[data-pane="output"] .stage').bounding_box()["width"] == 448
     before = p.filter("netA-test", "rows", 14, 4)
     assert (before["a"], before["b"]) == (1, 2)
     state = pg.evaluate("window.__linearscope.state")
@@ -189,6 +191,8 @@ def test_pin_permalink_keys_and_controls(site, browser):
     assert q.page.evaluate("window.__linearscope.state") == state
     assert f2["data"] == before["data"] and (f2["a"], f2["b"], f2["max"]) == (1, 2, before["max"])
     assert q.page.input_value("#ls-cmap") == "puor" and q.page.input_value("#ls-tail") == "log"
+    assert q.page.locator('[data-pane="input"] .stage').bounding_box()["width"] == 448
+    assert q.page.locator(".fcanvas").bounding_box()["width"] == 448
     caption = q.page.locator(".fcap").inner_text()
     assert "output pixel (14, 4)" in caption and "global" in caption and "log" in caption
     q.close()

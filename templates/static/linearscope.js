@@ -168,7 +168,7 @@
   }
 
   // -- page -------------------------------------------------------------------------------------
-  var state = { d: null, r: 0, y: 0, x: 0, pin: false, a: 0, b: "0", n: "f", cm: "rdbu", t: "lin", p: 0.5 };
+  var state = { d: null, r: 0, y: 0, x: 0, pin: false, a: 0, b: "0", n: "f", cm: "rdbu", t: "lin", p: 0.5, z: 0 };
   var slots = [];
   var runIds = [];
   var ctl = {};
@@ -197,11 +197,12 @@
     if (CMAPS[kv.cm]) state.cm = kv.cm;
     if (kv.t === "lin" || kv.t === "gamma" || kv.t === "log") state.t = kv.t;
     if (kv.p !== undefined && isFinite(+kv.p)) state.p = Math.min(1, Math.max(0, +kv.p));
+    if (kv.z !== undefined && SIZES[+kv.z]) state.z = +kv.z;
   }
   function hashString() {
     var parts = [];
     if (state.d) parts.push("d=" + state.d, "r=" + state.r, "y=" + state.y, "x=" + state.x, "pin=" + (state.pin ? 1 : 0));
-    parts.push("a=" + state.a, "b=" + state.b, "n=" + state.n, "cm=" + state.cm, "t=" + state.t, "p=" + state.p);
+    parts.push("a=" + state.a, "b=" + state.b, "n=" + state.n, "cm=" + state.cm, "t=" + state.t, "p=" + state.p, "z=" + state.z);
     return "#" + parts.join("&");
   }
   function writeHash() {
@@ -216,13 +217,21 @@
     if (pane === "input") return [m.input[1], m.input[2]];
     return [m.output[1], m.output[2]];
   }
+  var SIZES = [288, 448, 640, 896];  // pane sides in CSS pixels (the "Image size" control)
+  function sizeStage(o) {
+    var side = SIZES[state.z] || SIZES[0];
+    var z = side / Math.max(o.H, o.W);
+    o.stage.style.width = Math.round(o.W * z) + "px";
+    o.stage.style.height = Math.round(o.H * z) + "px";
+  }
+  function layout() {
+    document.documentElement.style.setProperty("--pane", (SIZES[state.z] || SIZES[0]) + "px");
+    slots.forEach(function (slot) { for (var k in slot.panes) sizeStage(slot.panes[k]); draw(slot); });
+  }
   function setupStage(slot, pane, stage) {
     var g = paneGeom(slot, pane);
-    var side = parseInt(getComputedStyle(document.documentElement).getPropertyValue("--pane"), 10) || 288;
-    var z = side / Math.max(g[0], g[1]);
-    stage.style.width = Math.round(g[1] * z) + "px";
-    stage.style.height = Math.round(g[0] * z) + "px";
     var o = { stage: stage, H: g[0], W: g[1] };
+    sizeStage(o);
     o.h = el("div", "xh-h", stage); o.v = el("div", "xh-v", stage);
     o.px = el("div", "px", stage); o.fp = el("div", "fp", stage);
     [o.h, o.v, o.px, o.fp].forEach(function (e) { e.hidden = true; });
@@ -613,6 +622,9 @@
     ctl.own.disabled = P < 2; ctl.other.disabled = othOpts.length < 2;
     state.a = +ctl.own.value; state.b = ctl.other.value;
     ctl.cmap.value = state.cm; ctl.norm.value = state.n; ctl.tail.value = state.t; ctl.param.value = state.p;
+    ctl.size = $("#ls-size");
+    ctl.size.value = String(state.z);
+    ctl.size.addEventListener("change", function () { state.z = +ctl.size.value; writeHash(); layout(); });
     function changed() {
       state.a = +ctl.own.value; state.b = ctl.other.value; state.cm = ctl.cmap.value; state.n = ctl.norm.value;
       state.t = ctl.tail.value; state.p = +ctl.param.value;
@@ -653,6 +665,7 @@
       });
       if (state.r >= slots.length) state.r = 0;
       setupControls();
+      if (state.z) layout();
       document.addEventListener("keydown", function (ev) {
         if (ev.key === "Escape") {
           if (state.pin) { state.pin = false; update(); }
