@@ -145,7 +145,8 @@ def load(*, checkpoint: str | Path | None = None, random_weights: bool = False) 
         torch.manual_seed(0)
         return build_spec(ResnetGenerator())
     sd = read_state_dict(checkpoint)
-    module = ResnetGenerator()
+    with torch.device("meta"):  # no random initialisation of weights the file replaces
+        module = ResnetGenerator()
     sd = drop_instance_norm_stats(module, sd)
     hint = ""
     if any(re.match(r"model\.\d+\.conv_block\.6\.weight$", k) for k in sd):
@@ -153,5 +154,6 @@ def load(*, checkpoint: str | Path | None = None, random_weights: bool = False) 
                 "published CycleGAN models do not use.")
     elif any(k.startswith(("model.model.", "model.0.model")) for k in sd) or "model.1.model.0.weight" in sd:
         hint = "This looks like a U-Net (pix2pix) generator, not CycleGAN's resnet_9blocks."
-    load_strict(module, sd, source=str(checkpoint), model_name="CycleGAN resnet_9blocks", hint=hint)
+    load_strict(module, sd, source=str(checkpoint), model_name="CycleGAN resnet_9blocks", hint=hint,
+                assign=True)
     return build_spec(module, checkpoint=str(checkpoint), sha=sha256_file(checkpoint))

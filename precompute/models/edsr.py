@@ -208,8 +208,9 @@ def load(arch: str, *, scale: int | None = None, checkpoint: str | Path | None =
     elif found is not None and found["scale"] in SCALES:
         s = found["scale"]
     else:
-        raise ModelError(f"{checkpoint} is not an EDSR checkpoint (no head.0 / tail.0.0 weights); "
-                         f"set model.scale or check the file")
+        first = ", ".join(f'"{k}"' for k in list(sd)[:4]) + (", …" if len(sd) > 4 else "")
+        raise ModelError(f"{checkpoint} is not an EDSR checkpoint: it has no 'head.0.weight' and "
+                         f"'tail.0.0.weight' (its keys: {first or 'none'})")
     if found is not None:
         what = f"{_name(found['n_resblocks'], found['n_feats'])} ×{found['scale']}"
         if (found["n_resblocks"], found["n_feats"]) != (n_resblocks, n_feats):
@@ -224,6 +225,7 @@ def load(arch: str, *, scale: int | None = None, checkpoint: str | Path | None =
                 f"{checkpoint} is a ×{found['scale']} checkpoint but scale {s} was asked; set "
                 f"scale: {found['scale']} or use {RELEASES[(arch, s)]}"
             )
-    module = EDSR(s, n_resblocks, n_feats, res_scale)
-    load_strict(module, sd, source=str(checkpoint), model_name=f"{label} ×{s}")
+    with torch.device("meta"):  # no random initialisation of weights the file replaces
+        module = EDSR(s, n_resblocks, n_feats, res_scale)
+    load_strict(module, sd, source=str(checkpoint), model_name=f"{label} ×{s}", assign=True)
     return build_spec(module, arch, checkpoint=str(checkpoint), sha=sha256_file(checkpoint))

@@ -137,6 +137,8 @@ def load(
             f"{checkpoint} is not a PixelShuffle checkpoint: no usable 'conv4.weight' "
             f"(keys: {', '.join(list(sd)[:8])}{' …' if len(sd) > 8 else ''})"
         )
-    module = PixelShuffleSR(r)
-    load_strict(module, sd, source=str(checkpoint), model_name=f"pixelshuffle ×{r} (conv1..conv4)")
+    with torch.device("meta"):
+        module = PixelShuffleSR(r)
+    load_strict(module, sd, source=str(checkpoint), model_name=f"pixelshuffle ×{r} (conv1..conv4)",
+                assign=True)
     return build_spec(module, checkpoint=str(checkpoint), sha=sha256_file(checkpoint))
