@@ -670,3 +670,19 @@ def test_examples_name_the_published_checkpoints(config, arch, file):
     assert (EXAMPLES / cfg.image).is_file()
     text = (EXAMPLES / config).read_text()
     assert "download" in text and file in text
+
+
+def test_custom_example_both_forms():
+    """examples/custom_model.py: build -> nn.Module (default RGB [0, 1]); build_gray -> ModelSpec."""
+    img = Image.open(EXAMPLES / "images" / "astronaut-32.png")
+    spec = load_model("python:custom_model.py:build", scale=2, base_dir=EXAMPLES)
+    assert (spec.in_channels, spec.scale, spec.value_range) == (3, 2.0, (0.0, 1.0))
+    gray = load_model("python:custom_model.py:build_gray", scale=3, base_dir=EXAMPLES)
+    assert gray.model_id == f"python:{EXAMPLES / 'custom_model.py'}:build_gray"
+    assert (gray.in_channels, gray.scale, gray.value_range) == (1, 3.0, (0.0, 255.0))
+    p = gray.prepare(img)
+    assert p.x0.shape == (1, 1, 32, 32) and p.x0.max() > 1
+    x0 = p.x0[..., :10, :10].double()
+    li = assert_interpreter_ok(gray.module.double(), x0)
+    assert li.out_shape == (1, 30, 30)
+    assert gray.display_output(li.output[None], p).shape == (30, 30, 3)
