@@ -430,10 +430,28 @@ def test_classifier_key_patterns():
     inc = meta_keys("inception_v3")
     assert {"Conv2d_1a_3x3.conv.weight", "Conv2d_1a_3x3.bn.running_var", "Mixed_5b.branch1x1.conv.weight",
             "AuxLogits.conv0.conv.weight", "AuxLogits.fc.weight", "fc.weight"} <= inc
-    for name in ("resnet18", "resnet34", "resnet101", "resnet152", "densenet161", "densenet169",
-                 "densenet201", "vgg11", "vgg13", "vgg19", "vgg11_bn", "vgg13_bn", "vgg19_bn"):
-        assert "fc.weight" in meta_keys(name) or "classifier.weight" in meta_keys(name) \
-            or "classifier.6.weight" in meta_keys(name)
+    # VGG: 8/10/13/16 convs (+ as many BNs), classifier 0/3/6
+    for depth, n in ((11, 8), (13, 10), (16, 13), (19, 16)):
+        for bn in ("", "_bn"):
+            k = meta_keys(f"vgg{depth}{bn}")
+            convs = [x for x in k if x.startswith("features.") and x.endswith(".weight")
+                     and f"{x[:-7]}.running_mean" not in k]
+            assert len(convs) == n and len([x for x in k if x.endswith("running_mean")]) == (n if bn else 0)
+            assert {x.rsplit(".", 1)[0] for x in k if x.startswith("classifier.")} == set(cls)
+    # ResNet: blocks per stage (BasicBlock 2 convs, Bottleneck 3)
+    for depth, blocks, convs in ((18, (2, 2, 2, 2), 2), (34, (3, 4, 6, 3), 2), (50, (3, 4, 6, 3), 3),
+                                 (101, (3, 4, 23, 3), 3), (152, (3, 8, 36, 3), 3)):
+        k = meta_keys(f"resnet{depth}")
+        for stage, nb in enumerate(blocks, 1):
+            assert f"layer{stage}.{nb - 1}.conv{convs}.weight" in k and f"layer{stage}.{nb}.conv1.weight" not in k
+        assert f"layer1.0.conv{convs + 1}.weight" not in k
+    # DenseNet: layers per dense block
+    for depth, layers in ((121, (6, 12, 24, 16)), (161, (6, 12, 36, 24)), (169, (6, 12, 32, 32)),
+                          (201, (6, 12, 48, 32))):
+        k = meta_keys(f"densenet{depth}")
+        for b, n in enumerate(layers, 1):
+            assert f"features.denseblock{b}.denselayer{n}.conv2.weight" in k
+            assert f"features.denseblock{b}.denselayer{n + 1}.conv2.weight" not in k
 
 
 def test_densenet_old_style_file_loads(tmp_path):
