@@ -70,6 +70,7 @@ def test_registry_lists_every_family():
     ("pixelshuffle", {"weights": "IMAGENET1K_V1"}, "'weights' applies to torchvision"),
     ("torchvision:resnet18", {"scale": 2}, "is a classifier"),
     ("python:nocolon", {}, "bad model id"),
+    ("torchvision:vgg16", {"weights": "IMAGENET1K_FEATURES"}, "have no ImageNet classifier"),
 ])
 def test_bad_ids_and_options(arch, kw, msg):
     with pytest.raises(ModelError, match=msg):

@@ -173,6 +173,12 @@ def load(
     if preprocess not in PREPROCESS:
         raise ModelError(f"preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
     w = _weights_enum(name, weights)
+    if not w.meta.get("categories"):
+        # VGG16 IMAGENET1K_FEATURES: a feature extractor without a trained classifier head.
+        raise ModelError(
+            f"torchvision:{name} weights {w.name} have no ImageNet classifier (no category names); "
+            f"use {DEFAULT_WEIGHTS}"
+        )
     categories = list(w.meta["categories"])
     transform = w.transforms()
     sha = None
