@@ -10,10 +10,13 @@ from precompute.models.base import ModelError, Prepared
 
 
 def rgb_tensor(image: Image.Image, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
-    """PIL image -> (1, 3, H, W) float32 RGB, 8-bit values mapped linearly onto [lo, hi]."""
-    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
-    return t * (hi - lo) + lo if (lo, hi) != (0.0, 1.0) else t
+    """PIL image -> (1, 3, H, W) float32 RGB, 8-bit values mapped linearly onto [lo, hi].
+
+    Computed in float64 and rounded once, so 0..255 gives exact integers (as EDSR's own
+    ``np2Tensor``) and [0, 1] gives the correctly rounded v/255.
+    """
+    arr = np.asarray(image.convert("RGB"), dtype=np.float64) * ((hi - lo) / 255.0) + lo
+    return torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def prepare_y(image: Image.Image, scale: int) -> Prepared:
