@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable, Sequence
+from typing import Sequence
 
 # Shards above this size make the writer hold too much memory and compress slowly per call.
 SHARD_BYTES_LIMIT = 64 * 2**20
@@ -179,7 +179,3 @@ def auto_tile(bytes_per_pixel: int, height: int, width: int, limit: int = SHARD_
     while t > 1 and (t * t * bytes_per_pixel > limit or (t // 2 >= max(height, width))):
         t //= 2
     return t
-
-
-def count(items: Iterable) -> int:
-    return sum(1 for _ in items)

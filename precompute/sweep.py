@@ -647,7 +647,7 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
     probes_todo, passes_todo = {}, {}
     for lay in layouts:
         bpp = lay.bytes_per_pixel(np_dtype.itemsize) + (2 * 4 + lay.probe_shape[0] * np_dtype.itemsize)
-        npx = npr = nps = 0
+        npr = nps = 0
         for t in todo[lay.name]:
             th, tw = t.shape
             bytes_todo += th * tw * bpp
@@ -840,8 +840,6 @@ def run(config_path: str, opts: Options) -> list[str]:
 def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto") -> tuple[str, bool]:
     """Recompute ``samples`` random stored columns and rows (all their channels) from the model
     and image recorded in the store; report the maximum differences. Returns (text, ok)."""
-    import zarr
-
     from precompute.interpreter import LinearInterpreter
 
     st = S.open_store(path)

@@ -115,7 +115,7 @@ def test_windows_follow_origin_rule(tmp_path, scale, h, w, wc, wr):
 
 
 def test_pixel_region_and_stride(tmp_path):
-    img = make_image(tmp_path / "img.png", 8, 8)
+    make_image(tmp_path / "img.png", 8, 8)
     cfg = write_config(
         tmp_path / "c.yaml", name="roi", model={"arch": "bicubic", "scale": 2}, image="img.png",
         pixels={"region": [2, 1, 5, 4], "stride": 2},
