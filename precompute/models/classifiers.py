@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from precompute.models.base import ModelError, ModelSpec, Prepared
+from precompute.models.common import seeded
 from precompute.models.checkpoint import load_strict, read_state_dict, sha256_file
 
 DEFAULT_WEIGHTS = "IMAGENET1K_V1"
@@ -201,7 +202,8 @@ def load(
         load_strict(module, sd, source=str(checkpoint), model_name=f"torchvision {name}", assign=True)
         sha = sha256_file(checkpoint)
     else:
-        module = build_module(name, len(categories))
+        with seeded():
+            module = build_module(name, len(categories))
     module = _finish(name, module)
     prepare, display_input, mean, std = _make_prepare(transform, preprocess)
     lo = float(((0 - mean) / std).min())

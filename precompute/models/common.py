@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from PIL import Image
@@ -65,3 +67,11 @@ def positive_int_scale(model_id: str, scale, allowed: tuple[int, ...] | None = N
             f"{', '.join(map(str, allowed))})"
         )
     return scale
+
+
+@contextlib.contextmanager
+def seeded(seed: int = 0):
+    """Deterministic untrained weights (``random_weights=True``) without touching the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -21,7 +21,7 @@ from torch import nn
 
 from precompute.models.base import ModelError, ModelSpec, Prepared
 from precompute.models.checkpoint import load_strict, read_state_dict, sha256_file
-from precompute.models.common import rgb_tensor
+from precompute.models.common import rgb_tensor, seeded
 
 #: Generators published at http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/<name>.pth
 PRETRAINED = (
@@ -142,8 +142,8 @@ def load(*, checkpoint: str | Path | None = None, random_weights: bool = False) 
                 "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/ and set "
                 "model.checkpoint to its path"
             )
-        torch.manual_seed(0)
-        return build_spec(ResnetGenerator())
+        with seeded():
+            return build_spec(ResnetGenerator())
     sd = read_state_dict(checkpoint)
     with torch.device("meta"):  # no random initialisation of weights the file replaces
         module = ResnetGenerator()

@@ -22,7 +22,7 @@ from torch import nn
 
 from precompute.models.base import ModelError, ModelSpec, Prepared
 from precompute.models.checkpoint import load_strict, read_state_dict, sha256_file
-from precompute.models.common import positive_int_scale, rgb_tensor
+from precompute.models.common import positive_int_scale, rgb_tensor, seeded
 
 #: (n_resblocks, n_feats, res_scale) of each released variant.
 VARIANTS = {"edsr-baseline": (16, 64, 1.0), "edsr": (32, 256, 0.1)}
@@ -199,8 +199,8 @@ def load(arch: str, *, scale: int | None = None, checkpoint: str | Path | None =
                 "https://cv.snu.ac.kr/research/EDSR/models/ and set model.checkpoint to its path"
             )
         s = positive_int_scale(arch, 4 if scale is None else scale, SCALES)
-        torch.manual_seed(0)
-        return build_spec(EDSR(s, n_resblocks, n_feats, res_scale), arch)
+        with seeded():
+            return build_spec(EDSR(s, n_resblocks, n_feats, res_scale), arch)
     sd = read_state_dict(checkpoint)
     found = inspect_state_dict(sd)
     if scale is not None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from precompute.models.base import ModelError, ModelSpec, Prepared
 from precompute.models.checkpoint import load_strict, read_state_dict, sha256_file
-from precompute.models.common import positive_int_scale, prepare_y, y_to_rgb
+from precompute.models.common import positive_int_scale, prepare_y, y_to_rgb, seeded
 
 #: Where this repository ships weights trained by examples/train_pixelshuffle.py.
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "examples" / "weights" / "pixelshuffle_x3.pt"
@@ -119,8 +119,8 @@ def load(
                 f"LinearScope ships trained ×3 weights: {SHIPPED_WEIGHTS}"
             )
         r = positive_int_scale("pixelshuffle", 3 if scale is None else scale)
-        torch.manual_seed(0)
-        return build_spec(PixelShuffleSR(r))
+        with seeded():
+            return build_spec(PixelShuffleSR(r))
     sd = read_state_dict(checkpoint)
     found = _scale_of(sd)
     if scale is not None:
