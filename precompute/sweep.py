@@ -63,6 +63,8 @@ def resolve_device(device: str) -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
     d = torch.device(device)
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        d = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: one GPU per process
     if d.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device {device} requested but CUDA is not available here (use cpu or auto)")
@@ -488,8 +490,12 @@ def store_lock(path: Path):
     An flock is released by the kernel when its holder dies, so a SIGKILL never leaves the store
     locked.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.with_name(path.name + ".lock"), "a+")
+    except OSError as e:
+        raise UserError(f"cannot write to the output directory {path.parent}: {e.strerror}") from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -537,12 +543,23 @@ def _existing_attrs(path: Path) -> dict | None:
     return attrs
 
 
+def _check_writable(directory: Path) -> None:
+    """Refuse early (before any work, without creating anything) an output we cannot write."""
+    p = directory
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to the output directory {directory}: "
+                        f"{p} is {'not a directory' if not p.is_dir() else 'not writable'}")
+
+
 def run_image(res: Resolved, image: Path, opts: Options) -> str:
     """Plan, create or resume, and sweep one store. Returns a one-line summary."""
     cfg = res.as_dict(image)
     c = res.config
     path = res.store_path(image)
     shard_i, shard_n = opts.shard
+    _check_writable(path.parent)
     device = resolve_device(c.device)
     set_precision(device, c.precision)
     prep = prepare(cfg, res.config_path.parent, device)

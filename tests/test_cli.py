@@ -176,3 +176,9 @@ def test_foreign_data_at_the_store_path_is_never_deleted(tmp_path):
     (tmp_path / "runs" / "u.zarr" / "notes.txt").write_text("mine")
     _user_error(cli("run", _cfg(tmp_path, name="u")), "exists and is not a LinearScope store")
     assert (tmp_path / "runs" / "u.zarr" / "notes.txt").exists()
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    _user_error(cli("run", _cfg(tmp_path, output=str(tmp_path / "file" / "runs"))),
+                "cannot write to the output directory")
