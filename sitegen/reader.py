@@ -65,6 +65,9 @@ class Store:
             raise StoreError(f"{self.path} is not a LinearScope store (not a Zarr group)")
         attrs = meta.get("attributes") or {}
         version = attrs.get("format_version")
+        if version is None and attrs.get("linearscope_creating"):
+            raise StoreError(f"{self.path} is still being created, or its creation was "
+                             "interrupted: run `precompute run` on its config again")
         if not isinstance(version, int):
             raise StoreError(f"{self.path} is not a LinearScope store (no format_version)")
         if version > FORMAT_VERSION:

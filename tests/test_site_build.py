@@ -229,6 +229,9 @@ def test_cli_errors(suite, tmp_path):
     bad.mkdir()
     (bad / "zarr.json").write_text("{ not json")
     assert "unreadable zarr.json" in _error(sitegen(bad, "-o", tmp_path / "o"))
+    creating = tmp_path / "creating.zarr"  # FORMAT.md: the marker of an unfinished creation
+    zarr.open_group(str(creating), mode="w").attrs["linearscope_creating"] = True
+    assert "still being created" in _error(sitegen(creating, "-o", tmp_path / "o"))
     broken = make_store(tmp_path / "broken.zarr", name="broken", seed=6)
     shard = broken.path / "columns/c/0/0/0/0/0/0"
     data = bytearray(shard.read_bytes())
