@@ -705,3 +705,31 @@ def test_custom_example_both_forms():
     li = assert_interpreter_ok(gray.module.double(), x0)
     assert li.out_shape == (1, 30, 30)
     assert gray.display_output(li.output[None], p).shape == (30, 30, 3)
+
+
+def _fast_random(name: str) -> torch.nn.Module:
+    """A Table-4 module with random weights, without torchvision's slow initialisation."""
+    from precompute.models.classifiers import build_module
+
+    with torch.device("meta"):
+        m = build_module(name)
+    m = m.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for key, t in m.state_dict().items():
+            if not t.is_floating_point():
+                t.zero_()
+            elif key.endswith("running_var"):
+                t.uniform_(0.5, 2.0, generator=g)
+            else:
+                fan_in = t[0].numel() if t.dim() > 1 else 1
+                t.normal_(0.0, (2.0 / fan_in) ** 0.5 if t.dim() > 1 else 0.1, generator=g)
+    return m.eval()
+
+
+@pytest.mark.parametrize("name, size", [("alexnet", 63), ("vgg11_bn", 32)])
+def test_alexnet_vgg_interpreters(name, size):
+    """Overlapping max-pools, BN, dropout (eval), adaptive average pooling up to 6×6 / 7×7."""
+    m = _fast_random(name).double()
+    x0 = torch.randn(1, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert_interpreter_ok(m, x0)
