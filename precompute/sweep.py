@@ -37,7 +37,7 @@ from precompute import probes as P
 from precompute import store as S
 from precompute.config import VALUE_KEYS, Resolved, UserError
 
-CPU_MAX_BATCH = 256
+CPU_MAX_BATCH = 64
 GPU_MAX_BATCH = 512
 
 
@@ -294,7 +294,8 @@ def choose_batch(engine: Engine, kind: str, per_tile: int, module=None, x0=None)
     """Probes per pass from free memory (batch: auto), at most one tile's probes.
 
     CUDA: measure the peak memory of passes of 1 and 2 probes, then fill 70 % of free memory.
-    CPU: per-pass overhead dominates small images, so batches are large (≤ 256), bounded by a
+    CPU: per-pass overhead dominates small images, so batches are large (≤ 64: beyond, the
+    gain is within noise and page faults of huge buffers cost system time), bounded by a
     quarter of the available RAM at ~4× the activations of one forward per probe (the frozen
     branch, and for rows the saved activations of the backward pass).
     """
