@@ -788,8 +788,9 @@ class LinearScope:
                     "cannot decide which factor is the gate (neither comes from a sigmoid, "
                     "hard-sigmoid or tanh, and neither is broadcast). Use rule='taylor' for this "
                     "module (overrides) or restructure the product.")
-        call = Call(torch.mul, a[:1], (b[:1],), {}, gate_index)
-        frozen = rule_for("product", rule)(call)
+        call = Call(torch.mul, a[:1].detach(), (b[:1].detach(),), {}, gate_index)
+        with torch.no_grad():
+            frozen = rule_for("product", rule)(call)
         self._record(func, f"{rule}:product" + ("" if gate_index is None else f"(gate={gate_index})"))
         y1 = frozen.linear(a[1:], b[1:])
         if self.constants and frozen.offset is not None:
@@ -811,7 +812,10 @@ class LinearScope:
         rule = self._rule_for_path()
         inplace = op.inplace or bool(params.pop("inplace", False))
         wants_indices = func in _POOL_RETURNS_INDICES or bool(params.get("return_indices"))
-        frozen: Frozen = rule_for(op.family, rule)(Call(op.pure, x[:1], (), params))
+        # A(x0) and c(x0) are constants of the frozen system: computed from a detached x0, so
+        # autograd neither differentiates them nor keeps x0 alive (in-place units stay legal).
+        with torch.no_grad():
+            frozen: Frozen = rule_for(op.family, rule)(Call(op.pure, x[:1].detach(), (), params))
         self._record(func, f"{rule}:{op.family}")
         if frozen.whole_batch:
             # linear(x0) + c is h(x0) exactly: run the whole batch at once, c on x0 only unless
