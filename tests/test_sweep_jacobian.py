@@ -98,3 +98,23 @@ def test_rows_and_columns_agree_where_both_hold(tmp_path):
     inside = np.square(colJ[:, oy:oy + 5, ox:ox + 5]).sum()
     np.testing.assert_allclose(st.outside("columns", 2, 5)[1], 1 - inside / np.square(colJ).sum(),
                                atol=1e-12)
+
+
+def test_taylor_interpreter_of_a_smooth_network_is_its_jacobian(tmp_path):
+    img = make_image(tmp_path / "img.png", 5, 5, seed=8)
+    stores = {}
+    for rule in ("taylor", "freeze"):
+        cfg = write_config(
+            tmp_path / f"{rule}.yaml", name=rule, model={"arch": f"python:{TINY}:tanh_net"},
+            image="img.png", interpreter=rule, dtype="float64", batch=16,
+            analyses={"residual": True, "columns": {"window": "full"}, "rows": False},
+            output=str(tmp_path / "runs"),
+        )
+        r = cli("run", "-q", cfg)
+        assert r.exit_code == 0, r.stderr
+        stores[rule] = precompute.open_store(tmp_path / "runs" / f"{rule}.zarr")
+    J = _jacobian("tanh_net", img).reshape(3 * 25, 3 * 25)
+    np.testing.assert_allclose(stores["taylor"].dense(), J, atol=1e-12, rtol=0)
+    assert stores["taylor"].attrs["interpreter"] == "taylor"
+    # the frozen (gain) rule is a different interpreter: the key really reaches the engine
+    assert np.abs(stores["freeze"].dense() - J).max() > 1e-3
