@@ -230,8 +230,11 @@ def remove_partials(path: Path, names: list[str], owned: set[tuple[str, int, int
 
 def _check_version(attrs: dict, path: Path) -> None:
     v = attrs.get("format_version")
+    if v is None and attrs.get(CREATING):
+        raise StoreError(f"{path} is still being created (or its creation was interrupted: run the "
+                         "same `precompute run` command to finish it)")
     if v is None:
-        raise StoreError(f"{path} is not a finished LinearScope store (no format_version attribute)")
+        raise StoreError(f"{path} is not a LinearScope store (no format_version attribute)")
     if not isinstance(v, int) or v > FORMAT_VERSION:
         raise StoreError(
             f"{path} has format_version {v}, newer than this LinearScope reads "

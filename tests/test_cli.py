@@ -182,3 +182,9 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     _user_error(cli("run", _cfg(tmp_path, output=str(tmp_path / "file" / "runs"))),
                 "cannot write to the output directory")
+
+
+def test_store_being_created_is_named_as_such(tmp_path):
+    g = zarr.open_group(str(tmp_path / "c.zarr"), mode="w", attributes={"linearscope_creating": True})
+    g.create_array("input", shape=(1,), dtype="float32")
+    _user_error(cli("info", tmp_path / "c.zarr"), "is still being created")
