@@ -75,11 +75,20 @@ def resolve_device(device: str) -> torch.device:
 
 def set_precision(device: torch.device, precision: str) -> None:
     """Exact float32 by default: PyTorch would otherwise run convolutions in TF32 on NVIDIA GPUs
-    (~1e-3 relative error, performance notes)."""
+    (~1e-3 relative error, performance notes).
+
+    Also deterministic kernels on CUDA: a resumed store must equal an uninterrupted one bitwise,
+    and some cuDNN/cuBLAS algorithms (atomic adds in backward passes) vary from run to run. Ops
+    without a deterministic CUDA kernel only warn (``warn_only``).
+    """
     if device.type == "cuda":
         mode = "ieee" if precision == "ieee" else "tf32"
         torch.backends.cudnn.conv.fp32_precision = mode
         torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first cuBLAS call
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def describe_device(device: torch.device) -> str:
