@@ -896,7 +896,7 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
             continue
         pick = done[rng.choice(len(done), size=min(samples, len(done)), replace=False)]
         c_probe, h, w = lay.probe_shape
-        worst = worst_rel = 0.0
+        worst = worst_rel = worst_out = 0.0
         for i, j in pick:
             flat = [(c * h + int(i)) * w + int(j) for c in range(c_probe)]
             full = eng.probe(flat, name).detach().cpu().numpy()
@@ -909,10 +909,14 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
             d = float(np.abs(got - want).max())
             scale = float(np.abs(want).max()) or 1.0
             worst, worst_rel = max(worst, d), max(worst_rel, d / scale)
-        good = worst_rel <= tol
+            total = np.square(full, dtype=np.float64).sum(axis=(1, 2, 3))
+            inside = np.square(got, dtype=np.float64).sum(axis=(1, 2, 3))
+            frac = np.where(total > 0, 1 - inside / np.where(total > 0, total, 1), 0)
+            worst_out = max(worst_out, float(np.abs(frac - st.outside(name, int(i), int(j))).max()))
+        good = worst_rel <= tol and worst_out <= max(tol, 1e-6)
         ok &= good
         lines.append(f"{name}: {len(pick)} pixels × {c_probe} channels recomputed, max |Δ| = "
-                     f"{worst:.3g} (relative {worst_rel:.3g}, tolerance {tol:g}) "
-                     + ("OK" if good else "MISMATCH"))
+                     f"{worst:.3g} (relative {worst_rel:.3g}, tolerance {tol:g}), outside "
+                     f"fraction max |Δ| = {worst_out:.2g} " + ("OK" if good else "MISMATCH"))
     lines.append("verify: " + ("OK" if ok else "FAILED"))
     return "\n".join(lines), ok
