@@ -46,6 +46,7 @@ def run(config, dry_run, overwrite, shard, quiet):
     """Compute the residual, columns and rows of CONFIG (YAML) into Zarr store(s).
 
     Safe to kill at any moment: the same command continues where it stopped.
+    Configuration keys: docs/RUN.md; the store layout: docs/FORMAT.md.
     """
     from precompute import sweep
 
