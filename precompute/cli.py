@@ -50,8 +50,10 @@ def run(config, dry_run, overwrite, shard, quiet):
     """
     from precompute import sweep
 
-    opts = sweep.Options(overwrite=overwrite, dry_run=dry_run, shard=sweep.parse_shard(shard),
-                         quiet=quiet)
+    share = sweep.parse_shard(shard)
+    if shard is None and share[0] != 0:
+        quiet = True  # under torchrun only rank 0 prints the plan and progress bars
+    opts = sweep.Options(overwrite=overwrite, dry_run=dry_run, shard=share, quiet=quiet)
     for line in sweep.run(config, opts):
         click.echo(line)
 
