@@ -410,25 +410,31 @@ def tile_arrays(engine: Engine, lay: S.Layout, tile: P.Tile, k: int, np_dtype,
                 f"the interpreter produced NaN/Inf for the {lay.name} of (channel, y, x) {bad[:3]}; "
                 "nothing of this tile was stored"
             )
-        crops, fracs = [], []
-        total = full.square().sum(dim=(1, 2, 3))
-        for n, pr in enumerate(group):
-            oy, ox = lay.origin(pr.i, pr.j)
-            win = full[n, :, oy:oy + wh, ox:ox + ww]
-            crops.append(win)
-            # squared norm outside the window, computed directly (not total − inside) so that it
-            # is exactly 0 when nothing lies outside
-            rest = full[n].clone()
-            rest[:, oy:oy + wh, ox:ox + ww] = 0
-            fracs.append(rest.square().sum())
-        crops_np = torch.stack(crops).cpu().numpy()
-        out_sq = torch.stack(fracs)
+        # crop every window at once on the device (one gather, not K small kernels per probe)
+        origins = [lay.origin(pr.i, pr.j) for pr in group]
+        dev = full.device
+        oy = torch.tensor([o[0] for o in origins], device=dev)
+        ox = torch.tensor([o[1] for o in origins], device=dev)
+        ky = oy[:, None] + torch.arange(wh, device=dev)  # (K, wh)
+        kx = ox[:, None] + torch.arange(ww, device=dev)  # (K, ww)
+        k_idx = torch.arange(len(group), device=dev)[:, None, None, None]
+        c_idx = torch.arange(full.shape[1], device=dev)[None, :, None, None]
+        crops_np = full[k_idx, c_idx, ky[:, None, :, None], kx[:, None, None, :]].cpu().numpy()
+        # squared norm outside the window, summed directly (not total − inside), so that it is
+        # exactly 0 when nothing lies outside
+        ys = torch.arange(full.shape[2], device=dev)[None]
+        xs = torch.arange(full.shape[3], device=dev)[None]
+        in_y = (ys >= oy[:, None]) & (ys < oy[:, None] + wh)  # (K, H_o)
+        in_x = (xs >= ox[:, None]) & (xs < ox[:, None] + ww)  # (K, W_o)
+        sq = full.square()
+        total = sq.sum(dim=(1, 2, 3))
+        out_sq = sq.masked_fill((in_y[:, :, None] & in_x[:, None, :])[:, None], 0).sum(dim=(1, 2, 3))
         frac = torch.where(total > 0, out_sq / torch.where(total > 0, total, 1), 0).cpu().numpy()
         for n, pr in enumerate(group):
             y, x = pr.i - tile.y0, pr.j - tile.x0
             block[y, x, pr.c] = crops_np[n]
             outside[y, x, pr.c] = frac[n]
-            origin[y, x] = lay.origin(pr.i, pr.j)
+            origin[y, x] = origins[n]
         if on_pass is not None:
             on_pass(len(group))
     return block, origin, outside
