@@ -82,3 +82,20 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     r = cli("run", "-q", cfg)
     assert r.exit_code == 0 and "already done" in r.stdout
     assert_bitwise_equal(ref, store)
+
+
+@pytest.mark.slow
+def test_two_shard_processes_at_once_fill_one_store(tmp_path):
+    ref_cfg = _config(tmp_path, "ref")
+    assert cli("run", "-q", ref_cfg).exit_code == 0
+    cfg = _config(tmp_path, "par")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-m", "precompute.cli", "run", "-q", "--shard",
+                               f"{i}/2", str(cfg)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    store = tmp_path / "par" / "tiny.zarr"
+    assert precompute.open_store(store).is_complete()
+    assert_bitwise_equal(tmp_path / "ref" / "tiny.zarr", store)
