@@ -508,7 +508,7 @@ def store_lock(path: Path):
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path.with_name(path.name + ".lock"), "a+")
+        f = open(path.with_name(f".{path.name}.lock"), "a+")
     except OSError as e:
         raise UserError(f"cannot write to the output directory {path.parent}: {e.strerror}") from None
     with f:
