@@ -1,4 +1,4 @@
-"""`precompute` command line: run / info / verify.
+"""`precompute` command line: run / info / verify / audit.
 
 Every user error is one line ``error: …`` on stderr with exit status 2, never a traceback.
 """
@@ -10,6 +10,7 @@ import sys
 import click
 
 from precompute.config import UserError
+from precompute.scope import ScopeError
 
 
 def _fail(msg: str) -> None:
@@ -21,7 +22,9 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except UserError as e:
+        except (UserError, ScopeError) as e:
+            # ScopeError: the model has an op the LinearScope cannot freeze faithfully (its
+            # message names the op and the module path); nothing has been written yet.
             _fail(str(e))
         except KeyboardInterrupt:
             click.echo("interrupted: finished tiles are on disk; run the same command to resume",
@@ -81,6 +84,37 @@ def verify(store, samples, seed, device):
     click.echo(text)
     if not ok:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--device", default=None, help="Override the config's device.")
+def audit(config, device):
+    """List every call the LinearScope intercepts on CONFIG's model and (first) image.
+
+    One line per call: order, module path, PyTorch op, call index within that (path, op), and the
+    rule applied (freeze:/taylor: family, affine, linear). Nothing is written.
+    """
+    from collections import Counter
+
+    from precompute import sweep
+    from precompute.config import load_config
+    from precompute.interpreter import LinearInterpreter
+
+    res = load_config(config)
+    image = res.images[0]
+    dev = sweep.resolve_device(device or res.config.device)
+    prep = sweep.prepare(res.as_dict(image), res.config_path.parent, dev)
+    li = LinearInterpreter(prep.spec.module, prep.x0, rule=res.config.interpreter, batch=1,
+                           exact=res.config.precision == "ieee")
+    records = li.audit()
+    click.echo(f"# {prep.spec.model_id} on {image.name}, x0 {tuple(prep.x0.shape[1:])}, "
+               f"interpreter {res.config.interpreter}: {len(records)} intercepted calls")
+    click.echo("#  order  module path  op  call  rule")
+    for record in records:
+        click.echo(str(record))
+    counts = Counter(r.rule for r in records)
+    click.echo("# " + ", ".join(f"{rule}: {n}" for rule, n in sorted(counts.items())))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -129,6 +129,9 @@ class ModelConfig(_Strict):
     scale: Annotated[int, Field(ge=1)] | None = None
     checkpoint: str | None = None
     weights: str | None = None
+    # Classifiers: "auto" applies the ImageNet resize/centre-crop only to images larger than the
+    # crop, "imagenet" always, "none" only normalises (see precompute.models.load_model).
+    preprocess: Literal["auto", "imagenet", "none"] = "auto"
 
 
 class RunConfig(_Strict):

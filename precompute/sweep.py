@@ -131,7 +131,8 @@ def prepare(cfg: dict, base_dir: Path | None, device: torch.device,
     try:
         kw = {"random_weights": True} if random_weights else {}  # benchmarks only
         spec = load_model(m["arch"], scale=m.get("scale"), checkpoint=m.get("checkpoint"),
-                          weights=m.get("weights"), base_dir=base_dir, **kw)
+                          weights=m.get("weights"), base_dir=base_dir,
+                          preprocess=m.get("preprocess", "auto"), **kw)
     except ModelError as e:
         raise UserError(str(e)) from None
     image_path = Path(cfg["image"])
@@ -644,8 +645,8 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
         if engine is None:
             from precompute.interpreter import LinearInterpreter
 
-            li = LinearInterpreter(spec.module, prep.x0, rule=c.interpreter, batch=k)
-            set_precision(device, c.precision)  # the interpreter defaults to exact (ieee) on CUDA
+            li = LinearInterpreter(spec.module, prep.x0, rule=c.interpreter, batch=k,
+                                   exact=c.precision == "ieee")
             engine = Engine(li, device, prep.dtype)
         return engine
 
@@ -886,7 +887,8 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
                  + ("" if x_diff == 0 else "  (the image or preprocessing changed!)"))
     k = max(int(a.get("batch", 16)) for a in st.attrs["analyses"].values() if isinstance(a, dict)) \
         if st.layouts else 16
-    li = LinearInterpreter(prep.spec.module, prep.x0, rule=st.attrs["interpreter"], batch=k)
+    li = LinearInterpreter(prep.spec.module, prep.x0, rule=st.attrs["interpreter"], batch=k,
+                           exact=cfg.get("precision", "ieee") == "ieee")
     eng = Engine(li, dev, prep.dtype)
     if "residual" in st.group:
         r = li.residual.detach().reshape(st.out_shape).cpu().numpy()
