@@ -265,8 +265,8 @@ def taylor_norm(call: Call) -> Frozen:
     return Frozen(y0, linear, offset)
 
 
-def freeze_rms_norm(call: Call) -> Frozen:
-    """RMSNorm frozen at x0's root mean square: ``A = w/rms0``, ``c = 0``."""
+def _rms_parts(call: Call):
+    """Reduced dims, rms0 = sqrt(mean(x0²) + eps), weight and y0 of an RMSNorm call."""
     p = call.params
     nd = len(tuple(p["normalized_shape"]))
     eps = p.get("eps")
@@ -275,31 +275,29 @@ def freeze_rms_norm(call: Call) -> Frozen:
     dims = tuple(range(x0.dim() - nd, x0.dim()))
     rms0 = (x0.pow(2).mean(dim=dims, keepdim=True) + eps).sqrt()
     w = p.get("weight")
-    y0 = call.func(call.x0, **p["_call"])
+    return dims, rms0, None if w is None else w.detach(), call.func(call.x0, **p["_call"])
+
+
+def freeze_rms_norm(call: Call) -> Frozen:
+    """RMSNorm frozen at x0's root mean square: ``A = w/rms0``, ``c = 0``."""
+    _, rms0, w, y0 = _rms_parts(call)
 
     def linear(x1: Tensor) -> Tensor:
         t = x1 / rms0
-        return t * w.detach() if w is not None else t
+        return t * w if w is not None else t
 
     return Frozen(y0, linear, None)
 
 
 def taylor_rms_norm(call: Call) -> Frozen:
     """Eq. 4 for RMSNorm: ``Dh·v = w·(v − x̂0·mean(x̂0·v))/rms0`` with ``x̂0 = x0/rms0``."""
-    p = call.params
-    nd = len(tuple(p["normalized_shape"]))
-    eps = p.get("eps")
-    eps = torch.finfo(call.x0.dtype).eps if eps is None else float(eps)
+    dims, rms0, w, y0 = _rms_parts(call)
     x0 = call.x0.detach()
-    dims = tuple(range(x0.dim() - nd, x0.dim()))
-    rms0 = (x0.pow(2).mean(dim=dims, keepdim=True) + eps).sqrt()
     xhat0 = x0 / rms0
-    w = p.get("weight")
-    y0 = call.func(call.x0, **p["_call"])
 
     def linear(x1: Tensor) -> Tensor:
         d = (x1 - xhat0 * (xhat0 * x1).mean(dim=dims, keepdim=True)) / rms0
-        return d * w.detach() if w is not None else d
+        return d * w if w is not None else d
 
     return Frozen(y0, linear, y0 - linear(x0))
 

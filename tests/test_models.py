@@ -7,7 +7,6 @@ independently of the modules under test. Interpreter checks run in float64 on sm
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from oracles import bicubic_matrix_1d
 from precompute.interpreter import LinearInterpreter
 from precompute.models import ARCHS, ModelError, ModelSpec, Prepared, known_archs, load_model
 
@@ -88,24 +88,9 @@ def test_modules_are_in_eval_mode():
 
 # --- bicubic --------------------------------------------------------------------------------------
 
-def keys_cubic_matrix(n_in: int, s: int, a: float = -0.75) -> np.ndarray:
-    """1-D bicubic (Keys, a=−0.75) upscaling matrix, half-pixel centres, edge-replicated taps."""
-    def w(x):
-        x = abs(x)
-        if x <= 1:
-            return (a + 2) * x**3 - (a + 3) * x**2 + 1
-        if x < 2:
-            return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
-        return 0.0
-
-    A = np.zeros((n_in * s, n_in))
-    for p in range(n_in * s):
-        src = (p + 0.5) / s - 0.5
-        i0 = math.floor(src)
-        t = src - i0
-        for k in range(-1, 3):
-            A[p, min(max(i0 + k, 0), n_in - 1)] += w(t - k)
-    return A
+def keys_cubic_matrix(n_in: int, s: int) -> np.ndarray:
+    """1-D bicubic (Keys, a = −0.75) upscaling matrix, half-pixel centres, clamped taps."""
+    return bicubic_matrix_1d(n_in, s).numpy()
 
 
 def test_bicubic_filter_matrix_is_the_interpolation_matrix():

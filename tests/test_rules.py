@@ -249,3 +249,22 @@ def test_per_module_override_changes_only_that_module():
     ref_f, ref_r = _reference_matrix(frozen, x0)
     assert (li.dense() - ref_f).abs().max().item() < 1e-12
     assert (li.residual - ref_r[0]).abs().max().item() < 1e-12
+
+
+def test_rms_norm_frozen_and_taylor():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(6, 8), nn.RMSNorm(8), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+    x0 = torch.randn(1, 4, 6)
+    with torch.no_grad():
+        z0 = model[0](x0)
+        rms0 = (z0.pow(2).mean(-1, keepdim=True) + torch.finfo(z0.dtype).eps).sqrt()
+
+    def frozen(x1):  # RMS frozen at x0: no constant term besides the linear layers' biases
+        return model[2](model[1].weight * model[0](x1) / rms0)
+
+    _assert_interpreter_matches(model, x0, frozen)
+    li = LinearInterpreter(model, x0, rule="taylor", batch=64)
+    ref = jacobian_columns(model, x0, range(x0.numel()))
+    assert (li.columns(range(x0.numel())) - ref).abs().max().item() < 1e-12

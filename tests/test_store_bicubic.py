@@ -9,30 +9,13 @@ import numpy as np
 import pytest
 
 import precompute
+from oracles import bicubic_matrix_1d
 from sweep_helpers import cli, make_image, write_config
 
 
-def keys_kernel(d: float, a: float = -0.75) -> float:
-    """Cubic convolution kernel (Keys 1981) with a = −0.75."""
-    d = abs(d)
-    if d <= 1:
-        return (a + 2) * d**3 - (a + 3) * d**2 + 1
-    if d < 2:
-        return a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
-    return 0.0
-
-
 def interp_1d(n: int, s: int) -> np.ndarray:
-    """(n·s × n): output pixel p samples input coordinate (p + ½)/s − ½ (half-pixel centres),
-    four taps around it, indices clamped to the border."""
-    m = np.zeros((n * s, n))
-    for p in range(n * s):
-        x = (p + 0.5) / s - 0.5
-        base = math.floor(x)
-        t = x - base
-        for k in range(-1, 3):
-            m[p, min(max(base + k, 0), n - 1)] += keys_kernel(t - k)
-    return m
+    """(n·s × n) bicubic matrix (Keys a = −0.75, half-pixel centres, clamped taps): tests/oracles.py."""
+    return bicubic_matrix_1d(n, s).numpy()
 
 
 def oracle_F(h: int, w: int, s: int, c: int = 3) -> np.ndarray:
