@@ -637,7 +637,8 @@ def test_python_builder_errors(builders, arch, kw, msg):
 
 # --- example configs --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("config", ["pixelshuffle.yaml", "bicubic.yaml", "custom.yaml"])
+@pytest.mark.parametrize("config", ["pixelshuffle.yaml", "bicubic.yaml", "bicubic-x3.yaml",
+                                    "custom.yaml"])
 def test_runnable_example_configs_load(config):
     from precompute.config import load_config
 
