@@ -85,6 +85,8 @@ STRUCTURAL: set[Callable] = {
     F.upsample_nearest, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.fold, F.unfold, F.channel_shuffle,
     F.native_channel_shuffle,
+    # Linear in the input for given indices; indices of a frozen max pool are x0's.
+    F.max_unpool1d, F.max_unpool2d, F.max_unpool3d,
 }
 
 # Structural ops that keep a gate a gate (for the product rule's provenance).

@@ -153,3 +153,31 @@ def test_column_and_row_by_coordinates():
     assert torch.equal(dense[:, 1 * 20 + 2 * 4 + 3].view(3, 5, 4), li.column(1, 2, 3))
     with pytest.raises(IndexError):
         li.column(2, 0, 0)
+
+
+class PoolingNet(nn.Module):
+    """Max pooling in every form: 1d, 3d, dilation, padding, ceil mode, adaptive, with indices."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.unpool_src = nn.MaxPool2d(2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2)
+
+    def forward(self, x):
+        y = self.conv(x)                                                   # (B, 4, 9, 9)
+        a = F.max_pool2d(y, 3, stride=2, padding=1, dilation=2, ceil_mode=True)
+        b = F.adaptive_max_pool2d(y, (4, 3))
+        c, _ = F.adaptive_max_pool2d(y, 2, return_indices=True)
+        d = F.max_pool1d(y.flatten(2), 4, stride=3)                       # over the flattened plane
+        e = F.max_pool3d(y.unsqueeze(1), (2, 2, 2), stride=(2, 1, 2))     # channels as depth
+        pooled, idx = self.unpool_src(y)
+        f = self.unpool(pooled, idx, output_size=y.shape[-2:])            # linear given x0's indices
+        return torch.cat([a.flatten(1), b.flatten(1), c.flatten(1), d.flatten(1), e.flatten(1),
+                          f.flatten(1)], dim=1)
+
+
+def test_max_pool_variants_equal_jacobian():
+    torch.manual_seed(5)
+    x0 = torch.randn(1, 2, 9, 9, dtype=torch.float64)
+    _compare(PoolingNet(), x0, n_rows=60)
