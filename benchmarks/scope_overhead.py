@@ -63,7 +63,7 @@ def main() -> None:
         x0 = torch.rand(1, spec.in_channels, side, side, device=device) * (hi - lo) + lo
         for k in args.batch:
             li = LinearInterpreter(model, x0, batch=k)
-            n, N = li.n_inputs, li.n_outputs
+            N = li.n_outputs
             cols = _rate(lambda: li.columns(range(k)), k, args.repeat, device)
             rows = _rate(lambda: li.rows(range(0, N, max(1, N // k))[:k]), k, args.repeat, device)
             xb = torch.rand((k,) + li.in_shape, device=device, requires_grad=True)

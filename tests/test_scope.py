@@ -1,6 +1,5 @@
 """The hooking layer itself: unknown ops, batch mixing, hygiene, audit, wrappers, dropout."""
 
-import warnings
 
 import pytest
 import torch

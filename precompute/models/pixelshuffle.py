@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from precompute.models.base import ModelError, ModelSpec, Prepared
+from precompute.models.base import ModelError, ModelSpec
 from precompute.models.checkpoint import load_strict, read_state_dict, sha256_file
 from precompute.models.common import positive_int_scale, prepare_y, y_to_rgb, seeded
 
