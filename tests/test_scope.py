@@ -1,6 +1,5 @@
 """The hooking layer itself: unknown ops, batch mixing, hygiene, audit, wrappers, dropout."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F
