@@ -120,20 +120,19 @@ class LinearInterpreter:
 
         Computed on the linear part directly: biases and every c(x0) are switched off on the probe
         branch (exact, no cancellation against r)."""
-        vectors = self._as_batch(vectors, self.in_shape, "apply")
-        out = []
-        with torch.no_grad():
-            for part in self._chunks(vectors.shape[0]):
-                out.append(self._run(vectors[part], constants=False)[1:])
-        return torch.cat(out) if out else vectors.new_zeros((0,) + self.out_shape)
+        return self._forward(vectors, constants=False, what="apply")
 
     def affine(self, vectors: Tensor) -> Tensor:
         """F·v + r(x0) for a batch of probes: the probe branch of eq. 5 as the paper runs it."""
-        vectors = self._as_batch(vectors, self.in_shape, "affine")
+        return self._forward(vectors, constants=True, what="affine")
+
+    def _forward(self, vectors: Tensor, constants: bool, what: str) -> Tensor:
+        """The probe branch on ``vectors`` in passes of ``batch`` probes (no autograd)."""
+        vectors = self._as_batch(vectors, self.in_shape, what)
         out = []
         with torch.no_grad():
             for part in self._chunks(vectors.shape[0]):
-                out.append(self._run(vectors[part], constants=True)[1:])
+                out.append(self._run(vectors[part], constants=constants)[1:])
         return torch.cat(out) if out else vectors.new_zeros((0,) + self.out_shape)
 
     def apply_transpose(self, vectors: Tensor) -> Tensor:
