@@ -281,21 +281,18 @@ def _strip_bias(position: int):
     return strip
 
 
-def _strip_batch_norm(args, kwargs):
-    """Eval batch norm ``(x − m)/sqrt(v + eps)·w + b`` without its constant part: m = 0, b = 0."""
-    params = _bind(_BN_NAMES, {})(args, kwargs)
-    rm = params.get("running_mean")
-    params["running_mean"] = None if rm is None else torch.zeros_like(rm)
-    params["bias"] = None
-    return (args[0],), params
+def _strip_running_norm(names: tuple[str, ...]):
+    """Eval batch norm (or instance norm with running statistics) ``(x − m)/sqrt(v + eps)·w + b``
+    without its constant part: m = 0, b = 0."""
 
+    def strip(args, kwargs):
+        params = _bind(names, {})(args, kwargs)
+        rm = params.get("running_mean")
+        params["running_mean"] = None if rm is None else torch.zeros_like(rm)
+        params["bias"] = None
+        return (args[0],), params
 
-def _strip_instance_norm(args, kwargs):
-    params = _bind(_IN_NAMES, {})(args, kwargs)
-    rm = params.get("running_mean")
-    params["running_mean"] = None if rm is None else torch.zeros_like(rm)
-    params["bias"] = None
-    return (args[0],), params
+    return strip
 
 
 def _strip_pad(args, kwargs):
@@ -309,7 +306,8 @@ AFFINE: dict[Callable, Callable] = {
     F.conv1d: _strip_bias(2), F.conv2d: _strip_bias(2), F.conv3d: _strip_bias(2),
     F.conv_transpose1d: _strip_bias(2), F.conv_transpose2d: _strip_bias(2),
     F.conv_transpose3d: _strip_bias(2), F.linear: _strip_bias(2),
-    F.batch_norm: _strip_batch_norm, F.instance_norm: _strip_instance_norm, F.pad: _strip_pad,
+    F.batch_norm: _strip_running_norm(_BN_NAMES),
+    F.instance_norm: _strip_running_norm(_IN_NAMES), F.pad: _strip_pad,
 }
 
 # Sums: constant operands are switched off on the probe branch.
