@@ -4,7 +4,7 @@
 
 Loads the model and image exactly as `precompute run` does (config, crop, dtype, device,
 precision), then times batched passes of impulses through the same engine the sweep uses
-(`precompute.sweep.Engine`): columns are forward passes of [x0, δ_1 … δ_K], rows one backward
+(`precompute.engine.Engine`): columns are forward passes of [x0, δ_1 … δ_K], rows one backward
 pass per K rows. Writing is not included (it runs in separate threads during a real run; see
 `--write` for the store throughput of one tile). Prints one Markdown table row per batch size.
 """
@@ -22,7 +22,8 @@ import torch
 
 from precompute import probes as P
 from precompute import store as S
-from precompute import sweep
+from precompute import engine, inputs
+from precompute.assemble import tile_arrays
 from precompute.config import load_config
 
 
@@ -65,15 +66,15 @@ def main() -> None:
         cfg["model"]["checkpoint"] = None
     if args.crop:
         cfg["crop"] = args.crop
-    device = sweep.resolve_device(args.device or cfg["device"])
-    sweep.set_precision(device, cfg["precision"])
-    prep = sweep.prepare(cfg, res.config_path.parent, device, random_weights=args.random_weights)
+    device = inputs.resolve_device(args.device or cfg["device"])
+    inputs.set_precision(device, cfg["precision"])
+    prep = inputs.prepare(cfg, res.config_path.parent, device, random_weights=args.random_weights)
     from precompute.interpreter import LinearInterpreter
 
     li = LinearInterpreter(prep.spec.module, prep.x0, rule=cfg["interpreter"], batch=max(args.batch))
-    eng = sweep.Engine(li, device, prep.dtype)
+    eng = engine.Engine(li, device, prep.dtype)
     n_in, n_out = li.n_inputs, li.n_outputs
-    dev = sweep.describe_device(device) if device.type == "cuda" else f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+    dev = inputs.describe_device(device) if device.type == "cuda" else f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
     print(f"{prep.spec.model_id}, x0 {tuple(prep.x0.shape[1:])} → {tuple(li.out_shape)}, {cfg['dtype']}, {dev}")
     print("| batch K | columns/s | rows/s |")
     print("|---:|---:|---:|")
@@ -92,7 +93,7 @@ def main() -> None:
         lay = S.make_layout("columns", a["window"], a["tile"], P.Selection(), li.in_shape, li.out_shape,
                             prep.spec.scale, prep.spec.offset, np.dtype(cfg["dtype"]).itemsize)
         tile = lay.tiles()[len(lay.tiles()) // 2]
-        block, origin, outside = sweep.tile_arrays(eng, lay, tile, max(args.batch), np.dtype(cfg["dtype"]))
+        block, origin, outside = tile_arrays(eng, lay, tile, max(args.batch), np.dtype(cfg["dtype"]))
         with tempfile.TemporaryDirectory() as d:
             g = S.create_store(Path(d) / "b.zarr", attrs={}, dtype=cfg["dtype"],
                                input=prep.x0[0].cpu().numpy(), output=li.output.cpu().numpy(),

@@ -51,13 +51,13 @@ def run(config, dry_run, overwrite, shard, quiet):
     Safe to kill at any moment: the same command continues where it stopped.
     Configuration keys: docs/RUN.md; the store layout: docs/FORMAT.md.
     """
-    from precompute import sweep
+    from precompute import run as runner
 
-    share = sweep.parse_shard(shard)
+    share = runner.parse_shard(shard)
     if shard is None and share[0] != 0:
         quiet = True  # under torchrun only rank 0 prints the plan and progress bars
-    opts = sweep.Options(overwrite=overwrite, dry_run=dry_run, shard=share, quiet=quiet)
-    for line in sweep.run(config, opts):
+    opts = runner.Options(overwrite=overwrite, dry_run=dry_run, shard=share, quiet=quiet)
+    for line in runner.run(config, opts):
         click.echo(line)
 
 
@@ -78,7 +78,7 @@ def info(store):
 @click.option("--device", default="auto", show_default=True)
 def verify(store, samples, seed, device):
     """Recompute a random sample of stored columns and rows and report the maximum difference."""
-    from precompute.sweep import verify_store
+    from precompute.verify import verify_store
 
     text, ok = verify_store(store, samples=samples, seed=seed, device=device)
     click.echo(text)
@@ -97,14 +97,14 @@ def audit(config, device):
     """
     from collections import Counter
 
-    from precompute import sweep
+    from precompute import inputs
     from precompute.config import load_config
     from precompute.interpreter import LinearInterpreter
 
     res = load_config(config)
     image = res.images[0]
-    dev = sweep.resolve_device(device or res.config.device)
-    prep = sweep.prepare(res.as_dict(image), res.config_path.parent, dev)
+    dev = inputs.resolve_device(device or res.config.device)
+    prep = inputs.prepare(res.as_dict(image), res.config_path.parent, dev)
     li = LinearInterpreter(prep.spec.module, prep.x0, rule=res.config.interpreter, batch=1,
                            exact=res.config.precision == "ieee")
     records = li.audit()

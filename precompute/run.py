@@ -1,0 +1,526 @@
+"""`precompute run`: one store per (model, image), in stages a reader can follow.
+
+    plan      inputs (model, image, x0), layouts, batch sizes, what is left to do, the estimate
+    describe  the plan paragraph (``--dry-run`` stops here)
+    create    create the store under the lock (or adopt the existing one), remove leftovers
+    sweep     every planned tile of ``columns`` and ``rows`` (:mod:`precompute.sweep`)
+    finish    timings and device into the store's attributes
+
+The plan of probes is :mod:`precompute.probes`, their execution :mod:`precompute.engine`, tile
+assembly :mod:`precompute.assemble` and writing :mod:`precompute.writer`. A run killed at any
+moment resumes with the same command, repeating exactly the same passes (bitwise-identical
+results); progress is the set of tile shards on disk (docs/FORMAT.md).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from precompute import probes as P
+from precompute import store as S
+from precompute.config import VALUE_KEYS, Resolved, UserError
+from precompute.engine import GPU_MAX_BATCH, Engine, choose_batch
+from precompute.inputs import (Prepared, describe_device, forward_checked, prepare,
+                               resolve_device, say, set_precision, first_line)
+from precompute.writer import store_lock
+
+
+@dataclass
+class Options:
+    overwrite: bool = False
+    dry_run: bool = False
+    shard: tuple[int, int] = (0, 1)
+    quiet: bool = False
+    writer_threads: int = 2
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def fmt_time(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def versions() -> dict:
+    """Package versions (from metadata: importing torchvision just for its version takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import precompute
+
+    def v(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": v("torchvision"), "zarr": v("zarr"), "numpy": np.__version__,
+            "linearscope": precompute.__version__}
+
+
+# ---------------------------------------------------------------------------------------------
+# Existing stores.
+
+
+def _value_diff(stored: dict, now: dict) -> list[str]:
+    return [k for k in VALUE_KEYS if stored.get(k) != now.get(k)]
+
+
+def mismatch(attrs: dict, cfg: dict, prep: Prepared) -> list[str]:
+    """Value-affecting differences between a store and the config now (batch, device and output
+    may change between runs)."""
+    diff = _value_diff(attrs.get("config", {}), cfg)
+    if attrs.get("image", {}).get("sha256") != prep.image_attrs["sha256"]:
+        diff.append("image (file contents)")
+    if attrs.get("model", {}).get("checkpoint_sha256") != prep.model_attrs["checkpoint_sha256"]:
+        diff.append("model.checkpoint (file contents)")
+    return diff
+
+
+def existing_attrs(path: Path) -> dict | None:
+    """Attributes of a finished store at ``path``; None if there is none (or an interrupted
+    creation); UserError if the directory is something else."""
+    if not path.exists():
+        return None
+    if not (path / "zarr.json").is_file():
+        if any(path.iterdir()):
+            raise UserError(f"{path} exists and is not a LinearScope store; choose another name/output")
+        return None
+    import zarr
+
+    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    if "format_version" not in attrs:
+        if attrs.get(S.CREATING):
+            return None  # our creation was interrupted before the attributes: nothing computed
+        raise UserError(f"{path} is a Zarr group but not a LinearScope store; choose another "
+                        "name/output (it is never deleted)")
+    if attrs["format_version"] > S.FORMAT_VERSION:
+        raise UserError(
+            f"{path} has format_version {attrs['format_version']}, newer than this LinearScope "
+            f"writes ({S.FORMAT_VERSION}); upgrade linearscope or choose another name"
+        )
+    return attrs
+
+
+def check_writable(directory: Path) -> None:
+    """Refuse early (before any work, without creating anything) an output we cannot write."""
+    p = directory
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to the output directory {directory}: "
+                        f"{p} is {'not a directory' if not p.is_dir() else 'not writable'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: the plan.
+
+
+@dataclass
+class RunPlan:
+    """Everything decided before any work: what the store holds and what is left to do."""
+
+    res: Resolved
+    image: Path
+    path: Path
+    cfg: dict                      # the resolved config of this image (as stored)
+    opts: Options
+    device: torch.device
+    prep: Prepared
+    y0: torch.Tensor               # f(x0), (1, *out_shape)
+    vector: bool
+    in_shape: tuple
+    out_shape: tuple
+    scale: float | None
+    offset: float | None
+    layouts: list[S.Layout]
+    attrs: dict | None             # the existing store's attributes (None: to be created)
+    batches: dict[str, int] = field(default_factory=dict)
+    planned: dict[str, list[P.Tile]] = field(default_factory=dict)
+    mine: dict[str, list[P.Tile]] = field(default_factory=dict)
+    todo: dict[str, list[P.Tile]] = field(default_factory=dict)
+    probes_todo: dict[str, int] = field(default_factory=dict)
+    passes_todo: dict[str, int] = field(default_factory=dict)
+    bytes_todo: int = 0
+    free: int = 0
+    estimate: dict[str, float] = field(default_factory=dict)
+    li: object = None              # the LinearInterpreter, built on first use
+    engine: Engine | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.attrs is not None
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.res.config.dtype)
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.opts.shard
+
+    def get_engine(self, k: int) -> Engine:
+        """The batched engine (and its LinearInterpreter), built once with passes of ``k``."""
+        if self.engine is None:
+            from precompute.interpreter import LinearInterpreter
+
+            c = self.res.config
+            self.li = LinearInterpreter(self.prep.spec.module, self.prep.x0, rule=c.interpreter,
+                                        batch=k, exact=c.precision == "ieee")
+            self.engine = Engine(self.li, self.device, self.prep.dtype)
+        return self.engine
+
+
+def _layouts(rp_cfg, spec, in_shape, out_shape, scale, offset, np_dtype) -> list[S.Layout]:
+    """The windowed analyses of the config (columns, rows), validated against the image."""
+    c = rp_cfg
+    a = c.analyses
+    vector = spec.kind != "image"
+    if vector and (a.columns is not None or a.rows is not None):
+        raise UserError(
+            f"{spec.model_id} is a vector model (classifier): columns/rows of image layout do not "
+            "apply; set `analyses: {residual: true, columns: false, rows: false}` (classifier "
+            "analyses come later)"
+        )
+    layouts: list[S.Layout] = []
+    for name, acfg in (("columns", a.columns), ("rows", a.rows)):
+        if acfg is None:
+            continue
+        probe_shape = in_shape if name == "columns" else out_shape
+        if acfg.pixels is not None:
+            sel = P.Selection(acfg.pixels.region, acfg.pixels.stride)
+            where = f"analyses.{name}.pixels"
+        else:
+            sel = P.Selection(c.pixels.region, c.pixels.stride)
+            if name == "rows":
+                sel = P.scaled_selection(sel, scale)
+            where = "pixels"
+        if sel.region is not None:
+            top, left, h, w = sel.region
+            H, W = probe_shape[1:]
+            if top + h > H or left + w > W:
+                unit = "input" if name == "columns" else "output"
+                raise UserError(
+                    f"`{where}` region {list(sel.region)} ([top, left, height, width]) leaves the "
+                    f"{unit} image of {H}×{W} pixels (used for {name})"
+                )
+        layouts.append(S.make_layout(name, acfg.window, acfg.tile, sel, in_shape, out_shape,
+                                     scale, offset, np_dtype.itemsize))
+    return layouts
+
+
+def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
+    """Load and check everything, decide batches and the tiles left to do, estimate the time.
+
+    Nothing is written (but the output directory's writability is checked first)."""
+    cfg = res.as_dict(image)
+    c = res.config
+    path = res.store_path(image)
+    shard_i, shard_n = opts.shard
+    check_writable(path.parent)
+    device = resolve_device(c.device)
+    set_precision(device, c.precision)
+    prep = prepare(cfg, res.config_path.parent, device)
+    y0 = forward_checked(prep)
+    spec = prep.spec
+    vector = spec.kind != "image"
+    np_dtype = np.dtype(c.dtype)
+    in_shape = tuple(prep.x0.shape[1:])
+    out_shape = tuple(y0.shape[1:])
+    scale, offset = (spec.scale, spec.offset) if not vector else (None, None)
+    layouts = _layouts(c, spec, in_shape, out_shape, scale, offset, np_dtype)
+
+    # an existing store: same values, or --overwrite
+    attrs = existing_attrs(path)
+    if attrs is not None:
+        diff = mismatch(attrs, cfg, prep)
+        if diff and not opts.overwrite:
+            raise UserError(
+                f"{path} was made with a different {', '.join(diff)}; resuming would mix two "
+                "interpreters. Use --overwrite to start it again, or give the run another name"
+            )
+        if diff:
+            attrs = None  # will be overwritten
+    rp = RunPlan(res=res, image=image, path=path, cfg=cfg, opts=opts, device=device, prep=prep,
+                 y0=y0, vector=vector, in_shape=in_shape, out_shape=out_shape, scale=scale,
+                 offset=offset, layouts=layouts, attrs=attrs)
+
+    # batch sizes: the user's, the store's (same passes as before: bitwise-identical resume), or
+    # chosen from free memory
+    for lay in layouts:
+        per_tile = lay.tile * lay.tile * lay.probe_shape[0]
+        stored = (attrs or {}).get("analyses", {}).get(lay.name, {}).get("batch")
+        if c.batch != "auto":
+            rp.batches[lay.name] = int(c.batch)
+            if stored is not None and stored != c.batch:
+                say(f"note: batch {c.batch} differs from the store's {stored}: tiles computed now "
+                    "may differ from an uninterrupted run in the last bits (different passes)")
+        elif stored is not None:
+            rp.batches[lay.name] = int(stored)
+        else:
+            rp.batches[lay.name] = choose_batch(rp.get_engine(GPU_MAX_BATCH), lay.name, per_tile,
+                                                spec.module, prep.x0)
+
+    # the tiles of this process that are not on disk yet
+    rp.planned = {lay.name: lay.tiles() for lay in layouts}
+    rp.mine = {n: P.share(t, shard_i, shard_n) for n, t in rp.planned.items()}
+    group = None
+    if rp.exists:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+    for lay in layouts:
+        mine = rp.mine[lay.name]
+        rp.todo[lay.name] = ([t for t in mine if not S.tile_done(path, group, lay, t)]
+                             if group is not None else list(mine))
+    for lay in layouts:
+        bpp = lay.bytes_per_pixel(np_dtype.itemsize) + (2 * 4 + lay.probe_shape[0] * np_dtype.itemsize)
+        npr = nps = 0
+        for t in rp.todo[lay.name]:
+            th, tw = t.shape
+            rp.bytes_todo += th * tw * bpp
+            pr = P.tile_probes(t, lay.probe_shape[0], lay.probe_shape[1], lay.probe_shape[2],
+                               lay.selection)
+            npr += len(pr)
+            nps += -(-len(pr) // rp.batches[lay.name])
+        rp.probes_todo[lay.name], rp.passes_todo[lay.name] = npr, nps
+    if not rp.exists:
+        rp.bytes_todo += (2 * math.prod(out_shape) + math.prod(in_shape)) * np_dtype.itemsize
+    rp.free = S.free_disk_bytes(path.parent)
+    if rp.bytes_todo > rp.free:
+        raise UserError(
+            f"the plan needs {fmt_bytes(rp.bytes_todo)} (before compression) but only "
+            f"{fmt_bytes(rp.free)} is free at {path.parent}; use smaller windows, a pixel region "
+            "or stride, or free some space"
+        )
+    _estimate(rp)
+    return rp
+
+
+def _estimate(rp: RunPlan) -> None:
+    """Time one pass of each analysis (after a warm-up pass) and extrapolate."""
+    k_max = max(rp.batches.values(), default=1)
+    for lay in rp.layouts:
+        if not rp.todo[lay.name]:
+            continue
+        eng = rp.get_engine(k_max)
+        first = P.passes(P.tile_probes(rp.todo[lay.name][0], *lay.probe_shape, lay.selection),
+                         rp.batches[lay.name])[0]
+        flat = [pr.flat for pr in first]
+        eng.probe(flat, lay.name)  # warm-up (kernel selection, allocator)
+        if rp.device.type == "cuda":
+            torch.cuda.synchronize(rp.device)
+        t0 = time.perf_counter()
+        eng.probe(flat, lay.name)
+        if rp.device.type == "cuda":
+            torch.cuda.synchronize(rp.device)
+        rp.estimate[lay.name] = (time.perf_counter() - t0) * rp.passes_todo[lay.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: the plan paragraph.
+
+
+def describe(rp: RunPlan) -> str:
+    """The plan as one paragraph: what will be computed, how, and about how long."""
+    c, cfg, spec = rp.res.config, rp.cfg, rp.prep.spec
+    shard_i, shard_n = rp.shard
+    mode = ("resuming" if rp.exists
+            else ("overwriting" if rp.path.exists() and rp.opts.overwrite else "creating"))
+    lines = [
+        f"{mode} {rp.path}: {spec.model_id} on {rp.image.name}"
+        + (f" crop {cfg['crop']}" if cfg.get("crop") else "")
+        + f", x0 {'×'.join(map(str, rp.in_shape))} → f(x0) {'×'.join(map(str, rp.out_shape))},"
+        + f" {c.interpreter} interpreter, {c.dtype} on {describe_device(rp.device)}"
+        + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else "") + "."
+    ]
+    for lay in rp.layouts:
+        n_pl = len(rp.planned[lay.name])
+        lines.append(
+            f"{lay.name}: window {lay.window[0]}×{lay.window[1]}{' (full)' if lay.full else ''}, "
+            f"{len(rp.todo[lay.name])} of {n_pl} tiles of {lay.tile}×{lay.tile} px to do"
+            + (f" (this process's share: {len(rp.mine[lay.name])})" if shard_n > 1 else "")
+            + f", {rp.probes_todo[lay.name]} probes in {rp.passes_todo[lay.name]} passes of ≤ "
+            f"{rp.batches[lay.name]}"
+            + (f", about {fmt_time(rp.estimate[lay.name])}" if lay.name in rp.estimate else "")
+            + "."
+        )
+    lines.append(
+        f"To write: {fmt_bytes(rp.bytes_todo)} before compression ({fmt_bytes(rp.free)} free); "
+        f"estimated compute time {fmt_time(sum(rp.estimate.values()))}."
+    )
+    return " ".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: create (or adopt) the store.
+
+
+def _new_attrs(rp: RunPlan, checks: dict, seconds: float) -> dict:
+    c = rp.res.config
+    a = c.analyses
+    return {
+        "format_version": S.FORMAT_VERSION,
+        "name": rp.path.name.removesuffix(".zarr"),
+        "config": rp.cfg,
+        "model": rp.prep.model_attrs,
+        "image": rp.prep.image_attrs,
+        "interpreter": c.interpreter,
+        "dtype": c.dtype,
+        "geometry": None if rp.vector else {"scale": float(rp.scale), "offset": float(rp.offset)},
+        "checks": checks,
+        "analyses": ({"residual": True} if a.residual else {})
+        | {lay.name: lay.attrs(rp.batches[lay.name]) for lay in rp.layouts},
+        "timings": {"residual": seconds, "columns": 0.0, "rows": 0.0},
+        "versions": versions(),
+        "device": describe_device(rp.device),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "oom_splits": 0,
+    }
+
+
+def create(rp: RunPlan) -> None:
+    """Create the store under the lock (unless another process did), then recount the tiles left.
+
+    Another ``--shard`` process may have created the store meanwhile: its attributes (batch) win,
+    so every tile is computed with the same passes as in a single-process run.
+    """
+    import zarr
+
+    c = rp.res.config
+    spec, prep = rp.prep.spec, rp.prep
+    eng = rp.get_engine(max(rp.batches.values(), default=1))
+    li = rp.li
+    shard_i, shard_n = rp.shard
+    with store_lock(rp.path):
+        attrs_now = existing_attrs(rp.path)
+        if attrs_now is not None and mismatch(attrs_now, rp.cfg, prep):
+            if not rp.opts.overwrite:
+                raise UserError(f"{rp.path} was just created by another process with a different "
+                                "config")
+            attrs_now = None
+        if attrs_now is None:
+            if rp.path.exists():
+                shutil.rmtree(rp.path)
+            t0 = time.perf_counter()
+            residual = li.residual.detach().reshape(rp.out_shape)
+            output = rp.y0[0].detach()
+            if not (torch.isfinite(residual).all() and torch.isfinite(output).all()):
+                raise UserError(f"{spec.model_id} produced NaN/Inf in f(x0) or r(x0); nothing was "
+                                "stored")
+            try:
+                checks = {k: float(v) for k, v in li.check(seed=0).items()}
+            except Exception as e:  # noqa: BLE001 — a failed check must not hide the cause
+                raise UserError(f"the interpreter's self-check failed: {first_line(e)}") from None
+            seconds = time.perf_counter() - t0
+            disp_out = None if rp.vector else spec.display_output(rp.y0.detach().cpu().float(),
+                                                                   prep.prepared)
+            S.create_store(
+                rp.path, attrs=_new_attrs(rp, checks, seconds), dtype=c.dtype,
+                input=prep.x0[0].detach().cpu().numpy(), output=output.cpu().numpy(),
+                residual=residual.cpu().numpy() if c.analyses.residual else None,
+                display_input=spec.display_input(prep.prepared), display_output=disp_out,
+                layouts=rp.layouts,
+            )
+        g = zarr.open_group(str(rp.path), mode="r")
+        if c.batch == "auto":
+            for lay in rp.layouts:
+                rp.batches[lay.name] = int(g.attrs["analyses"][lay.name].get("batch",
+                                                                             rp.batches[lay.name]))
+        rp.todo = {lay.name: [t for t in rp.mine[lay.name] if not S.tile_done(rp.path, g, lay, t)]
+                   for lay in rp.layouts}
+        owned = {(n, t.ty, t.tx) for n in rp.todo for t in rp.mine[n]}
+        removed = S.remove_partials(rp.path, [lay.name for lay in rp.layouts],
+                                    owned if shard_n > 1 else None, root=shard_i == 0)
+        if removed and not rp.opts.quiet:
+            say(f"removed {removed} partial file(s) left by a killed run")
+    del eng
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 5: finish.
+
+
+def finish(rp: RunPlan, timings: dict[str, float]) -> None:
+    """Add this process's compute time, device and out-of-memory splits to the attributes."""
+    import zarr
+
+    eng = rp.engine
+    with store_lock(rp.path):
+        g = zarr.open_group(str(rp.path), mode="r+")
+        t_old = dict(g.attrs.get("timings", {}))
+        for k, v in timings.items():
+            if k != "residual":
+                t_old[k] = float(t_old.get(k, 0.0)) + v
+        g.attrs.update({"timings": t_old, "device": describe_device(rp.device),
+                        "oom_splits": int(g.attrs.get("oom_splits", 0)) + eng.oom_splits})
+    if eng.oom_splits:
+        say(f"note: {eng.oom_splits} pass(es) were split after running out of memory "
+            "(attr oom_splits)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def run_image(res: Resolved, image: Path, opts: Options) -> str:
+    """Plan, create or resume, and sweep one store. Returns a one-line summary."""
+    from precompute.sweep import sweep_analysis
+
+    rp = plan(res, image, opts)
+    shard_n = rp.shard[1]
+    if not opts.quiet or opts.dry_run:
+        say(describe(rp))
+    if opts.dry_run:
+        return f"{rp.path}: dry run, nothing written"
+    if rp.exists and all(not t for t in rp.todo.values()):
+        return (f"{rp.path}: already done (all planned tiles"
+                f"{' of this shard' if shard_n > 1 else ''} are on disk)")
+    create(rp)
+    timings: dict[str, float] = {}
+    for lay in rp.layouts:
+        if rp.todo[lay.name]:
+            timings[lay.name] = sweep_analysis(rp, lay)
+    finish(rp, timings)
+    done = sum(len(t) for t in rp.todo.values())
+    return f"{rp.path}: done ({done} tile(s) written{' by this shard' if shard_n > 1 else ''})"
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``I/N`` from --shard, else RANK/WORLD_SIZE (torchrun), else 0/1."""
+    if text is None:
+        ws = int(os.environ.get("WORLD_SIZE", "1"))
+        return (int(os.environ.get("RANK", "0")), ws) if ws > 1 else (0, 1)
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard: expected I/N such as 0/2, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise UserError(f"--shard: expected 0 ≤ I < N, got {text!r}")
+    return (i, n)
+
+
+def run(config_path: str, opts: Options) -> list[str]:
+    from precompute.config import load_config
+
+    res = load_config(config_path)
+    return [run_image(res, image, opts) for image in res.images]

@@ -1,0 +1,97 @@
+"""Writing: finished tiles go through a bounded queue to writer threads; one lock per store.
+
+Compression (zstd releases the GIL) and disk never stall the device. Store creation and metadata
+updates are serialised between processes (``--shard``, torchrun) by :func:`store_lock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import queue
+import threading
+import time
+from pathlib import Path
+
+from precompute import store as S
+from precompute.config import UserError
+
+
+
+
+class Writer:
+    """Writes finished tiles from a bounded queue, so compression and disk never stall the device.
+
+    The queue holds at most ``depth`` tiles (bounded memory); ``put`` blocks only when the disk
+    is slower than the device. A writer error is re-raised in the computing thread.
+    """
+
+    def __init__(self, group, threads: int, depth: int):
+        self.group = group
+        self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.error: BaseException | None = None
+        self.written = 0
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _loop(self):
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            lay, tile, block, origin, outside = item
+            t0 = time.perf_counter()
+            try:
+                S.write_tile(self.group, lay, tile, block, origin, outside)
+            except BaseException as e:  # noqa: BLE001 — handed to the computing thread
+                self.error = e
+            with self._lock:
+                self.written += 1
+                self.seconds += time.perf_counter() - t0
+
+    def put(self, item) -> None:
+        self.raise_error()
+        self.q.put(item)
+
+    def raise_error(self):
+        if self.error is None:
+            return
+        if isinstance(self.error, OSError):  # disk full, permissions, ...: the user can fix it
+            raise UserError(f"writing the store failed: {self.error}; finished tiles are kept, "
+                            "fix this and run the same command to continue") from None
+        raise RuntimeError(f"writing the store failed: {self.error!r}") from self.error
+
+    def close(self) -> None:
+        """Finish every queued tile (nothing computed is lost), then stop."""
+        for _ in self.threads:
+            self.q.put(None)
+        for t in self.threads:
+            t.join()
+        self.raise_error()
+
+
+@contextlib.contextmanager
+def store_lock(path: Path):
+    """Serialise store creation and metadata updates between processes (``--shard``).
+
+    An flock is released by the kernel when its holder dies, so a SIGKILL never leaves the store
+    locked.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.with_name(f".{path.name}.lock"), "a+")
+    except OSError as e:
+        raise UserError(f"cannot write to the output directory {path.parent}: {e.strerror}") from None
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
