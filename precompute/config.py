@@ -118,10 +118,67 @@ class WindowedConfig(_Strict):
     pixels: PixelsConfig | None = None
 
 
+def _positive_float(what: str):
+    def parse(v: Any) -> float:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+            return float(v)
+        raise ValueError(f"expected {what} (a number > 0), got {v!r}")
+
+    return parse
+
+
+class SvdConfig(_Strict):
+    """Top-k SVD of F(x0) (eigen-inputs/outputs, paper Algorithm 1 and block Krylov)."""
+
+    k: Annotated[int, Field(ge=1)] = 16
+    method: Literal["auto", "block", "power", "dense"] = "auto"
+    # relative residual ‖F v − σ u‖/σ at which a triplet counts as converged (None: dtype default)
+    tol: Annotated[float | None, BeforeValidator(
+        lambda v: None if v is None else _positive_float("a tolerance")(v))] = None
+    max_calls: Annotated[int, Field(ge=1)] | None = None  # operator calls (F·V or Fᵀ·U passes)
+    seed: int = 0
+    block: Annotated[int | str, BeforeValidator(_batch)] = "auto"  # vectors per block
+
+
+class AdversarialConfig(_Strict):
+    """FGSM copy of x0 (paper §8.A, Figure 10): ε in the image's [0, 1] range."""
+
+    fgsm_eps: Annotated[float, BeforeValidator(_positive_float("an FGSM step ε in [0, 1] units"))]
+    label: Annotated[int, Field(ge=0)] | None = None  # true label (default: the clean top-1)
+
+
+class ClassifyConfig(_Strict):
+    """Classifier analyses (paper §4 Case 1, §8.A): shares, contributions, discussions, votes."""
+
+    top_k: Annotated[int, Field(ge=1)] = 5
+    adversarial: AdversarialConfig | None = None
+
+
+AUTO = "auto"
+
+
 class AnalysesConfig(_Strict):
     residual: bool = True
-    columns: Annotated[WindowedConfig | None, BeforeValidator(_analysis)] = WindowedConfig()
-    rows: Annotated[WindowedConfig | None, BeforeValidator(_analysis)] = WindowedConfig()
+    # default `auto` (not validated, pydantic keeps defaults as given): computed for image models,
+    # not for vector models (classifiers); see `resolved`
+    columns: Annotated[WindowedConfig | None, BeforeValidator(_analysis)] = AUTO
+    rows: Annotated[WindowedConfig | None, BeforeValidator(_analysis)] = AUTO
+    svd: Annotated[SvdConfig | None, BeforeValidator(_analysis)] = None
+    classify: Annotated[ClassifyConfig | None, BeforeValidator(_analysis)] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if not (k in ("columns", "rows") and v == AUTO)}
+        return data
+
+    def resolved(self, vector: bool) -> "AnalysesConfig":
+        """The analyses of a model of this kind: `auto` columns/rows become on (image models,
+        default windows) or off (vector models)."""
+        upd = {k: (None if vector else WindowedConfig()) for k in ("columns", "rows")
+               if getattr(self, k) == AUTO}
+        return self.model_copy(update=upd)
 
 
 class ModelConfig(_Strict):
@@ -151,6 +208,10 @@ class RunConfig(_Strict):
     # ieee: no TF32 on CUDA (exact float32); tf32: faster, ~1e-3 relative error.
     precision: Literal["ieee", "tf32"] = "ieee"
     batch: Annotated[int | str, BeforeValidator(_batch)] = "auto"
+    # auto: one probe carries many impulses when the network's structural support allows it
+    # (exact); single: one impulse per probe (the paper's method, batched). Like `batch`, it may
+    # change between a run and its resumption.
+    probing: Literal["auto", "single"] = "auto"
     output: str = "runs"
 
     @model_validator(mode="after")
@@ -277,9 +338,18 @@ class Resolved(BaseModel):
             return self.output_dir / f"{self.config.name}-{image.stem}.zarr"
         return self.output_dir / f"{self.config.name}.zarr"
 
-    def as_dict(self, image: Path) -> dict:
-        """The resolved config for one image, as stored in the store's `config` attribute."""
-        d = self.config.model_dump(mode="json")
+    def analyses(self, vector: bool) -> AnalysesConfig:
+        """The analyses to run for a model of this kind (`auto` columns/rows resolved)."""
+        return self.config.analyses.resolved(vector)
+
+    def as_dict(self, image: Path, vector: bool | None = None) -> dict:
+        """The resolved config for one image, as stored in the store's `config` attribute.
+
+        With ``vector`` known (after loading the model), `auto` columns/rows are resolved too.
+        """
+        d = self.config.model_dump(mode="json", warnings=False)  # unresolved `auto` is a str
+        if vector is not None:
+            d["analyses"] = self.analyses(vector).model_dump(mode="json")
         d.pop("images", None)
         d["image"] = str(image)
         d["model"]["arch"] = self.arch

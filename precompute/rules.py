@@ -70,6 +70,9 @@ class Frozen:
     #: ``linear(x0) + offset`` reproduces ``y0`` exactly, so the scope may run ``linear`` on the
     #: whole batch ``[x0, x1]`` at once instead of splitting it (no slice/cat on the grad path).
     whole_batch: bool = False
+    #: pointwise units: A(x0) as an elementwise gain (``linear(x1) == gain * x1``), shape (1, ...);
+    #: None when A is not diagonal (max pooling, normalisation over groups, products).
+    gain: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def freeze_piecewise_linear(call: Call) -> Frozen:
     # ReLU, LeakyReLU and PReLU have c ≡ 0 by construction (no saturation constant).
     offset = None if call.func in _NO_OFFSET else y0 - slope * call.x0
     # slope·x0 (+ c) is h(x0) exactly: x·1 = x, x·0 = 0 and x·α is the unit's own product.
-    return Frozen(y0, lambda x1: slope * x1, offset, whole_batch=True)
+    return Frozen(y0, lambda x1: slope * x1, offset, whole_batch=True, gain=slope)
 
 
 _NO_OFFSET = {torch.relu, F.relu, F.leaky_relu, F.prelu}
@@ -137,14 +140,14 @@ def freeze_smooth(call: Call) -> Frozen:
     safe_x0 = torch.where(small, torch.ones_like(x0), x0)
     gain = torch.where(small, dy, (y0 - h_zero) / safe_x0)
     offset = torch.where(small, y0 - dy * x0, h_zero.expand_as(x0))
-    return Frozen(y0, lambda x1: gain * x1, offset)
+    return Frozen(y0, lambda x1: gain * x1, offset, gain=gain)
 
 
 def taylor_pointwise(call: Call) -> Frozen:
     """Eq. 4 for any pointwise unit: ``A = h'(x0)``, ``c = h(x0) − h'(x0)·x0``."""
     h = lambda z: call.func(z, **call.params)  # noqa: E731
     y0, dy = _pointwise_derivative(h, call.x0)
-    return Frozen(y0, lambda x1: dy * x1, y0 - dy * call.x0)
+    return Frozen(y0, lambda x1: dy * x1, y0 - dy * call.x0, gain=dy)
 
 
 # --- max pooling ------------------------------------------------------------------------------------

@@ -82,7 +82,14 @@ def versions() -> dict:
 
 
 def _value_diff(stored: dict, now: dict) -> list[str]:
-    return [k for k in VALUE_KEYS if stored.get(k) != now.get(k)]
+    # stores made before an analysis existed lack its key: absent means "not computed"
+    def norm(cfg: dict, k: str):
+        v = cfg.get(k)
+        if k == "analyses" and isinstance(v, dict):
+            v = {"svd": None, "classify": None} | v
+        return v
+
+    return [k for k in VALUE_KEYS if norm(stored, k) != norm(now, k)]
 
 
 def mismatch(attrs: dict, cfg: dict, prep: Prepared) -> list[str]:
@@ -190,16 +197,14 @@ class RunPlan:
         return self.engine
 
 
-def _layouts(rp_cfg, spec, in_shape, out_shape, scale, offset, np_dtype) -> list[S.Layout]:
-    """The windowed analyses of the config (columns, rows), validated against the image."""
-    c = rp_cfg
-    a = c.analyses
+def _layouts(c, a, spec, in_shape, out_shape, scale, offset, np_dtype) -> list[S.Layout]:
+    """The windowed analyses ``a`` (columns, rows) of config ``c``, validated against the image."""
     vector = spec.kind != "image"
     if vector and (a.columns is not None or a.rows is not None):
         raise UserError(
             f"{spec.model_id} is a vector model (classifier): columns/rows of image layout do not "
-            "apply; set `analyses: {residual: true, columns: false, rows: false}` (classifier "
-            "analyses come later)"
+            "apply; leave `columns`/`rows` out (or false) and use `analyses: {classify: {top_k: 5}}` "
+            "for its class rows, contributions, discussions and votes"
         )
     layouts: list[S.Layout] = []
     for name, acfg in (("columns", a.columns), ("rows", a.rows)):
@@ -243,11 +248,12 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     y0 = forward_checked(prep)
     spec = prep.spec
     vector = spec.kind != "image"
+    cfg = res.as_dict(image, vector)  # `auto` columns/rows resolved for this kind of model
     np_dtype = np.dtype(c.dtype)
     in_shape = tuple(prep.x0.shape[1:])
     out_shape = tuple(y0.shape[1:])
     scale, offset = (spec.scale, spec.offset) if not vector else (None, None)
-    layouts = _layouts(c, spec, in_shape, out_shape, scale, offset, np_dtype)
+    layouts = _layouts(c, res.analyses(vector), spec, in_shape, out_shape, scale, offset, np_dtype)
 
     # an existing store: same values, or --overwrite
     attrs = existing_attrs(path)
@@ -377,7 +383,7 @@ def describe(rp: RunPlan) -> str:
 
 def _new_attrs(rp: RunPlan, checks: dict, seconds: float) -> dict:
     c = rp.res.config
-    a = c.analyses
+    a = rp.res.analyses(rp.vector)
     return {
         "format_version": S.FORMAT_VERSION,
         "name": rp.path.name.removesuffix(".zarr"),

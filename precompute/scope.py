@@ -31,6 +31,19 @@ constants, shape arithmetic). Every op that touches one must be in one of the ta
 Anything else is an :class:`UnknownOpError` naming the op and the module path: a LinearScope is
 never silently wrong. Ops that would mix batch elements (a reduction over dim 0, ``x[0]``) are
 refused too, since they would couple x0 and the probes.
+
+Observing the constants (Theorem 1)
+-----------------------------------
+With an ``observer`` (:class:`ConstantObserver`), every constant the frozen system adds on the
+probe branch — an affine op's constant (conv/linear bias, eval batch-norm shift, pad value,
+``x + c``, a concatenated constant) and every rule's c(x0) — is handed to
+``observer.constant(site, const)`` and the probe branch receives what it returns instead (e.g.
+``λ·const`` with a scalar leaf λ per site, so that one backward pass gives every layer-wise
+contribution ⟨∂score/∂t, b⟩ of eq. 8/16). The probe branch then carries no other constant: it is
+``F·x1 + Σ_sites observer terms``. ``observer.op(site, inputs, output, gain)`` is told of every
+op on probe-carrying tensors (``gain``: the elementwise A(x0) of a pointwise unit, else None),
+so masked biases can be followed through the units that consume them. **Every code path that adds
+a constant to the probe branch must go through** :meth:`LinearScope._observe_constant`.
 """
 
 from __future__ import annotations
@@ -431,6 +444,32 @@ class AuditRecord:
         return f"{self.index:5d}  {self.path or '(root)'}  {self.op}  #{self.call}  {self.rule}"
 
 
+@dataclass(frozen=True)
+class Site:
+    """Where an op ran: module path (``""`` for the root), PyTorch op, how many times that
+    module had been entered before in the pass (``module_call``) and how many times this op had
+    run in that module call before (``op_call``)."""
+
+    path: str
+    op: str
+    module_call: int
+    op_call: int
+
+
+class ConstantObserver:
+    """Receives the constants of the frozen system (see the module docstring). Subclass it."""
+
+    def constant(self, site: Site, const: Tensor) -> Tensor:
+        """The term to add to the probe rows for the constant ``const`` (shape (1, ...)) added
+        at ``site``; the default adds the constant itself (as ``constants=True`` does)."""
+        return const
+
+    def op(self, site: Site, inputs: list[Tensor], output: Any, gain: Tensor | None) -> None:
+        """An op consumed the probe-carrying ``inputs`` and produced ``output`` (for in-place ops
+        the mutated input). ``gain`` is the elementwise A(x0) of a pointwise unit (shape
+        (1, ...) broadcastable to the probe rows), else None."""
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, scope: "LinearScope"):
         super().__init__()
@@ -459,11 +498,13 @@ class LinearScope:
             inside matching modules; the longest matching pattern wins.
         constants: include the constant terms (biases, c(x0)) on the probe branch.
         audit: record every intercepted call in ``scope.records``.
+        observer: a :class:`ConstantObserver` that receives every constant added on the probe
+            branch (then ``constants`` is ignored: the probe branch gets the observer's terms).
     """
 
     def __init__(self, model: nn.Module, rule: str = "freeze",
                  overrides: dict[str, str] | None = None, constants: bool = True,
-                 audit: bool = False):
+                 audit: bool = False, observer: ConstantObserver | None = None):
         if rule not in RULE_NAMES:
             raise ValueError(f"unknown rule {rule!r}: expected one of {', '.join(RULE_NAMES)}")
         for pattern, r in (overrides or {}).items():
@@ -473,7 +514,10 @@ class LinearScope:
         self.model = unwrap_model(model)
         self.rule = rule
         self.overrides = dict(overrides or {})
-        self.constants = constants
+        self.observer = observer
+        # with an observer the probe branch is computed constant-free, then the observer's terms
+        # are added (``_observe_constant``)
+        self.constants = constants if observer is None else False
         self.audit = audit
         self.records: list[AuditRecord] = []
         self._handles: list = []
@@ -485,6 +529,9 @@ class LinearScope:
         self._first_cache: dict[int, Tensor] = {}
         self._stack: list[tuple[nn.Module, str]] = []
         self._counts: dict[tuple[str, str], int] = {}
+        self._module_calls: dict[str, int] = {}
+        self._op_calls: dict[tuple[str, int, str], int] = {}
+        self._gain: Tensor | None = None  # elementwise A(x0) of the pointwise unit just applied
         self._qualnames: dict[int, str] = {}
         self._children: dict[int, dict[int, str]] = {}
         self._warned_dropout = False
@@ -507,6 +554,8 @@ class LinearScope:
         self._first_cache = {}
         self._stack.clear()
         self._counts.clear()
+        self._module_calls.clear()
+        self._op_calls.clear()
         self.records = []
         for m in self.model.modules():
             if isinstance(m, nn.modules.dropout._DropoutNd) and m.training:
@@ -557,6 +606,7 @@ class LinearScope:
                 path = f"{parent_path}.{child}" if parent_path else child
             else:
                 path = self._qualnames.get(id(module), type(module).__name__)
+        self._module_calls[path] = self._module_calls.get(path, -1) + 1
         self._stack.append((module, path))
 
     def _post_hook(self, module, args, output):
@@ -612,12 +662,52 @@ class LinearScope:
                 best, best_len = rule, len(pattern)
         return best
 
+    # -- observing constants ------------------------------------------------------------------
+    def _site(self, func) -> Site:
+        path = self.path
+        call = self._module_calls.get(path, 0)
+        op = _op_name(func)
+        key = (path, call, op)
+        n = self._op_calls.get(key, 0)
+        self._op_calls[key] = n + 1
+        return Site(path, op, call, n)
+
+    def _observe_constant(self, func, y: Tensor, const: Tensor | float | None) -> Tensor:
+        """Add the observer's term for ``const`` (the constant that the op ``func`` adds on the
+        probe branch, shape (1, ...) or a scalar) to the probe rows of ``y``, which was computed
+        without it. Without an observer, ``y`` is returned unchanged."""
+        if self.observer is None or const is None:
+            return y
+        if not isinstance(const, Tensor):
+            const = torch.full((1,) * y.dim(), float(const), dtype=y.dtype, device=y.device)
+        term = self.observer.constant(self._site(func), const.detach())
+        return torch.cat([y[:1], y[1:] + term])
+
+    def _constant_of(self, func, args, kwargs) -> Tensor:
+        """The constant an affine op adds: the op applied to zeros in place of its probe-carrying
+        operands (one batch element), e.g. a conv's bias as an image, an eval batch norm's
+        ``b − w·m/√(v + eps)``, a pad's border."""
+        with torch.no_grad():
+            zero = tree_map(lambda t: torch.zeros_like(t[:1]) if self._marked(t) else t,
+                            (args, kwargs))
+            return func(*zero[0], **zero[1])
+
     # -- dispatch ----------------------------------------------------------------------------
     def _dispatch(self, func, args, kwargs):
         flat = tree_flatten((args, kwargs))[0]
         marked = [t for t in flat if self._marked(t)]
         if not marked:
             return func(*args, **kwargs)  # constants, weights, shape arithmetic
+        if self.observer is None:
+            return self._dispatch_marked(func, args, kwargs, marked)
+        self._gain = None
+        out = self._dispatch_marked(func, args, kwargs, marked)
+        self.observer.op(Site(self.path, _op_name(func), self._module_calls.get(self.path, 0), -1),
+                         marked, out, self._gain)
+        self._gain = None
+        return out
+
+    def _dispatch_marked(self, func, args, kwargs, marked):
         name = getattr(func, "__name__", "")
         if name in VALUE_READS:
             raise ScopeError(f"`{_op_name(func)}` reads the values of a probe-carrying tensor "
@@ -698,7 +788,12 @@ class LinearScope:
                 y0 = func([t[:1] for t in parts], *rest, **kw)
                 y1 = func([t[1:] if self._marked(t) else torch.zeros_like(t[1:]) for t in parts],
                           *rest, **kw)
-                return self._mark_outputs(torch.cat([y0, y1]))
+                y = torch.cat([y0, y1])
+                if self.observer is not None:
+                    const = func([torch.zeros_like(t[1:]) if self._marked(t) else t[1:]
+                                  for t in parts], *rest, **kw)
+                    y = self._observe_constant(func, y, const)
+                return self._mark_outputs(y)
         self._record(func, "linear")
         gate = func in VIEW_LIKE and first is not None and self._is_gate(first)
         return self._mark_outputs(func(*args, **kwargs), gate=gate)
@@ -740,6 +835,8 @@ class LinearScope:
                 per_channel = bias.reshape((-1,) + (1,) * (y.dim() - 2)) if func is not F.linear \
                     else bias
                 y = y + per_channel * self._first(y.dim())
+                y = self._observe_constant(func, y, per_channel.detach().unsqueeze(0)
+                                           if func is not F.linear else bias.detach()[None])
             return self._mark_outputs(y)
         strip = AFFINE[func]
         a0, k0 = self._split(args, kwargs, slice(0, 1))
@@ -747,7 +844,10 @@ class LinearScope:
         y0 = func(*a0, **k0)
         a1, k1 = strip(a1, k1)
         y1 = func(*a1, **k1)
-        return self._mark_outputs(torch.cat([y0, y1]))
+        y = torch.cat([y0, y1])
+        if self.observer is not None:
+            y = self._observe_constant(func, y, self._constant_of(func, args, kwargs))
+        return self._mark_outputs(y)
 
     def _add(self, func, args, kwargs):
         """Sums: ``x + b`` with a constant b is affine; the probe branch gets ``x1 + 0``."""
@@ -764,9 +864,15 @@ class LinearScope:
             ref = operands[0] if self._marked(operands[0]) else operands[1]
             return t * self._first(max(ref.dim(), t.dim() if isinstance(t, Tensor) else 0))
 
+        const = self._constant_of(func, args, kwargs) if self.observer is not None else None
         args = tuple(first_only(a) for a in args)
         kwargs = {k: (first_only(v) if k == "other" else v) for k, v in kwargs.items()}
-        return self._mark_outputs(func(*args, **kwargs))
+        y = func(*args, **kwargs)
+        if const is not None:
+            if y is args[0]:  # in place (x += c): observe on a copy, then write back
+                return self._finish_inplace(y, self._observe_constant(func, y.clone(), const))
+            y = self._observe_constant(func, y, const)
+        return self._mark_outputs(y)
 
     def _mul(self, func, args, kwargs):
         a = args[0]
@@ -796,6 +902,7 @@ class LinearScope:
         if self.constants and frozen.offset is not None:
             y1 = y1 + frozen.offset
         y = torch.cat([frozen.y0.expand((1,) + tuple(y1.shape[1:])), y1])
+        y = self._observe_constant(func, y, frozen.offset)
         if _is_inplace(func, kwargs):
             return self._finish_inplace(a, y)
         return self._mark_outputs(y)
@@ -828,6 +935,8 @@ class LinearScope:
             if self.constants and frozen.offset is not None:
                 y1 = y1 + frozen.offset
             y = torch.cat([frozen.y0, y1])
+        y = self._observe_constant(func, y, frozen.offset)
+        self._gain = frozen.gain
         if inplace:
             return self._finish_inplace(x, y)
         self._mark_outputs(y, gate=op.gate)

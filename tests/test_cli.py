@@ -188,3 +188,13 @@ def test_store_being_created_is_named_as_such(tmp_path):
     g = zarr.open_group(str(tmp_path / "c.zarr"), mode="w", attributes={"linearscope_creating": True})
     g.create_array("input", shape=(1,), dtype="float32")
     _user_error(cli("info", tmp_path / "c.zarr"), "is still being created")
+
+
+def test_vector_model_without_columns_or_rows_runs(tmp_path):
+    """Columns/rows default to off for a classifier: a config without them just works."""
+    cfg = _cfg(tmp_path, model={"arch": f"python:{TINY}:classifier"}, analyses={"residual": True})
+    r = cli("run", "-q", cfg)
+    assert r.exit_code == 0, r.output + r.stderr
+    g = zarr.open_group(str(tmp_path / "runs" / "t.zarr"), mode="r")
+    assert g.attrs["config"]["analyses"]["columns"] is None and "columns" not in g
+    assert g["residual"].shape == g["output"].shape and g["output"].ndim == 1

@@ -80,7 +80,10 @@ def test_paths_relative_to_config_and_output_to_cwd(tmp_path, monkeypatch):
     d = r.as_dict(r.images[0])
     assert d["image"] == str(sub / "img.png") and d["model"]["checkpoint"] == str(sub / "w.pt")
     # defaults
-    assert d["analyses"]["columns"]["window"] == "full" and d["batch"] == "auto"
+    assert d["analyses"]["columns"] == "auto" and d["batch"] == "auto"
+    d = r.as_dict(r.images[0], vector=False)  # an image model: columns and rows by default
+    assert d["analyses"]["columns"]["window"] == "full" and d["analyses"]["rows"]["window"] == "full"
+    assert r.as_dict(r.images[0], vector=True)["analyses"]["columns"] is None
     assert d["interpreter"] == "freeze" and d["dtype"] == "float32"
 
 
