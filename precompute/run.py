@@ -4,7 +4,14 @@
     describe  the plan paragraph (``--dry-run`` stops here)
     create    create the store under the lock (or adopt the existing one), remove leftovers
     sweep     every planned tile of ``columns`` and ``rows`` (:mod:`precompute.sweep`)
+    whole-F   analyses of F as a whole — ``svd`` (:mod:`precompute.svd`) and ``classify``
+              (:mod:`precompute.classify`) — in the process of shard 0
     finish    timings and device into the store's attributes
+
+A whole-F analysis module ``precompute.<name>`` provides ``planned(rp, cfg) -> dict`` (its entry
+in the store's ``analyses`` attribute), ``describe(rp, cfg) -> str`` (a sentence of the plan),
+``done(rp, cfg) -> bool`` (its result is complete in the store) and ``run(rp, cfg) -> float``
+(compute and write it, resumably; returns seconds).
 
 The plan of probes is :mod:`precompute.probes`, their execution :mod:`precompute.engine`, tile
 assembly :mod:`precompute.assemble` and writing :mod:`precompute.writer`. A run killed at any
@@ -15,6 +22,7 @@ results); progress is the set of tile shards on disk (docs/FORMAT.md).
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import math
 import os
 import platform
@@ -136,6 +144,19 @@ def check_writable(directory: Path) -> None:
     if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to the output directory {directory}: "
                         f"{p} is {'not a directory' if not p.is_dir() else 'not writable'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Analyses of F as a whole (not per pixel).
+
+WHOLE_F = ("svd", "classify")
+
+
+def whole_f_analyses(rp: "RunPlan") -> list[tuple[str, object, object]]:
+    """(name, module, config) of every whole-F analysis the config asks for, in order."""
+    a = rp.res.analyses(rp.vector)
+    return [(name, importlib.import_module(f"precompute.{name}"), getattr(a, name))
+            for name in WHOLE_F if getattr(a, name) is not None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +391,8 @@ def describe(rp: RunPlan) -> str:
             + (f", about {fmt_time(rp.estimate[lay.name])}" if lay.name in rp.estimate else "")
             + "."
         )
+    for _name, mod, acfg in whole_f_analyses(rp):
+        lines.append(mod.describe(rp, acfg))
     lines.append(
         f"To write: {fmt_bytes(rp.bytes_todo)} before compression ({fmt_bytes(rp.free)} free); "
         f"estimated compute time {fmt_time(sum(rp.estimate.values()))}."
@@ -395,7 +418,8 @@ def _new_attrs(rp: RunPlan, checks: dict, seconds: float) -> dict:
         "geometry": None if rp.vector else {"scale": float(rp.scale), "offset": float(rp.offset)},
         "checks": checks,
         "analyses": ({"residual": True} if a.residual else {})
-        | {lay.name: lay.attrs(rp.batches[lay.name]) for lay in rp.layouts},
+        | {lay.name: lay.attrs(rp.batches[lay.name]) for lay in rp.layouts}
+        | {name: mod.planned(rp, acfg) for name, mod, acfg in whole_f_analyses(rp)},
         "timings": {"residual": seconds, "columns": 0.0, "rows": 0.0},
         "versions": versions(),
         "device": describe_device(rp.device),
@@ -498,7 +522,10 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
         say(describe(rp))
     if opts.dry_run:
         return f"{rp.path}: dry run, nothing written"
-    if rp.exists and all(not t for t in rp.todo.values()):
+    # whole-F analyses run in the process of shard 0 only
+    whole = [w for w in whole_f_analyses(rp) if rp.shard[0] == 0]
+    if rp.exists and all(not t for t in rp.todo.values()) and all(
+            mod.done(rp, acfg) for _n, mod, acfg in whole):
         return (f"{rp.path}: already done (all planned tiles"
                 f"{' of this shard' if shard_n > 1 else ''} are on disk)")
     create(rp)
@@ -506,6 +533,9 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
     for lay in rp.layouts:
         if rp.todo[lay.name]:
             timings[lay.name] = sweep_analysis(rp, lay)
+    for name, mod, acfg in whole:
+        if not mod.done(rp, acfg):
+            timings[name] = mod.run(rp, acfg)
     finish(rp, timings)
     done = sum(len(t) for t in rp.todo.values())
     return f"{rp.path}: done ({done} tile(s) written{' by this shard' if shard_n > 1 else ''})"
