@@ -649,6 +649,19 @@
     });
   }
 
+  // Shared with the other pages (svd.js, classify.js): decoding of blobs written by
+  // sitegen/tiles.py (encode_block), colormaps and value formatting. Pages draw with these so
+  // every view of the site decodes and colours values the same way.
+  LS.util = {
+    b64bytes: b64bytes, gunzip: gunzip, unshuffle: unshuffle, half: half,
+    /** Promise<Float32Array> of one encoded block: precision "float16" or "float32". */
+    decode: function (scale, blob, precision) {
+      return decodeEntry([0, 0, 0, 0, null, scale, blob], { precision: precision });
+    },
+    CMAPS: CMAPS, lut: lut, tailParams: tailParams, tmap: tmap, tinv: tinv, fmt: fmt,
+    hooks: hooks
+  };
+
   LS.init = function (opts) {
     root = opts.root || "";
     runIds = opts.runs || [];
