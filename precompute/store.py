@@ -371,6 +371,11 @@ def _size_on_disk(path: Path) -> int:
 
 def info_text(path: str | os.PathLike) -> str:
     """A human summary of a store (``precompute info``)."""
+    from precompute import classify
+
+    zj = Path(path) / "zarr.json"
+    if zj.is_file() and dict(zarr.open_group(str(path), mode="r").attrs).get("kind") == "summary":
+        return classify.summary_info(Path(path))
     st = open_store(path)
     a = st.attrs
     m, im = a["model"], a["image"]
@@ -395,6 +400,7 @@ def info_text(path: str | os.PathLike) -> str:
     if "residual" in st.group:
         r = st.group["residual"][...]
         lines.append(f"residual  max |r| = {np.abs(r).max():.3g}")
+    lines += classify.info_lines(st.group)
     ch = a.get("checks", {})
     lines.append("checks    " + ", ".join(f"{k} {v:.2e}" for k, v in ch.items()))
     t = a.get("timings", {})

@@ -65,5 +65,10 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
         lines.append(f"{name}: {len(pick)} pixels × {c_probe} channels recomputed, max |Δ| = "
                      f"{worst:.3g} (relative {worst_rel:.3g}, tolerance {tol:g}), outside "
                      f"fraction max |Δ| = {worst_out:.2g} " + ("OK" if good else "MISMATCH"))
+    from precompute.classify import verify_lines
+
+    more, good = verify_lines(st, prep, tol)
+    lines += more
+    ok &= good
     lines.append("verify: " + ("OK" if ok else "FAILED"))
     return "\n".join(lines), ok
