@@ -255,3 +255,48 @@ def test_dry_run_describes_the_classifier_analyses(tmp_path):
     assert "classify: the top 10 of 10 scores" in r.stderr  # top_k is at most K
     assert "FGSM copy of x0 (ε = 0.05" in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_torchvision_classifier_with_imagenet_normalisation(tmp_path):
+    """A zoo classifier end to end: 1,000 labels voted in batched passes, FGSM through the
+    ImageNet normalisation (the step is taken on the [0, 1] image), label names from torchvision."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.squeezenet1_1(weights=None)
+    torch.save(net.state_dict(), tmp_path / "sq.pth")
+    make_image(tmp_path / "a.png", 19, 19, seed=3)
+    cfg = write_config(tmp_path / "c.yaml", name="sq",
+                       model={"arch": "torchvision:squeezenet1_1", "checkpoint": "sq.pth"},
+                       image="a.png", dtype="float64", batch=250,
+                       analyses={"classify": {"top_k": 2, "adversarial": {"fgsm_eps": 0.02,
+                                                                          "label": 7}}},
+                       output=str(tmp_path / "runs"))
+    r = cli("run", cfg, "-q")
+    assert r.exit_code == 0, r.output
+    store = tmp_path / "runs" / "sq.zarr"
+    root = zarr.open_group(str(store), mode="r")
+    assert root.attrs["analyses"]["classify"] == {"top_k": 2, "labels": 1000, "batch": 250,
+                                                  "adversarial": {"fgsm_eps": 0.02, "label": 7}}
+    g = root["classify"]
+    assert g.attrs["labels"][281] == "tabby" and g["vote_counts"][...].sum() == 19 * 19
+    assert g["votes"][...].min() >= 0 and g["votes"].shape == (19, 19)
+    c = g["contributions"][...]
+    assert np.abs(c.sum(1) - g["scores"][...][g["top"][...]]).max() <= 1e-10
+    # FGSM on v = x0·std + mean, the image in [0, 1]
+    spec = load_model("torchvision:squeezenet1_1", checkpoint=tmp_path / "sq.pth")
+    model = spec.module.double()
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in spec.pixel_norm)
+    x0 = torch.from_numpy(root["input"][...])[None]
+    v = (x0 * std + mean).clamp(0, 1).requires_grad_(True)
+    loss = F.cross_entropy(model((v - mean) / std), torch.tensor([7]))
+    (grad,) = torch.autograd.grad(loss, v)
+    v_adv = (v.detach() + 0.02 * grad.sign()).clamp(0, 1)
+    adv = root["classify/adversarial"]
+    assert np.abs(adv["image"][...] - v_adv[0].numpy()).max() <= 1e-12
+    assert np.abs(adv["input"][...] - ((v_adv - mean) / std)[0].numpy()).max() <= 1e-12
+    assert adv.attrs["label"] == 7
+    # the displayed FGSM image is v_adv in 8 bits
+    assert np.abs(adv["display_input"][...].astype(float) / 255
+                  - v_adv[0].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-9
