@@ -127,3 +127,63 @@ def test_terms_equal_fullgrad_bias_gradients(name):
     scale = max(abs(v) for v in want.values())
     for path, v in want.items():
         assert abs(ours[path] - v) <= 1e-12 * scale, (path, ours[path], v)
+
+
+class _InPlaceBlock(nn.Module):
+    """torchvision's BasicBlock pattern: one in-place ReLU module used twice, ``out += identity``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(2)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2 * 5 * 5, 4)
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        out = self.relu(out)
+        return self.fc(out.flatten(1))
+
+
+def test_back_projection_follows_in_place_units():
+    """The masked-bias rule through in-place ReLUs and an in-place skip sum, against hooks."""
+    torch.manual_seed(2)
+    net = _InPlaceBlock()
+    randomize_batch_norm(net, 2)
+    net = net.double().eval()
+    x0 = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    d = decompose(net, x0, [0, 2])
+    assert d.terms == ["conv1", "bn1", "conv2", "bn2", "fc"]
+    acts, relu_out = {}, []
+
+    def keep(name):
+        def hook(module, inputs, output):
+            acts[name] = output
+            return output.clone()  # the in-place op that follows works on the copy
+        return hook
+
+    hooks = [getattr(net, n).register_forward_hook(keep(n)) for n in ("conv1", "bn1", "conv2",
+                                                                        "bn2")]
+    hooks.append(net.relu.register_forward_hook(lambda m, i, o: relu_out.append(o)))
+    x = x0.clone().requires_grad_(True)
+    net(x)
+    for h in hooks:
+        h.remove()
+
+    def shift(bn):
+        return (bn.bias - bn.weight * bn.running_mean / torch.sqrt(bn.running_var + bn.eps)
+                ).detach().view(1, -1, 1, 1)
+
+    objective = ((acts["conv1"] * net.conv1.bias.detach().view(1, -1, 1, 1)).sum()
+                 + (relu_out[0] * (acts["bn1"] > 0) * shift(net.bn1)).sum()  # masked by ReLU
+                 + (acts["conv2"] * net.conv2.bias.detach().view(1, -1, 1, 1)).sum()
+                 + (acts["bn2"] * shift(net.bn2)).sum())  # consumed by the skip's sum
+    (want,) = torch.autograd.grad(objective, x)
+    assert (d.back_projection - want[0]).abs().max() <= 1e-13 * want.abs().max()
+    assert torch.equal(d.output_constant, net.fc.bias.detach())
+    assert (acts["bn1"] < 0).any()  # the mask matters

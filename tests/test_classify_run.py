@@ -300,3 +300,22 @@ def test_torchvision_classifier_with_imagenet_normalisation(tmp_path):
     # the displayed FGSM image is v_adv in 8 bits
     assert np.abs(adv["display_input"][...].astype(float) / 255
                   - v_adv[0].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-9
+
+
+@pytest.mark.slow
+def test_verify_recomputes_the_classifier_analyses(run, tmp_path):
+    from precompute.verify import verify_store
+
+    _, _, stores, _ = run
+    text, ok = verify_store(str(stores[1]), samples=1)
+    assert ok, text
+    line = next(t for t in text.splitlines() if t.startswith("classify: "))
+    assert "OK" in line
+    copy = tmp_path / "tampered.zarr"
+    shutil.copytree(stores[1], copy)
+    g = zarr.open_group(str(copy / "classify"), mode="r+")
+    c = g["contributions"][...]
+    c[0, 3] += 0.5
+    g["contributions"][...] = c
+    text, ok = verify_store(str(copy), samples=1)
+    assert not ok and "MISMATCH" in text and text.endswith("verify: FAILED")

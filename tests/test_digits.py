@@ -117,3 +117,32 @@ def test_training_script_reproduces_the_shipped_weights_and_images(tmp_path):
     for name in made:
         assert np.array_equal(np.asarray(Image.open(tmp_path / "img" / name)),
                               np.asarray(Image.open(IMAGES / name))), name
+
+
+@pytest.mark.slow
+def test_readme_digits_example_publishes_classifier_pages(tmp_path):
+    """`precompute run examples/digits.yaml` then `sitegen build`, as the README's first command."""
+    from click.testing import CliRunner
+
+    from sitegen.cli import main as sitegen
+    from sweep_helpers import cli_subprocess
+
+    proc = cli_subprocess("run", EXAMPLES / "digits.yaml", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = tmp_path / "runs"
+    stores = sorted(p.name for p in runs.glob("digits-*.zarr"))
+    assert stores == sorted(f"digits-{p.stem}.zarr" for p in IMAGES.glob("*.png"))
+    # the dataset summary is the one examples/README.md reports
+    line = re.search(r"digits\.summary\.zarr: top-1 residual share ([\d.]+ % ± [\d.]+) over 10 "
+                     r"images", proc.stdout)
+    assert line, proc.stdout
+    assert f"top-1 residual share of {line.group(1)}" in (EXAMPLES / "README.md").read_text()
+    verify = cli_subprocess("verify", runs / stores[0], "--samples", "1", cwd=tmp_path)
+    assert verify.returncode == 0 and "classify: " in verify.stdout, verify.stdout + verify.stderr
+    result = CliRunner().invoke(sitegen, ["build", str(runs), "-o", str(tmp_path / "site"),
+                                          "--quiet"])
+    assert result.exit_code == 0, result.output
+    pages = sorted(p.name for p in (tmp_path / "site" / "classify").glob("*.html"))
+    assert pages == sorted([s.removesuffix(".zarr") + ".html" for s in stores]
+                           + ["digits.summary.html"])
+    assert 'href="classify/digits.summary.html"' in (tmp_path / "site" / "index.html").read_text()
