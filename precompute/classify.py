@@ -65,6 +65,10 @@ def top_labels(scores: torch.Tensor, k: int) -> list[int]:
     return [int(i) for i in order[:k]]
 
 
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
 def residual_share(input_term: np.ndarray, residual: np.ndarray) -> np.ndarray:
     """|r| / (|F·x0| + |r|), NaN where both parts are 0 (FORMAT.md)."""
     a, b = np.abs(input_term), np.abs(residual)
@@ -100,9 +104,7 @@ def analyse(model, x0: torch.Tensor, scores: torch.Tensor, top_k: int, rule: str
     votes = pixel_votes(x0[0], d.back_projection, d.output_constant, scores,
                         row_chunks(K, known, lambda labels: rows_engine.probe(labels, "rows"),
                                    chunk))
-    def np_(t):
-        return t.detach().cpu().numpy()
-
+    np_ = _numpy
     votes_np = np_(votes).astype(np.int32)
     input_term, residual = np_(d.input_term), np_(d.residual)
     arrays = {
@@ -219,9 +221,13 @@ class _Probe:
         self.device = rp.device
 
 
-def _stored_batch(rp, K: int) -> int:
+def _votes_batch(rp, K: int) -> int:
+    """Rows per backward pass of the votes: the config's ``batch``, else the one recorded when
+    the store was created (a resumed run repeats the same passes)."""
     import zarr
 
+    if rp.res.config.batch != "auto":
+        return int(rp.res.config.batch)
     a = dict(zarr.open_group(str(rp.path), mode="r").attrs).get("analyses", {}).get(GROUP, {})
     return int(a.get("batch") or min(CPU_MAX_BATCH, K))
 
@@ -264,7 +270,7 @@ def run(rp, cfg: ClassifyConfig) -> float:
     spec, prep = rp.prep.spec, rp.prep
     model, x0 = spec.module, prep.x0
     rule = rp.res.config.interpreter
-    chunk = _stored_batch(rp, K)
+    chunk = _votes_batch(rp, K)
     labels = spec.labels or [str(k) for k in range(K)]
     common = {"labels": [str(v) for v in labels], "share_rule": SHARE_RULE}
     clean_top1 = top_labels(rp.y0[0], 1)[0]

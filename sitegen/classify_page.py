@@ -147,14 +147,14 @@ def band_svg(terms: list[str], series: list[tuple[str, np.ndarray, np.ndarray]])
 
 # -- one run ----------------------------------------------------------------------------------------
 
-def _panel(c: Classify, labels: list[str], key: str, title: str, image: str, precision: str,
-           rid: str) -> tuple[dict, dict]:
+def _panel(c: Classify, labels: list[str], key: str, title: str, image: str,
+           precision: str) -> tuple[dict, dict]:
     """What the template shows of one group (clean or FGSM) and its part of the JS payload."""
     a, arr = c.attrs, c.arrays
     top = [int(k) for k in arr["top"]]
     scores = arr["scores"]
     terms = list(a["terms"])
-    rows_tbl, charts, maps, payload_maps = [], [], [], []
+    rows_tbl, charts, payload_maps = [], [], []
     votes = arr["votes"]
     for i, k in enumerate(top):
         row_map = np.asarray(arr["rows"][i], np.float64).sum(0)
@@ -200,7 +200,7 @@ def run_page(st, rid: str, c: Classify, precision: str, write) -> dict:
     if not labels:
         labels = [str(k) for k in range(len(c.arrays["scores"]))]
     panels, payloads = [], []
-    view, payload = _panel(c, labels, "clean", "Clean image x0", "input.png", precision, rid)
+    view, payload = _panel(c, labels, "clean", "Clean image x0", "input.png", precision)
     panels.append(view)
     payloads.append(payload)
     adv = None
@@ -208,7 +208,7 @@ def run_page(st, rid: str, c: Classify, precision: str, write) -> dict:
         a = c.adversarial.attrs
         write(f"data/{rid}/adversarial.png", png_bytes(c.adversarial.arrays["display_input"]))
         view, payload = _panel(c.adversarial, labels, "adversarial",
-                               f"FGSM, ε = {a['fgsm_eps']:g}", "adversarial.png", precision, rid)
+                               f"FGSM, ε = {a['fgsm_eps']:g}", "adversarial.png", precision)
         panels.append(view)
         payloads.append(payload)
         adv = {"eps": f"{a['fgsm_eps']:g}", "label": labels[a["label"]],
