@@ -356,6 +356,19 @@ class Store:
             "does not determine the whole F"
         )
 
+    def classify(self, adversarial: bool = False) -> dict | None:
+        """The classifier analyses (FORMAT.md "Classifier analyses") as ``{"attrs": {...},
+        <array name>: array, ...}``; ``adversarial`` for the FGSM copy. None when the store has
+        none, or they are incomplete (a killed run)."""
+        name = "classify/adversarial" if adversarial else "classify"
+        if not (self.path / name / "zarr.json").is_file():
+            return None
+        g = self.group[name]
+        attrs = dict(g.attrs)
+        if not attrs.get("complete"):
+            return None
+        return {"attrs": attrs} | {k: a[...] for k, a in g.arrays()}
+
     def is_analysis_complete(self, analysis: str) -> bool:
         return len(self.done_tiles(analysis)) == len(self.planned_tiles(analysis))
 

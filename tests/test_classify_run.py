@@ -21,6 +21,7 @@ import zarr
 from PIL import Image
 
 from oracles import jacobian_rows
+from precompute import open_store
 from precompute.models import load_model
 from precompute.models.digits import SHIPPED_WEIGHTS
 from sweep_helpers import REPO, cli, make_image, write_config
@@ -222,6 +223,8 @@ def test_interrupted_classify_resumes_to_the_same_store(run):
     g.attrs.put({k: v for k, v in g.attrs.items() if k != "complete"})
     shutil.rmtree(stores[0] / "classify" / "adversarial")
     (stores[0] / "classify" / "rows" / "c").rename(stores[0] / "classify" / "rows" / "gone")
+    st = open_store(stores[0])
+    assert st.classify() is None and st.classify(adversarial=True) is None  # not complete
     r = cli("run", cfg, "-q")
     assert r.exit_code == 0, r.output
     assert not (stores[0] / "classify" / "rows" / "gone").exists()
@@ -230,6 +233,8 @@ def test_interrupted_classify_resumes_to_the_same_store(run):
     for k in a:
         assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
     assert all_attrs(stores[0]) == all_attrs(ref)
+    c = open_store(stores[0]).classify()
+    assert c["attrs"]["complete"] and np.array_equal(c["votes"], b["classify/votes"])
 
 
 def test_classify_on_an_image_model_is_one_line_and_writes_nothing(tmp_path):
