@@ -324,3 +324,27 @@ def test_verify_recomputes_the_classifier_analyses(run, tmp_path):
     g["contributions"][...] = c
     text, ok = verify_store(str(copy), samples=1)
     assert not ok and "MISMATCH" in text and text.endswith("verify: FAILED")
+
+
+def test_terms_that_do_not_add_up_stop_the_analysis(monkeypatch):
+    """Conservation is enforced: a decomposition missing a constant is refused, not stored."""
+    from precompute import classify
+    from precompute.contributions import decompose
+    from precompute.engine import Engine
+    from precompute.interpreter import LinearInterpreter
+
+    def missing_bn1(*a, **k):
+        d = decompose(*a, **k)
+        d.contributions[:, d.terms.index("bn1")] = 0  # as if bn1's shift were not observed
+        return d
+
+    net = load_model("digits").module.double()
+    x0 = load_model("digits").prepare(Image.open(IMAGES / "3-0045.png")).x0.double()
+    with torch.no_grad():
+        scores = net(x0)[0]
+    eng = Engine(LinearInterpreter(net, x0, batch=10), torch.device("cpu"), torch.float64)
+    ok = classify.analyse(net, x0, scores, 2, "freeze", eng, 10)
+    assert ok.attrs["conservation"]["max_rel"] < 1e-12
+    monkeypatch.setattr(classify, "decompose", missing_bn1)
+    with pytest.raises(classify.UserError, match="do not add up to its score"):
+        classify.analyse(net, x0, scores, 2, "freeze", eng, 10)
