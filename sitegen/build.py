@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import sitegen
+from sitegen import classify_page
 from sitegen.reader import (KINDS, Analysis, Store, StoreError, Summary, classify_complete,
                             find_stores, open_store)
 from sitegen.tiles import MODE_TEXT, MODES, PRECISIONS, channel_block, encode_block, tile_script
@@ -408,8 +409,6 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
     opts = opts or Options()
     opts.check()
     out = Path(out)
-    from sitegen import classify_page
-
     paths, summary_paths = classify_page.summary_paths(resolve_sources(sources))
     if not paths:
         raise BuildError("no stores found")
