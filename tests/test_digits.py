@@ -127,7 +127,9 @@ def test_readme_digits_example_publishes_classifier_pages(tmp_path):
     from sitegen.cli import main as sitegen
     from sweep_helpers import cli_subprocess
 
-    proc = cli_subprocess("run", EXAMPLES / "digits.yaml", "-q", cwd=tmp_path)
+    # one thread: two would only contend on the 2-core test machine (the result is the same)
+    proc = cli_subprocess("run", EXAMPLES / "digits.yaml", "-q", cwd=tmp_path,
+                          env_extra={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     runs = tmp_path / "runs"
     stores = sorted(p.name for p in runs.glob("digits-*.zarr"))
