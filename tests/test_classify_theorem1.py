@@ -76,6 +76,7 @@ def theorem1_layers(net, x0):
     return layers, x.reshape(-1)
 
 
+@torch.no_grad()
 def theorem1_discussion(layers, x0, k):
     """Unnormalised PD_k of eq. 18 and the row F_k."""
     hats = [(A @ W, A @ b + c) for W, b, A, c in layers[:-1]]
