@@ -72,7 +72,7 @@ def theorem1_layers(net, x0):
             A = jacrev(h)(y).reshape(-1, y.numel())  # diagonal for pointwise units
             x = h(y)
             c = x.reshape(-1) - A @ y.reshape(-1)
-        layers.append((W, b, A, c))
+        layers.append(tuple(t.detach() for t in (W, b, A, c)))  # jacrev ignores no_grad
     return layers, x.reshape(-1)
 
 
