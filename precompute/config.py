@@ -197,7 +197,9 @@ class RunConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", max_length=200)]
     model: ModelConfig
     image: str | None = None
-    images: Annotated[list[str], Field(min_length=1)] | None = None
+    # a list of image files, or a dataset: a folder (its image files) or a glob pattern; list
+    # entries may be folders or patterns too (see `load_config`)
+    images: Annotated[list[str], Field(min_length=1)] | str | None = None
     crop: Annotated[tuple[int, int, int, int] | None, BeforeValidator(
         lambda v: None if v is None else _box("a crop")(v))] = None
     pixels: PixelsConfig = PixelsConfig()
@@ -331,10 +333,12 @@ class Resolved(BaseModel):
     checkpoint: Path | None
     arch: str  # `python:FILE.py:FUNC` with FILE made absolute
     output_dir: Path
+    dataset: bool = False  # `images:` named a folder or a glob pattern
 
     def store_path(self, image: Path) -> Path:
-        """<output>/<name>.zarr, or <output>/<name>-<image stem>.zarr with several images."""
-        if self.config.images is not None and len(self.images) > 1:
+        """<output>/<name>.zarr, or <output>/<name>-<image stem>.zarr with several images or a
+        dataset (a folder or glob, even if it holds one image)."""
+        if self.dataset or (self.config.images is not None and len(self.images) > 1):
             return self.output_dir / f"{self.config.name}-{image.stem}.zarr"
         return self.output_dir / f"{self.config.name}.zarr"
 
@@ -383,13 +387,7 @@ def load_config(path: str | os.PathLike) -> Resolved:
         raise UserError(format_validation_error(e, source=str(path))) from None
     base = path.resolve().parent
 
-    names = [cfg.image] if cfg.image is not None else list(cfg.images)
-    images = []
-    for n in names:
-        p = _resolve_input(n, base)
-        if not p.is_file():
-            raise UserError(f"{path}: image not found: {p} (paths are relative to the config file)")
-        images.append(p)
+    images, dataset = _image_files(cfg, path, base)
     stems = [p.stem for p in images]
     if len(set(stems)) != len(stems):
         raise UserError(f"{path}: images must have distinct file names (stems): {stems}")
@@ -418,4 +416,48 @@ def load_config(path: str | os.PathLike) -> Resolved:
     out = Path(os.path.expanduser(cfg.output))
     output_dir = (Path.cwd() / out).resolve() if not out.is_absolute() else out
     return Resolved(config=cfg, config_path=path.resolve(), images=images, checkpoint=checkpoint,
-                    arch=arch, output_dir=output_dir)
+                    arch=arch, output_dir=output_dir, dataset=dataset)
+
+
+#: File name suffixes taken from a folder named by `images:` (others, e.g. README files, are not).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm")
+
+
+def _image_files(cfg: RunConfig, path: Path, base: Path) -> tuple[list[Path], bool]:
+    """The image files of `image:` / `images:` and whether they form a dataset.
+
+    Each entry of `images:` (one string or a list) is a file, a folder (its files with an image
+    suffix, sorted by name, not recursive) or a glob pattern (sorted matches), relative to the
+    config file. A folder or pattern makes the run a dataset (one store per image and a summary).
+    """
+    import glob
+
+    if cfg.image is not None:
+        entries, single = [cfg.image], True
+    else:
+        entries, single = ([cfg.images] if isinstance(cfg.images, str) else list(cfg.images)), False
+    images: list[Path] = []
+    dataset = False
+    for n in entries:
+        p = _resolve_input(n, base)
+        if p.is_file():
+            images.append(p)
+        elif p.is_dir() and not single:
+            found = sorted(f for f in p.iterdir() if f.is_file()
+                           and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the "
+                                f"folder {p}")
+            images += found
+            dataset = True
+        elif not single and glob.has_magic(n):
+            found = sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file())
+            if not found:
+                raise UserError(f"{path}: no file matches the pattern {n!r} (relative to the "
+                                "config file)")
+            images += found
+            dataset = True
+        else:
+            raise UserError(f"{path}: image not found: {p} (paths are relative to the config file)")
+    return images, dataset

@@ -559,4 +559,11 @@ def run(config_path: str, opts: Options) -> list[str]:
     from precompute.config import load_config
 
     res = load_config(config_path)
-    return [run_image(res, image, opts) for image in res.images]
+    lines = [run_image(res, image, opts) for image in res.images]
+    if res.config.analyses.classify is not None and not opts.dry_run and opts.shard[0] == 0:
+        from precompute.classify import summarize  # Table 4 / Figure 8 over the images
+
+        line = summarize(res)
+        if line:
+            lines.append(line)
+    return lines

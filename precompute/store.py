@@ -356,6 +356,19 @@ class Store:
             "does not determine the whole F"
         )
 
+    def classify(self, adversarial: bool = False) -> dict | None:
+        """The classifier analyses (FORMAT.md "Classifier analyses") as ``{"attrs": {...},
+        <array name>: array, ...}``; ``adversarial`` for the FGSM copy. None when the store has
+        none, or they are incomplete (a killed run)."""
+        name = "classify/adversarial" if adversarial else "classify"
+        if not (self.path / name / "zarr.json").is_file():
+            return None
+        g = self.group[name]
+        attrs = dict(g.attrs)
+        if not attrs.get("complete"):
+            return None
+        return {"attrs": attrs} | {k: a[...] for k, a in g.arrays()}
+
     def is_analysis_complete(self, analysis: str) -> bool:
         return len(self.done_tiles(analysis)) == len(self.planned_tiles(analysis))
 
@@ -371,6 +384,11 @@ def _size_on_disk(path: Path) -> int:
 
 def info_text(path: str | os.PathLike) -> str:
     """A human summary of a store (``precompute info``)."""
+    from precompute import classify
+
+    zj = Path(path) / "zarr.json"
+    if zj.is_file() and dict(zarr.open_group(str(path), mode="r").attrs).get("kind") == "summary":
+        return classify.summary_info(Path(path))
     st = open_store(path)
     a = st.attrs
     m, im = a["model"], a["image"]
@@ -395,6 +413,7 @@ def info_text(path: str | os.PathLike) -> str:
     if "residual" in st.group:
         r = st.group["residual"][...]
         lines.append(f"residual  max |r| = {np.abs(r).max():.3g}")
+    lines += classify.info_lines(st.group)
     ch = a.get("checks", {})
     lines.append("checks    " + ", ".join(f"{k} {v:.2e}" for k, v in ch.items()))
     t = a.get("timings", {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from precompute import store as S
+from precompute.classify import verify_lines
 from precompute.engine import Engine
 from precompute.inputs import prepare, resolve_device, set_precision
 
@@ -12,7 +13,9 @@ from precompute.inputs import prepare, resolve_device, set_precision
 
 def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto") -> tuple[str, bool]:
     """Recompute ``samples`` random stored columns and rows (all their channels) from the model
-    and image recorded in the store; report the maximum differences. Returns (text, ok)."""
+    and image recorded in the store, and the classifier analyses' scores, class rows and terms
+    (:func:`precompute.classify.verify_lines`); report the maximum differences. Returns
+    (text, ok)."""
     from precompute.interpreter import LinearInterpreter
 
     st = S.open_store(path)
@@ -65,5 +68,8 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
         lines.append(f"{name}: {len(pick)} pixels × {c_probe} channels recomputed, max |Δ| = "
                      f"{worst:.3g} (relative {worst_rel:.3g}, tolerance {tol:g}), outside "
                      f"fraction max |Δ| = {worst_out:.2g} " + ("OK" if good else "MISMATCH"))
+    more, good = verify_lines(st, prep, tol)
+    lines += more
+    ok &= good
     lines.append("verify: " + ("OK" if ok else "FAILED"))
     return "\n".join(lines), ok

@@ -32,7 +32,9 @@ from PIL import Image
 from tqdm import tqdm
 
 import sitegen
-from sitegen.reader import KINDS, Analysis, Store, StoreError, find_stores, open_store
+from sitegen import classify_page
+from sitegen.reader import (KINDS, Analysis, Store, StoreError, Summary, classify_complete,
+                            find_stores, open_store)
 from sitegen.tiles import MODE_TEXT, MODES, PRECISIONS, channel_block, encode_block, tile_script
 
 MANIFEST = ".linearscope-build.json"
@@ -45,8 +47,7 @@ ANALYSES = [
     ("columns", "Columns: projective filters (hover the input)"),
     ("rows", "Rows: receptive filters (hover the output)"),
     ("svd", "SVD bases"),
-    ("votes", "Classifier votes"),
-    ("contributions", "Contributions"),
+    ("classify", "Classifier analyses: scores, contributions, discussions, votes"),
 ]
 
 
@@ -408,10 +409,11 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
     opts = opts or Options()
     opts.check()
     out = Path(out)
-    paths = resolve_sources(sources)
+    paths, summary_paths = classify_page.summary_paths(resolve_sources(sources))
     if not paths:
         raise BuildError("no stores found")
     stores = load_stores(paths)
+    summaries = [Summary(p) for p in summary_paths]
     ids = run_ids(stores)
 
     # plan: which tiles of which run, and a size estimate (exact filter counts × bytes per
@@ -542,6 +544,11 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
                 detail = (f"{counts.get(key, 0)} of {n_all} pixels on this site, window "
                           f"{a.window[0]}×{a.window[1]}{' (full)' if a.full else ''}")
                 status.append({"name": name, "title": title, "state": state, "detail": detail})
+            elif name == "classify":
+                ok = classify_complete(st.path)
+                status.append({"name": name, "title": title,
+                               "state": "computed" if ok else "not computed",
+                               "detail": "see the classifier page" if ok else ""})
             elif name == "residual":
                 ok = "residual" in images
                 status.append({"name": name, "title": title,
@@ -588,6 +595,7 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
     common = {"mode_text": MODE_TEXT[opts.mode], "mode": opts.mode, "precision": opts.precision,
               "precision_text": precision_text(opts.precision),
               "version": getattr(sitegen, "__version__", "")}
+    datasets = classify_page.write_pages(w, env, runs, summaries, common, opts.precision)
     for r in runs:
         html = env.get_template("explorer.html").render(
             root="../", run=r, runs=[r], ids_json=js_literal([r["id"]]), **common)
@@ -599,7 +607,8 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
             root="../", group=g, runs=g["runs"], ids_json=js_literal([r["id"] for r in g["runs"]]),
             **common)
         w.write(f"compare/{g['id']}.html", html.encode())
-    html = env.get_template("index.html").render(root="", runs=runs, groups=group_list, **common)
+    html = env.get_template("index.html").render(root="", runs=runs, groups=group_list,
+                                                 datasets=datasets, **common)
     w.write("index.html", html.encode())
     w.finish()
     save_cache(out, new_cache)

@@ -190,3 +190,82 @@ def find_stores(root: str | Path) -> list[Path]:
                 q.suffix == ".zarr" for q in p.relative_to(root).parents if q != Path(".")):
             found.append(p)
     return found
+
+
+# -- classifier analyses (FORMAT.md "Classifier analyses") --------------------------------------
+
+@dataclass
+class Classify:
+    """A complete ``classify/`` (or ``classify/adversarial/``) group, read whole (it is small)."""
+
+    attrs: dict
+    arrays: dict
+    adversarial: "Classify | None" = None
+
+
+def _complete_group(path: Path, name: str):
+    zj = path / name / "zarr.json"
+    if not zj.is_file():
+        return None
+    try:
+        g = zarr.open_group(str(path / name), mode="r")
+        attrs = dict(g.attrs)
+    except Exception as e:
+        raise StoreError(f"{path}: cannot open the group '{name}' ({e})") from None
+    return g if attrs.get("complete") else None
+
+
+def classify_complete(path: str | Path) -> bool:
+    """The store at ``path`` holds complete classifier analyses."""
+    return _complete_group(Path(path), "classify") is not None
+
+
+def read_classify(store: Store) -> Classify | None:
+    """The classifier analyses of a store, or None when it has none (or they are incomplete)."""
+    def read(name):
+        g = _complete_group(store.path, name)
+        if g is None:
+            return None
+        try:
+            arrays = {k: np.asarray(a[...]) for k, a in g.arrays()}
+        except Exception as e:
+            raise StoreError(f"{store.path}: cannot read '{name}' ({e})") from None
+        return Classify(dict(g.attrs), arrays)
+
+    clean = read("classify")
+    if clean is not None:
+        clean.adversarial = read("classify/adversarial")
+    return clean
+
+
+def is_summary(path: str | Path) -> bool:
+    """A dataset summary store (``kind: "summary"``) rather than the store of one run."""
+    zj = Path(path) / "zarr.json"
+    try:
+        return (json.loads(zj.read_text()).get("attributes") or {}).get("kind") == "summary"
+    except (OSError, ValueError):
+        return False
+
+
+class Summary:
+    """A dataset summary store (FORMAT.md "Dataset summary"): Table 4 and Figure 8 data."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            g = zarr.open_group(str(self.path), mode="r")
+            self.attrs = dict(g.attrs)
+            version = self.attrs.get("format_version")
+            if not isinstance(version, int) or version > FORMAT_VERSION:
+                raise StoreError(f"{self.path} has format_version {version}, not one this "
+                                 "sitegen reads: upgrade linearscope")
+            self.arrays = {k: np.asarray(a[...]) for k, a in g.arrays()}
+            self.adversarial = None
+            if "adversarial" in g:
+                a = g["adversarial"]
+                self.adversarial = (dict(a.attrs), {k: np.asarray(v[...]) for k, v in a.arrays()})
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"{self.path}: cannot read the dataset summary ({e})") from None
+        self.name = str(self.attrs.get("name") or self.path.stem)

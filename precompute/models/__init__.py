@@ -7,6 +7,7 @@ Model ids (``model.arch`` in a config):
 ``pixelshuffle``              4-layer PixelShuffle (PyTorch example), Y channel [0, 1]
 ``edsr`` / ``edsr-baseline``  EDSR ×2/×3/×4 (EDSR-PyTorch releases), RGB 0..255
 ``cyclegan``                  CycleGAN ``resnet_9blocks`` generator, RGB [−1, 1]
+``digits``                    the shipped digits classifier, 32×32 gray [0, 1], 10 scores
 ``torchvision:<name>``        ImageNet classifiers of the paper's Table 4 (``weights``,
                               default ``IMAGENET1K_V1``)
 ``python:FILE.py:FUNC``       your own model (see :mod:`precompute.models.custom`)
@@ -32,6 +33,7 @@ ARCHS: dict[str, str] = {
     "edsr": "EDSR ×2/×3/×4 (r32f256, EDSR-PyTorch), RGB 0..255",
     "edsr-baseline": "EDSR-baseline ×2/×3/×4 (r16f64, EDSR-PyTorch), RGB 0..255",
     "cyclegan": "CycleGAN resnet_9blocks generator (official pretrained .pth), RGB in [−1, 1]",
+    "digits": "LinearScope's trained digits classifier (shipped weights), 32×32 gray in [0, 1]",
 }
 
 #: Prefixes of the open families.
@@ -116,6 +118,12 @@ def load_model(
         if scale not in (None, 1):
             raise ModelError("cyclegan keeps the image size: remove 'scale' (or set it to 1)")
         return cyclegan.load(checkpoint=checkpoint, random_weights=random_weights)
+    if arch == "digits":
+        from precompute.models import digits
+
+        if scale is not None:
+            raise ModelError("digits is a classifier: remove 'scale' from the model section")
+        return digits.load(checkpoint=checkpoint, random_weights=random_weights)
     raise ModelError(
         f"unknown model id {arch!r}; known: {', '.join(sorted(ARCHS))}, "
         "torchvision:<name> (e.g. torchvision:vgg19), python:FILE.py:FUNC"

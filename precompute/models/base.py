@@ -70,6 +70,9 @@ class ModelSpec:
         arch: the family id without options (``edsr``, ``torchvision``, ``python``); "" if unset.
         options: family-specific settings as loaded (e.g. ``{"preprocess": "auto"}`` for
             classifiers, ``{"weights": "IMAGENET1K_V1"}``); JSON-serialisable, for provenance.
+        pixel_norm: ``(mean, std)`` per channel such that ``x0 = (v − mean)/std`` for the image
+            v in [0, 1] (e.g. ImageNet's for torchvision classifiers); the FGSM step of the
+            classifier analyses is taken on v. None: not declared (see :meth:`image_norm`).
     """
 
     module: torch.nn.Module
@@ -90,6 +93,15 @@ class ModelSpec:
     display_output_fn: Callable[[torch.Tensor, Prepared], np.ndarray] | None = None
     arch: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    pixel_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    def image_norm(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """``(mean, std)`` relating x0 to the image in [0, 1]: ``pixel_norm``, or the identity
+        for the default preparation (RGB in [0, 1]); None when a custom ``prepare_fn`` did not
+        declare it."""
+        if self.pixel_norm is not None:
+            return self.pixel_norm
+        return ((0.0,), (1.0,)) if self.prepare_fn is None else None
 
     def prepare(self, image: Image.Image) -> Prepared:
         """Turn a PIL image into the network input x0 (1, C, H, W) float32."""

@@ -238,4 +238,5 @@ def load(
         ),
         prepare_fn=prepare,
         display_input_fn=display_input,
+        pixel_norm=(tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)),
     )
