@@ -38,8 +38,9 @@ from precompute import probes as P
 from precompute import store as S
 from precompute.config import VALUE_KEYS, Resolved, UserError
 from precompute.engine import GPU_MAX_BATCH, Engine, choose_batch
-from precompute.inputs import (Prepared, describe_device, forward_checked, prepare,
-                               resolve_device, say, set_precision, first_line)
+from precompute.inputs import (Prepared, check_images, check_memory, describe_device,
+                               forward_checked, prepare, resolve_device, say, set_precision,
+                               first_line)
 from precompute.writer import store_lock
 
 
@@ -144,6 +145,15 @@ def check_writable(directory: Path) -> None:
     if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to the output directory {directory}: "
                         f"{p} is {'not a directory' if not p.is_dir() else 'not writable'}")
+
+
+def check_disk(needed: int, free: int, directory: Path) -> None:
+    if needed > free:
+        raise UserError(
+            f"the plan needs {fmt_bytes(needed)} (before compression) but only "
+            f"{fmt_bytes(free)} is free at {directory}; use smaller windows, a pixel region "
+            "or stride, or free some space"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +276,7 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     device = resolve_device(c.device)
     set_precision(device, c.precision)
     prep = prepare(cfg, res.config_path.parent, device)
+    check_memory(prep, res)  # before the first real forward
     y0 = forward_checked(prep)
     spec = prep.spec
     vector = spec.kind != "image"
@@ -275,9 +286,12 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     out_shape = tuple(y0.shape[1:])
     scale, offset = (spec.scale, spec.offset) if not vector else (None, None)
     layouts = _layouts(c, res.analyses(vector), spec, in_shape, out_shape, scale, offset, np_dtype)
+    attrs = existing_attrs(path)
+    if attrs is None:  # a new store: refuse a plan bigger than the disk before listing its tiles
+        check_disk(sum(S.selected_bytes(lay, np_dtype.itemsize) for lay in layouts) // shard_n,
+                   S.free_disk_bytes(path.parent), path.parent)
 
     # an existing store: same values, or --overwrite
-    attrs = existing_attrs(path)
     if attrs is not None:
         diff = mismatch(attrs, cfg, prep)
         if diff and not opts.overwrite:
@@ -333,12 +347,7 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     if not rp.exists:
         rp.bytes_todo += (2 * math.prod(out_shape) + math.prod(in_shape)) * np_dtype.itemsize
     rp.free = S.free_disk_bytes(path.parent)
-    if rp.bytes_todo > rp.free:
-        raise UserError(
-            f"the plan needs {fmt_bytes(rp.bytes_todo)} (before compression) but only "
-            f"{fmt_bytes(rp.free)} is free at {path.parent}; use smaller windows, a pixel region "
-            "or stride, or free some space"
-        )
+    check_disk(rp.bytes_todo, rp.free, path.parent)
     _estimate(rp)
     return rp
 
@@ -559,4 +568,8 @@ def run(config_path: str, opts: Options) -> list[str]:
     from precompute.config import load_config
 
     res = load_config(config_path)
+    if len(res.images) > 1:  # every image and store checked before any work
+        check_images(res)
+        for image in res.images:
+            existing_attrs(res.store_path(image))
     return [run_image(res, image, opts) for image in res.images]

@@ -97,6 +97,12 @@ class Layout:
         return (rule(i, self.scale, self.offset, self.window[0], oh),
                 rule(j, self.scale, self.offset, self.window[1], ow))
 
+    def selected_pixels(self) -> int:
+        """How many pixels the selection holds (arithmetic, without listing tiles)."""
+        top, left, h, w = self.selection.as_list(self.probe_shape[1], self.probe_shape[2])
+        s = self.selection.stride
+        return (-(-h // s)) * (-(-w // s))  # ceil(h/s)·ceil(w/s)
+
     def tiles(self) -> list[P.Tile]:
         return P.planned_tiles(self.probe_shape[1], self.probe_shape[2], self.tile, self.selection)
 
@@ -119,6 +125,11 @@ class Layout:
         sel = P.Selection(None if region == (0, 0, probe[1], probe[2]) else region, a["stride"])
         return cls(name, tuple(probe), tuple(other), tuple(a["window"]), a["full"], a["tile"], sel,
                    geometry["scale"], geometry["offset"])
+
+
+def selected_bytes(lay: Layout, itemsize: int) -> int:
+    """Bytes of the windows of every selected pixel (before compression)."""
+    return lay.selected_pixels() * lay.bytes_per_pixel(itemsize)
 
 
 def make_layout(name: str, window: int | str, tile: int | str, sel: P.Selection,

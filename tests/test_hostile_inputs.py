@@ -126,3 +126,135 @@ def test_symlink_loops_and_long_names_are_one_line(tmp_path):
                        images=["img.png", f"{long_stem}.png"])
     _one_line(cli("run", cfg), "too long for a file name")
     assert not (tmp_path / "runs").exists()
+
+
+# --- images -------------------------------------------------------------------------------------
+
+def _x0(tmp_path, image, arch="bicubic"):
+    """x0 of a config on ``image`` (the bicubic model: RGB in [0, 1])."""
+    from precompute.config import load_config
+    from precompute.inputs import prepare
+
+    cfg = load_config(write_config(tmp_path / "x.yaml", name="x", model={"arch": arch, "scale": 2},
+                                   image=image.name, output=str(tmp_path / "runs")))
+    return prepare(cfg.as_dict(cfg.images[0]), tmp_path, torch.device("cpu")).x0[0].numpy()
+
+
+def test_16bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+    v = np.array([[0, 257, 32767, 32768], [65535, 1000, 128, 60000]], np.uint16)
+    Image.fromarray(v).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I;16")  # what Pillow keeps
+    x0 = _x0(tmp_path, tmp_path / "g16.png")
+    want = np.round(v.astype(np.float64) * 255 / 65535) / 255  # documented: 8 bits of v/65535
+    for c in range(3):
+        np.testing.assert_allclose(x0[c], want, atol=1e-7)
+    assert x0.mean() < 0.6  # the bug made it 99 % white
+
+
+def test_float_tiff_is_read_as_unit_range_or_refused(tmp_path):
+    f = np.array([[0.0, 0.25, 0.5], [0.75, 1.0, 0.1]], np.float32)
+    Image.fromarray(f).save(tmp_path / "f.tif")
+    x0 = _x0(tmp_path, tmp_path / "f.tif")
+    np.testing.assert_allclose(x0[1], np.round(f.astype(np.float64) * 255) / 255, atol=1e-7)
+    Image.fromarray(f * 3).save(tmp_path / "big.tif")
+    _one_line(cli("run", _base_config(tmp_path, image="big.tif")),
+              "holds floating-point values in [0, 3]; LinearScope reads float images as [0, 1]")
+    g = f.copy()
+    g[0, 0] = np.nan
+    Image.fromarray(g).save(tmp_path / "nan.tif")
+    _one_line(cli("run", _base_config(tmp_path, image="nan.tif")), "and NaN/Inf")
+
+
+def test_palette_and_32bit_images(tmp_path):
+    rgb = (np.random.default_rng(0).random((4, 4, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).convert("P").save(tmp_path / "p.png")
+    want = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"), np.float64).transpose(2, 0, 1) / 255
+    np.testing.assert_allclose(_x0(tmp_path, tmp_path / "p.png"), want, atol=1e-7)
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "i32.tif")
+    _one_line(cli("run", _base_config(tmp_path, image="i32.tif")), "pixel mode 'I'")
+
+
+def test_decompression_bomb_header_is_one_line(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)  # claims 20000×20000 RGB
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                        + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    _one_line(cli("run", _base_config(tmp_path, image="bomb.png")), "decompression-bomb limit")
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+def test_scale_1000_is_refused_with_numbers_before_the_forward(tmp_path):
+    """×1000 bicubic on a 12×12 crop: f(x0) alone is 1.7 GB. With 1 GB available the run is
+    refused with the estimate, in a process that never allocated f(x0)."""
+    make_image(tmp_path / "img.png", 20, 20)
+    cfg = _base_config(tmp_path, model={"arch": "bicubic", "scale": 1000}, crop=[0, 0, 12, 12],
+                       dtype="float32")
+    code = ("import resource, sys\nfrom precompute.cli import main\n"
+            "try:\n    main(['run', sys.argv[1]])\nexcept SystemExit as e:\n"
+            "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, e.code)\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), LINEARSCOPE_MEMORY_BYTES=str(10**9))
+    r = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    peak_kb, status = (int(v) for v in r.stdout.split())
+    assert status == 2, r.stderr
+    line = _one_line(r.__class__(r.args, 2, r.stdout, r.stderr), "bicubic on x0 3×12×12 needs about 1.7 GB")
+    assert "a pass of one probe about" in line and "only 1.0 GB is available on cpu" in line
+    assert peak_kb * 1024 < 1_728_000_000  # less than f(x0) alone: the forward never ran
+    assert not (tmp_path / "runs").exists()
+
+
+def test_memory_estimate_matches_hand_counted_tensors():
+    """The fake-tensor tally against a hand count (float64, 8×8): x0 (3 channels), conv → h1 (4),
+    ReLU → h2 (4; h1 is freed once Sequential drops it), conv → y (2). In-place results are
+    views (not counted)."""
+    from precompute.memory import estimate
+
+    unit = 64 * 8  # one 8×8 float64 channel
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 2, 3, padding=1)).double()
+    x0 = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
+    est = estimate(net, x0)
+    assert est.total == (3 + 4 + 4 + 2) * unit
+    assert est.peak == (3 + 4 + 4) * unit  # x0, h1 and h2 during the ReLU; h1 gone before y
+    net[1] = torch.nn.ReLU(inplace=True)
+    est = estimate(net, x0)
+    assert (est.total, est.peak) == ((3 + 4 + 2) * unit, (3 + 4 + 2) * unit)
+
+
+def test_explicit_batch_too_large_for_cpu_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("LINEARSCOPE_MEMORY_BYTES", str(2 * 10**6))
+    cfg = _base_config(tmp_path, batch=100000)
+    _one_line(cli("run", cfg), "a pass of batch 100000 probes needs about")
+    assert "use batch: auto or at most" in cli("run", cfg).stderr
+
+
+# --- several images: every one checked before any work -----------------------------------------
+
+@pytest.mark.parametrize("model,second,text", [
+    ({"arch": "bicubic", "scale": 2}, (4, 4), "crop [0, 0, 5, 5] ([top, left, height, width]) does not fit in b.png"),
+    ({"arch": f"python:{TINY}:multiple_of_4"}, (6, 6), "multiples of 4"),
+    ({"arch": f"python:{TINY}:big_kernel"}, (5, 5), "cannot take this image"),
+])
+def test_every_image_is_checked_before_any_store(tmp_path, model, second, text):
+    make_image(tmp_path / "a.png", 8, 8, seed=1)
+    make_image(tmp_path / "b.png", *second, seed=2)
+    cfg = _base_config(tmp_path, image=None, images=["a.png", "b.png"], model=model,
+                       crop=[0, 0, 5, 5] if model["arch"] == "bicubic" else None)
+    _one_line(cli("run", cfg), text)
+    assert not (tmp_path / "runs").exists()  # not even a's store was started
+
+
+def test_a_foreign_store_for_the_second_image_is_found_first(tmp_path):
+    make_image(tmp_path / "a.png", 6, 6, seed=1)
+    make_image(tmp_path / "b.png", 6, 6, seed=2)
+    (tmp_path / "runs" / "m-b.zarr").mkdir(parents=True)
+    (tmp_path / "runs" / "m-b.zarr" / "notes.txt").write_text("mine")
+    cfg = _base_config(tmp_path, name="m", image=None, images=["a.png", "b.png"])
+    _one_line(cli("run", cfg), "m-b.zarr exists and is not a LinearScope store")
+    assert not (tmp_path / "runs" / "m-a.zarr").exists()
