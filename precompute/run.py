@@ -121,20 +121,36 @@ def existing_attrs(path: Path) -> dict | None:
         if any(path.iterdir()):
             raise UserError(f"{path} exists and is not a LinearScope store; choose another name/output")
         return None
-    import zarr
-
-    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    try:
+        attrs = S.read_attrs(path)
+    except S.StoreError as e:
+        raise UserError(f"{e}; delete it (or choose another name) to compute it again") from None
     if "format_version" not in attrs:
         if attrs.get(S.CREATING):
             return None  # our creation was interrupted before the attributes: nothing computed
         raise UserError(f"{path} is a Zarr group but not a LinearScope store; choose another "
                         "name/output (it is never deleted)")
-    if attrs["format_version"] > S.FORMAT_VERSION:
+    version = attrs["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{path} has format_version {str(version)[:20]!r}, not an integer: damaged, "
+                        "or not a LinearScope store; choose another name/output")
+    if version > S.FORMAT_VERSION:
         raise UserError(
             f"{path} has format_version {attrs['format_version']}, newer than this LinearScope "
             f"writes ({S.FORMAT_VERSION}); upgrade linearscope or choose another name"
         )
     return attrs
+
+
+def store_damage(path: Path, attrs: dict) -> list[str]:
+    """Damage of an existing store outside its tiles (S.core_damage); damaged tiles are not
+    listed: they are simply computed again."""
+    import zarr
+
+    try:
+        return S.core_damage(path, zarr.open_group(str(path), mode="r"), attrs)
+    except Exception as e:  # noqa: BLE001 — the group's metadata itself
+        return [f"zarr.json ({type(e).__name__})"]
 
 
 def check_writable(directory: Path) -> None:
@@ -299,7 +315,11 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
                 f"{path} was made with a different {', '.join(diff)}; resuming would mix two "
                 "interpreters. Use --overwrite to start it again, or give the run another name"
             )
-        if diff:
+        broken = [] if diff else store_damage(path, attrs)
+        if broken and not opts.overwrite:
+            raise UserError(f"{path} is damaged ({broken[0]}{' and more' if len(broken) > 1 else ''}"
+                            "); use --overwrite to compute it again")
+        if diff or broken:
             attrs = None  # will be overwritten
     rp = RunPlan(res=res, image=image, path=path, cfg=cfg, opts=opts, device=device, prep=prep,
                  y0=y0, vector=vector, in_shape=in_shape, out_shape=out_shape, scale=scale,
@@ -324,15 +344,15 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     # the tiles of this process that are not on disk yet
     rp.planned = {lay.name: lay.tiles() for lay in layouts}
     rp.mine = {n: P.share(t, shard_i, shard_n) for n, t in rp.planned.items()}
-    group = None
+    arrays = None
     if rp.exists:
         import zarr
 
-        group = zarr.open_group(str(path), mode="r")
+        arrays = S.tiled_arrays(zarr.open_group(str(path), mode="r"))
     for lay in layouts:
         mine = rp.mine[lay.name]
-        rp.todo[lay.name] = ([t for t in mine if not S.tile_done(path, group, lay, t)]
-                             if group is not None else list(mine))
+        rp.todo[lay.name] = ([t for t in mine if not S.tile_done(path, arrays, lay, t)]
+                             if arrays is not None else list(mine))
     for lay in layouts:
         bpp = lay.bytes_per_pixel(np_dtype.itemsize) + (2 * 4 + lay.probe_shape[0] * np_dtype.itemsize)
         npr = nps = 0
@@ -452,12 +472,14 @@ def create(rp: RunPlan) -> None:
     shard_i, shard_n = rp.shard
     with store_lock(rp.path):
         attrs_now = existing_attrs(rp.path)
-        if attrs_now is not None and mismatch(attrs_now, rp.cfg, prep):
+        if attrs_now is not None and (mismatch(attrs_now, rp.cfg, prep) or (
+                rp.opts.overwrite and store_damage(rp.path, attrs_now))):
             if not rp.opts.overwrite:
                 raise UserError(f"{rp.path} was just created by another process with a different "
                                 "config")
             attrs_now = None
-        if attrs_now is None:
+        created = attrs_now is None
+        if created:
             if rp.path.exists():
                 shutil.rmtree(rp.path)
             t0 = time.perf_counter()
@@ -485,8 +507,15 @@ def create(rp: RunPlan) -> None:
             for lay in rp.layouts:
                 rp.batches[lay.name] = int(g.attrs["analyses"][lay.name].get("batch",
                                                                              rp.batches[lay.name]))
-        rp.todo = {lay.name: [t for t in rp.mine[lay.name] if not S.tile_done(rp.path, g, lay, t)]
-                   for lay in rp.layouts}
+        # tiles done since the plan (another process); a tile found done by the plan stays done
+        arrays = S.tiled_arrays(g)
+        rp.todo = {lay.name: [t for t in (rp.mine if created else rp.todo)[lay.name]
+                              if not S.tile_done(rp.path, arrays, lay, t)] for lay in rp.layouts}
+        damaged = [f for lay in rp.layouts
+                   for f in S.clear_damaged(rp.path, arrays, lay, rp.todo[lay.name])]
+        if damaged:
+            say(f"{len(damaged)} damaged file(s) of unfinished tiles deleted, the tiles are "
+                f"computed again: {', '.join(damaged[:4])}{' …' if len(damaged) > 4 else ''}")
         owned = {(n, t.ty, t.tx) for n in rp.todo for t in rp.mine[n]}
         removed = S.remove_partials(rp.path, [lay.name for lay in rp.layouts],
                                     owned if shard_n > 1 else None, root=shard_i == 0)

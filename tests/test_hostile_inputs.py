@@ -258,3 +258,68 @@ def test_a_foreign_store_for_the_second_image_is_found_first(tmp_path):
     cfg = _base_config(tmp_path, name="m", image=None, images=["a.png", "b.png"])
     _one_line(cli("run", cfg), "m-b.zarr exists and is not a LinearScope store")
     assert not (tmp_path / "runs" / "m-a.zarr").exists()
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+def test_zip_bomb_checkpoint_is_refused_before_inflating(tmp_path, monkeypatch):
+    """A torch.save archive recompressed with deflate: 32 MB of zeros declared in a few KB.
+    Refused from the archive's declared sizes; torch.load (which would inflate it) never runs."""
+    import io
+
+    from precompute.models.checkpoint import read_state_dict
+
+    buf = io.BytesIO()
+    torch.save({"conv1.weight": torch.zeros(8 << 20)}, buf)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    assert bomb.stat().st_size < 200_000
+
+    def no_load(*a, **k):
+        raise AssertionError("torch.load was called on a zip bomb")
+
+    monkeypatch.setattr(torch, "load", no_load)
+    from precompute.models import ModelError
+    with pytest.raises(ModelError, match=r"declares 33\.6 MB of data in a .* archive .*zip bomb"):
+        read_state_dict(bomb)
+    _one_line(cli("run", _base_config(tmp_path, model={"arch": "pixelshuffle", "checkpoint": "bomb.pt"})),
+              "refusing to inflate it (a zip bomb?)")
+
+
+class _Net:  # a class a pickle refers to (never imported back: the unpickler blocks it)
+    pass
+
+
+def test_checkpoint_errors_are_one_line_with_detail_behind_verbose(tmp_path):
+    import pickle
+
+    from precompute.models.pixelshuffle import PixelShuffleSR
+
+    torch.save(PixelShuffleSR(3), tmp_path / "module.pth")  # a whole pickled module
+    cfg = _base_config(tmp_path, model={"arch": "pixelshuffle", "checkpoint": "module.pth"})
+    line = _one_line(cli("run", cfg), "blocked global precompute.models.pixelshuffle.PixelShuffleSR")
+    assert "--verbose" in line and "Weights only load failed" not in line
+    r = cli("run", "--verbose", cfg)
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == line and len(lines) > 3
+    assert any("weights_only=False" in ln for ln in lines) and any(ln.startswith("PyTorch: ") for ln in lines)
+
+    # a plain pickle (pickle.dump, not torch.save) of a class instance: the blocked global is
+    # named (PyTorch's unpickler stops at the first opcode and calls the file corrupt)
+    (tmp_path / "raw.pkl").write_bytes(pickle.dumps({"conv1.weight": _Net()}))
+    cfg = _base_config(tmp_path, model={"arch": "pixelshuffle", "checkpoint": "raw.pkl"})
+    line = _one_line(cli("run", cfg), "is a plain Python pickle (pickle.dump) that refers to the "
+                     "blocked global(s) test_hostile_inputs._Net")
+    assert "corrupt" not in line
+
+    # wrong keys: counts and the hint on the first line, the key lists behind --verbose
+    torch.save({"conv1.weight": torch.zeros(64, 1, 5, 5), "conv9.weight": torch.zeros(1),
+                "conv4.weight": torch.zeros(9, 32, 3, 3)}, tmp_path / "keys.pt")
+    cfg = _base_config(tmp_path, model={"arch": "pixelshuffle", "checkpoint": "keys.pt"})
+    line = _one_line(cli("run", cfg), "does not match pixelshuffle ×3 (conv1..conv4): 6 missing keys, "
+                     "1 unexpected key (--verbose lists them)")
+    r = cli("run", "-v", cfg)
+    assert '  unexpected keys (1): "conv9.weight"' in r.stderr
