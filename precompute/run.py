@@ -161,6 +161,9 @@ def check_writable(directory: Path) -> None:
     if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to the output directory {directory}: "
                         f"{p} is {'not a directory' if not p.is_dir() else 'not writable'}")
+    if os.statvfs(p).f_blocks == 0:  # /proc, /sys: root may "write" there, nothing is stored
+        raise UserError(f"cannot write to the output directory {directory}: {p} is on a virtual "
+                        "file system without storage (such as /proc or /sys)")
 
 
 def check_disk(needed: int, free: int, directory: Path) -> None:

@@ -323,3 +323,8 @@ def test_checkpoint_errors_are_one_line_with_detail_behind_verbose(tmp_path):
                      "1 unexpected key (--verbose lists them)")
     r = cli("run", "-v", cfg)
     assert '  unexpected keys (1): "conv9.weight"' in r.stderr
+
+
+def test_output_under_proc_is_named_as_such(tmp_path):
+    _one_line(cli("run", _base_config(tmp_path, output="/proc/linearscope-runs")),
+              "/proc is on a virtual file system without storage")
