@@ -328,3 +328,62 @@ def test_checkpoint_errors_are_one_line_with_detail_behind_verbose(tmp_path):
 def test_output_under_proc_is_named_as_such(tmp_path):
     _one_line(cli("run", _base_config(tmp_path, output="/proc/linearscope-runs")),
               "/proc is on a virtual file system without storage")
+
+
+# --- sitegen arguments, configs and damaged stores ----------------------------------------------
+
+def _sitegen(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "sitegen.cli", "build", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def site_store(tmp_path_factory):
+    from site_fixtures import make_store
+
+    return make_store(tmp_path_factory.mktemp("sitegen") / "s.zarr", name="s", seed=2, H=8, W=8).path
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--stride", "0"], "--stride must be a whole number ≥ 1, got '0'"),
+    (["--max-size", "-5GB"], "--max-size must be a positive size or 'none', got '-5GB'"),
+    (["--region", "20,20,4,4"], "--region 20,20,4,4 (top, left, height, width) leaves the input image of s, which is 8×8 pixels"),
+    (["--region", "6,0,4,4"], "leaves the input image of s"),
+])
+def test_sitegen_arguments_are_refused_not_bent(site_store, tmp_path, args, text):
+    r = _sitegen(site_store, "-o", tmp_path / "site", *args)
+    _one_line(r, text)
+    assert not (tmp_path / "site").exists()
+
+
+@pytest.mark.parametrize("content,text", [
+    (b"stores: [a]\nstride: 2\nstride: 0\n", "duplicate key `stride`"),
+    ("stores: [caf\xe9]\n".encode("latin-1"), "is not UTF-8 text"),
+    (("channels: [&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol], "
+      + ", ".join(f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10))
+      + "]\n").encode(), "`channels` has the wrong type (list)"),  # billion laughs, never expanded
+    (b"stride: 0\n", "--stride must be a whole number"),
+    (b"channels: [1, 2]\n", "`channels` has the wrong type (list)"),
+    (b"stores: [[a]]\n", "`stores` must be a path or a list of paths"),
+])
+def test_sitegen_configs(tmp_path, content, text):
+    (tmp_path / "site.yaml").write_bytes(content)
+    r = _sitegen(tmp_path / "site.yaml", cwd=tmp_path)
+    line = _one_line(r, text)
+    assert len(line) < 300
+
+
+def test_sitegen_output_under_proc(site_store):
+    _one_line(_sitegen(site_store, "-o", "/proc/linearscope-site"),
+              "/proc is on a virtual file system without storage")
+
+
+def test_sitegen_zero_byte_shard_is_an_error_not_fewer_pixels(site_store, tmp_path):
+    import shutil
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(site_store, store)
+    (store / "columns/c/1/0/0/0/0/0").write_bytes(b"")
+    line = _one_line(_sitegen(store, "-o", tmp_path / "site"), "columns tile (1, 0) is damaged")
+    assert "columns/c/1/0/0/0/0/0 is 0 bytes" in line and "precompute run" in line
