@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils import _pytree
@@ -100,22 +101,14 @@ def available(device: torch.device) -> int:
     from precompute.engine import mem_available
 
     free = mem_available()
+    cgroup = Path("/sys/fs/cgroup")
     try:
-        limit = open("/sys/fs/cgroup/memory.max").read().strip()
-        used = int(open("/sys/fs/cgroup/memory.current").read())
+        limit = (cgroup / "memory.max").read_text().strip()
         if limit != "max":
-            free = min(free, int(limit) - used)
+            free = min(free, int(limit) - int((cgroup / "memory.current").read_text()))
     except (OSError, ValueError):
         pass
     return free
-
-
-def _fmt(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def check(est: Estimate | None, *, what: str, device: torch.device, rows: bool, columns: bool,
@@ -126,6 +119,8 @@ def check(est: Estimate | None, *, what: str, device: torch.device, rows: bool, 
 
     ``what`` names the model and input for the message.
     """
+    from precompute.run import fmt_bytes as _fmt
+
     if est is None:
         return
     e, peak = est, est.peak

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from precompute.config import MAX_CONFIG_BYTES, UserError, load_config
-from sweep_helpers import REPO, TINY, cli, cli_subprocess, make_image, write_config
+from sweep_helpers import REPO, TINY, cli, make_image, write_config
 
 
 def _one_line(result, text):

@@ -70,17 +70,9 @@ def check_archive(path: Path, what: str = "checkpoint") -> None:
     size = path.stat().st_size
     if declared > MAX_INFLATION * size + (1 << 20):
         raise ModelError(
-            f"{what} {path} declares {_bytes(declared)} of data in a {_bytes(size)} archive "
+            f"{what} {path} declares {declared / 1e6:.1f} MB of data in a {size / 1e6:.2f} MB archive "
             f"(compressed {declared / max(size, 1):.0f}:1; PyTorch writes checkpoints "
             "uncompressed): refusing to inflate it (a zip bomb?)")
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def pickle_globals(path: Path, limit: int = 64 << 20) -> list[str] | None:
