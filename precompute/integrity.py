@@ -90,13 +90,13 @@ def index_problem(index: np.ndarray, file_size: int, codec: ShardingCodec, n_inn
     sentence, or the (offset, length) entries of its inner chunks."""
     if _ends_with_crc(codec.index_codecs) and not _crc_ok(index):
         return "shard index checksum mismatch (damaged or truncated)"
-    entries = index[:16 * n_inner].view("<u8").reshape(-1, 2)
+    entries = [(int(o), int(n)) for o, n in index[:16 * n_inner].view("<u8").reshape(-1, 2)]
     size = len(index)
     lo, hi = (0, file_size - size) if _at_end(codec) else (size, file_size)
     for k, (offset, length) in enumerate(entries):
         if offset == _EMPTY and length == _EMPTY:
             continue
-        if offset < lo or offset + length > hi:
+        if offset < lo or offset + length > hi:  # Python ints: no wrap-around
             return f"inner chunk {k} points outside the file"
     return entries
 

@@ -182,3 +182,21 @@ def test_verify_arguments_are_checked(stores):
     r = cli("verify", "--device", "banana", store)
     assert r.exit_code == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == "error: device: expected auto, cpu, cuda or cuda:N, got 'banana'"
+
+
+def test_index_with_a_valid_checksum_pointing_outside(stores, tmp_path):
+    """An index rewritten with a correct crc32c but an offset past the end (a crafted shard)."""
+    import google_crc32c
+    import numpy as np
+
+    _, store = _copy(stores, tmp_path)
+    shard = store / "rows/c/0/1/0/0/0/0"
+    data = bytearray(shard.read_bytes())
+    n = 2 * 2  # inner chunks of a 2×2 tile
+    index = np.frombuffer(bytes(data[-(16 * n + 4):-4]), "<u8").copy()
+    index[0] = 2**64 - 8  # would wrap around in uint64 arithmetic
+    body = index.tobytes()
+    data[-(16 * n + 4):] = body + np.uint32(google_crc32c.value(body)).astype("<u4").tobytes()
+    shard.write_bytes(bytes(data))
+    rep = check_store(store)
+    assert rep.damaged == ["rows tile (0, 1) [rows/c/0/1/0/0/0/0]: inner chunk 0 points outside the file"]
