@@ -69,8 +69,11 @@ class Store:
         if version is None and attrs.get("linearscope_creating"):
             raise StoreError(f"{self.path} is still being created, or its creation was "
                              "interrupted: run `precompute run` on its config again")
-        if not isinstance(version, int):
+        if version is None:
             raise StoreError(f"{self.path} is not a LinearScope store (no format_version)")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise StoreError(f"{self.path} has format_version {str(version)[:20]!r}, not an "
+                             "integer: damaged, or not a LinearScope store")
         if version > FORMAT_VERSION:
             raise StoreError(
                 f"{self.path} has format_version {version}, newer than the {FORMAT_VERSION} "

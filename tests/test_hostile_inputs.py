@@ -387,3 +387,15 @@ def test_sitegen_zero_byte_shard_is_an_error_not_fewer_pixels(site_store, tmp_pa
     (store / "columns/c/1/0/0/0/0/0").write_bytes(b"")
     line = _one_line(_sitegen(store, "-o", tmp_path / "site"), "columns tile (1, 0) is damaged")
     assert "columns/c/1/0/0/0/0/0 is 0 bytes" in line and "precompute run" in line
+
+
+def test_sitegen_string_format_version(site_store, tmp_path):
+    import json
+    import shutil
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(site_store, store)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["format_version"] = "1"
+    (store / "zarr.json").write_text(json.dumps(meta))
+    _one_line(_sitegen(store, "-o", tmp_path / "site"), "has format_version '1', not an integer")
