@@ -142,10 +142,10 @@ class SiteWriter:
                 raise BuildError(f"{d} is a symbolic link; sitegen never writes through links "
                                  "inside the output folder: remove it (or choose another -o)")
             if not d.is_dir():
-                if not create or d.exists():
-                    if create:
-                        raise BuildError(f"{d} is in the way of the site's folder {d.name}/")
+                if not create:
                     return None
+                if d.exists():
+                    raise BuildError(f"{d} is in the way of the site's folder {d.name}/")
                 d.mkdir()
             self._folders.add(d)
         return d
