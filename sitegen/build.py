@@ -738,6 +738,10 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
     total = w.total
     echo(f"sitegen: wrote {out}/ — {human(total)} in {len(w.files)} files "
          f"({w.written} written, {w.unchanged} unchanged, {w.removed} removed)")
+    if w.skipped:
+        echo(f"sitegen: note: {w.skipped} entr{'y' if w.skipped == 1 else 'ies'} of the previous "
+             f"manifest {MANIFEST} could not be this generator's files (outside the site, through "
+             "a link, or not regular files) and were left alone")
     return BuildResult(out=out, estimate=estimate, total=total, written=w.written,
                        unchanged=w.unchanged, removed=w.removed, files=len(w.files),
                        runs=[r["id"] for r in runs])

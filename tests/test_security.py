@@ -69,6 +69,7 @@ def test_hostile_site_folder_never_touches_files_outside(tmp_path):
     r = sitegen(store, "-o", site, "--quiet")
     assert r.returncode == 0, r.stderr
     _unchanged(markers)
+    assert "note: 7 entries of the previous manifest" in r.stdout  # 7 paths, index.html ours
     assert (site / "inside.txt").read_text() == "a file of the site"
     assert (site / "inner-link.txt").is_symlink()  # not ours to remove
     # the links where the site writes files were replaced by the site's files
