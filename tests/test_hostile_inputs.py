@@ -188,6 +188,7 @@ def test_decompression_bomb_header_is_one_line(tmp_path):
 
 # --- memory -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_scale_1000_is_refused_with_numbers_before_the_forward(tmp_path):
     """×1000 bicubic on a 12×12 crop: f(x0) alone is 1.7 GB. With 1 GB available the run is
     refused with the estimate, in a process that never allocated f(x0)."""

@@ -14,8 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from site_fixtures import make_store
-from sweep_helpers import REPO, cli_subprocess, make_image, write_config
+from sweep_helpers import REPO, cli, cli_subprocess, make_image, write_config
 
 
 def sitegen(*args, cwd=None):
@@ -122,8 +124,8 @@ def _store_naming_code(tmp_path) -> tuple[Path, Path]:
     cfg = write_config(tmp_path / "c.yaml", name="gift", model={"arch": "bicubic", "scale": 2},
                        image="img.png", output=str(tmp_path / "runs"), dtype="float64",
                        analyses={"columns": {"window": 3}, "rows": False})
-    r = cli_subprocess("run", "-q", cfg)
-    assert r.returncode == 0, r.stderr
+    r = cli("run", "-q", cfg)
+    assert r.exit_code == 0, r.stderr
     marker = tmp_path / "outside" / "pwned.txt"
     marker.parent.mkdir()
     evil = tmp_path / "evil.py"
@@ -137,6 +139,7 @@ def _store_naming_code(tmp_path) -> tuple[Path, Path]:
     return store, marker
 
 
+@pytest.mark.slow
 def test_store_code_never_runs_without_consent(tmp_path):
     store, marker = _store_naming_code(tmp_path)
 
@@ -168,6 +171,7 @@ def test_store_code_never_runs_without_consent(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_module_form_of_python_models_needs_consent_too(tmp_path):
     """python:pkg.mod:FUNC imports a module (from the current directory, even)."""
     store, marker = _store_naming_code(tmp_path)
