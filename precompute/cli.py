@@ -1,6 +1,8 @@
 """`precompute` command line: run / info / verify / audit.
 
-Every user error is one line ``error: …`` on stderr with exit status 2, never a traceback.
+Every user error is one line ``error: …`` on stderr with exit status 2, never a traceback. An
+error's detail (the lines after its first: key lists, PyTorch's own message, a recipe) is shown
+with ``--verbose``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from precompute.config import UserError
 from precompute.scope import ScopeError
 
 
-def _fail(msg: str) -> None:
-    click.echo(f"error: {msg}", err=True)
+def _fail(msg: str, verbose: bool = False) -> None:
+    first, _, detail = msg.strip().partition("\n")
+    click.echo(f"error: {first}", err=True)
+    if verbose and detail:
+        click.echo(detail, err=True)
     sys.exit(2)
 
 
@@ -25,7 +30,7 @@ class _Group(click.Group):
         except (UserError, ScopeError) as e:
             # ScopeError: the model has an op the LinearScope cannot freeze faithfully (its
             # message names the op and the module path); nothing has been written yet.
-            _fail(str(e))
+            _fail(str(e), ctx.meta.get("verbose", False))
         except KeyboardInterrupt:
             click.echo("interrupted: finished tiles are on disk; run the same command to resume",
                        err=True)
@@ -37,6 +42,15 @@ def main():
     """LinearScope precompute: compute and inspect linear-interpreter stores."""
 
 
+def _verbose(command):
+    """``--verbose``: show an error's detail lines (kept in ``ctx.meta`` for the group)."""
+    def remember(ctx, _param, value):
+        ctx.meta["verbose"] = value
+
+    return click.option("--verbose", "-v", is_flag=True, expose_value=False, callback=remember,
+                        is_eager=True, help="On an error, also print its detail.")(command)
+
+
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Print the plan (probes, passes, bytes, time) and exit.")
@@ -45,6 +59,7 @@ def main():
 @click.option("--shard", metavar="I/N", default=None,
               help="Compute only share I of N of the tiles (default: RANK/WORLD_SIZE under torchrun).")
 @click.option("--quiet", "-q", is_flag=True, help="No plan paragraph and no progress bars.")
+@_verbose
 def run(config, dry_run, overwrite, shard, quiet):
     """Compute the residual, columns and rows of CONFIG (YAML) into Zarr store(s).
 
@@ -63,8 +78,9 @@ def run(config, dry_run, overwrite, shard, quiet):
 
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
+@_verbose
 def info(store):
-    """Summarise STORE: provenance, checks, progress, size."""
+    """Summarise STORE: provenance, checks, progress, size. Runs no code from the store."""
     from precompute.store import info_text
 
     click.echo(info_text(store))
@@ -76,11 +92,18 @@ def info(store):
               help="Random columns and rows to recompute (each).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def verify(store, samples, seed, device):
-    """Recompute a random sample of stored columns and rows and report the maximum difference."""
+@click.option("--integrity-only", is_flag=True,
+              help="Only check every chunk's checksum; load no model and run no code.")
+@click.option("--trust-code", is_flag=True,
+              help="Allow a store whose model is Python code (python:FILE:FUNC) to run it.")
+@_verbose
+def verify(store, samples, seed, device, integrity_only, trust_code):
+    """Check every chunk of STORE against its checksum, then recompute a random sample of stored
+    columns and rows from the recorded model and image and report the largest difference."""
     from precompute.verify import verify_store
 
-    text, ok = verify_store(store, samples=samples, seed=seed, device=device)
+    text, ok = verify_store(store, samples=samples, seed=seed, device=device,
+                            integrity_only=integrity_only, trust_code=trust_code)
     click.echo(text)
     if not ok:
         sys.exit(1)
@@ -89,6 +112,7 @@ def verify(store, samples, seed, device):
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--device", default=None, help="Override the config's device.")
+@_verbose
 def audit(config, device):
     """List every call the LinearScope intercepts on CONFIG's model and (first) image.
 

@@ -30,6 +30,12 @@ class UserError(Exception):
 # that a union such as "integer or 'full'" gives one message instead of one per union member.
 
 
+def _short(v: Any, limit: int = 80) -> str:
+    """repr of a config value for a one-line message, cut at ``limit`` characters."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -39,7 +45,7 @@ def _window(v: Any) -> int | str:
         return "full"
     if _is_int(v) and v >= 1:
         return v
-    raise ValueError(f"expected a window side in pixels (an integer ≥ 1) or 'full', got {v!r}")
+    raise ValueError(f"expected a window side in pixels (an integer ≥ 1) or 'full', got {_short(v)}")
 
 
 def _tile(v: Any) -> int | str:
@@ -47,7 +53,7 @@ def _tile(v: Any) -> int | str:
         return "auto"
     if _is_int(v) and 1 <= v <= 256:
         return v
-    raise ValueError(f"expected a tile side in pixels (an integer 1…256) or 'auto', got {v!r}")
+    raise ValueError(f"expected a tile side in pixels (an integer 1…256) or 'auto', got {_short(v)}")
 
 
 def _batch(v: Any) -> int | str:
@@ -55,13 +61,13 @@ def _batch(v: Any) -> int | str:
         return "auto"
     if _is_int(v) and v >= 1:
         return v
-    raise ValueError(f"expected a number of probes per pass (an integer ≥ 1) or 'auto', got {v!r}")
+    raise ValueError(f"expected a number of probes per pass (an integer ≥ 1) or 'auto', got {_short(v)}")
 
 
 def _device(v: Any) -> str:
     if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda|cuda:\d+", v):
         return v
-    raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {v!r}")
+    raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {_short(v)}")
 
 
 def _box(what: str):
@@ -78,7 +84,7 @@ def _box(what: str):
             return tuple(v)
         raise ValueError(
             f"expected {what} as [top, left, height, width] (integers, top/left ≥ 0, "
-            f"height/width ≥ 1), got {v!r}"
+            f"height/width ≥ 1), got {_short(v)}"
         )
 
     return parse
@@ -122,7 +128,7 @@ def _positive_float(what: str):
     def parse(v: Any) -> float:
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
             return float(v)
-        raise ValueError(f"expected {what} (a number > 0), got {v!r}")
+        raise ValueError(f"expected {what} (a number > 0), got {_short(v)}")
 
     return parse
 
@@ -281,7 +287,7 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
     first = errors[0]
     loc, typ = tuple(first["loc"]), first["type"]
     if typ == "extra_forbidden":
-        key = str(loc[-1])
+        key = str(loc[-1])[:80]
         model = _submodel_at(loc)
         allowed = sorted(model.model_fields) if model is not None else []
         parent = _where(loc[:-1])
@@ -299,12 +305,12 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         if text.startswith("Value error, "):
             text = text[len("Value error, "):]
         elif typ in _TYPE_WORDS:
-            text = f"expected {_TYPE_WORDS[typ]}, got {first.get('input')!r}"
+            text = f"expected {_TYPE_WORDS[typ]}, got {_short(first.get('input'))}"
         elif text.startswith("Input should be "):
-            text = f"expected {text[len('Input should be '):]}, got {first.get('input')!r}"
+            text = f"expected {text[len('Input should be '):]}, got {_short(first.get('input'))}"
         elif typ == "string_pattern_mismatch" and loc == ("name",):
             text = ("expected a file-name-safe name (letters, digits, . _ + -), "
-                    f"got {first.get('input')!r}")
+                    f"got {_short(first.get('input'))}")
         msg = f"{source}: `{_where(loc)}`: {text}" if loc else f"{source}: {text}"
     if len(errors) > 1:
         msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
@@ -312,14 +318,122 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
 
 
 # --------------------------------------------------------------------------------------------
+# Reading YAML safely: bounded size and alias expansion, duplicate keys refused, UTF-8 only.
+
+#: Largest config file read (a config is a few hundred bytes; a list of images a few KB).
+MAX_CONFIG_BYTES = 1 << 20
+#: Most values a config may hold once its YAML aliases are expanded ("billion laughs" guard).
+MAX_CONFIG_NODES = 100_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only) that refuses a mapping with a key given twice
+    (YAML's last-wins would silently drop the first value). Merge keys (``<<``) still override."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = key_node.value
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key `{key}` (first given on line {seen[key] + 1})",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, limit: int) -> int:
+    """Number of values of a composed YAML document with every alias expanded, stopping early
+    past ``limit``. Aliases are shared node objects, so sizes are memoised per node; a node that
+    contains itself (a recursive alias) counts as unbounded."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            return limit + 1
+        active.add(key)
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            children = n.value
+        elif isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        else:
+            children = []
+        for c in children:
+            total += size(c)
+            if total > limit:
+                break
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+def load_yaml(path: Path, what: str = "config") -> Any:
+    """Plain data of a YAML file with every limit a received file needs, or one-line UserError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KB; not a LinearScope {what}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                        f"save the {what} as UTF-8") from None
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+            raise UserError(f"{path}: its YAML aliases expand to more than {MAX_CONFIG_NODES} "
+                            "values (recursive or exponential aliases); refusing to expand them")
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+# --------------------------------------------------------------------------------------------
 # Loading and resolving paths.
 
+#: Longest file name most file systems take (bytes); a store also needs `.<name>.lock` beside it.
+NAME_MAX = 255
 
-def _resolve_input(path: str, base: Path) -> Path:
+
+def _is_file(p: Path, what: str) -> bool:
+    """``p.is_file()``, with the OS errors that are the user's to fix as one line."""
+    try:
+        return p.is_file()
+    except OSError as e:
+        raise UserError(f"{what} {p}: {e.strerror or e}") from None
+
+
+def _resolve_input(path: str, base: Path, what: str = "input") -> Path:
     p = Path(os.path.expanduser(path))
     if not p.is_absolute():
         p = base / p
-    return p.resolve()
+    try:
+        return p.resolve()
+    except RuntimeError:  # Python 3.11 reports a symlink loop this way
+        raise UserError(f"{what} {p}: symbolic link loop") from None
+    except OSError as e:
+        raise UserError(f"{what} {p}: {e.strerror or e}") from None
 
 
 class Resolved(BaseModel):
@@ -370,15 +484,9 @@ VALUE_KEYS = ("model", "image", "crop", "pixels", "interpreter", "analyses", "dt
 def load_config(path: str | os.PathLike) -> Resolved:
     """Read, validate and resolve a YAML config; raise UserError with one clear message."""
     path = Path(path)
-    if not path.is_file():
+    if not _is_file(path, "config file"):
         raise UserError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of keys (name, model, image, ...) at the top")
     try:
@@ -390,12 +498,12 @@ def load_config(path: str | os.PathLike) -> Resolved:
     images, dataset = _image_files(cfg, path, base)
     stems = [p.stem for p in images]
     if len(set(stems)) != len(stems):
-        raise UserError(f"{path}: images must have distinct file names (stems): {stems}")
+        raise UserError(f"{path}: images must have distinct file names (stems): {_short(stems)}")
 
     checkpoint = None
     if cfg.model.checkpoint is not None:
-        checkpoint = _resolve_input(cfg.model.checkpoint, base)
-        if not checkpoint.is_file():
+        checkpoint = _resolve_input(cfg.model.checkpoint, base, "checkpoint")
+        if not _is_file(checkpoint, "checkpoint"):
             raise UserError(
                 f"{path}: checkpoint not found: {checkpoint} (paths are relative to the config file)"
             )
@@ -405,18 +513,20 @@ def load_config(path: str | os.PathLike) -> Resolved:
         parts = arch.split(":")
         if len(parts) != 3 or not parts[1] or not parts[2]:
             raise UserError(
-                f"{path}: `model.arch`: expected python:FILE.py:FUNC or python:pkg.mod:FUNC, got {arch!r}"
+                f"{path}: `model.arch`: expected python:FILE.py:FUNC or python:pkg.mod:FUNC, got {_short(arch)}"
             )
         if parts[1].endswith(".py"):
-            f = _resolve_input(parts[1], base)
-            if not f.is_file():
+            f = _resolve_input(parts[1], base, "model file")
+            if not _is_file(f, "model file"):
                 raise UserError(f"{path}: model file not found: {f} (paths are relative to the config file)")
             arch = f"python:{f}:{parts[2]}"
 
     out = Path(os.path.expanduser(cfg.output))
-    output_dir = (Path.cwd() / out).resolve() if not out.is_absolute() else out
-    return Resolved(config=cfg, config_path=path.resolve(), images=images, checkpoint=checkpoint,
-                    arch=arch, output_dir=output_dir, dataset=dataset)
+    output_dir = _resolve_input(str(out), Path.cwd(), "output") if not out.is_absolute() else out
+    res = Resolved(config=cfg, config_path=path.resolve(), images=images, checkpoint=checkpoint,
+                   arch=arch, output_dir=output_dir, dataset=dataset)
+    _check_store_names(res, path)
+    return res
 
 
 #: File name suffixes taken from a folder named by `images:` (others, e.g. README files, are not).
@@ -440,8 +550,8 @@ def _image_files(cfg: RunConfig, path: Path, base: Path) -> tuple[list[Path], bo
     images: list[Path] = []
     dataset = False
     for n in entries:
-        p = _resolve_input(n, base)
-        if p.is_file():
+        p = _resolve_input(n, base, "image")
+        if _is_file(p, "image"):
             images.append(p)
         elif p.is_dir() and not single:
             found = sorted(f for f in p.iterdir() if f.is_file()
@@ -461,3 +571,14 @@ def _image_files(cfg: RunConfig, path: Path, base: Path) -> tuple[list[Path], bo
         else:
             raise UserError(f"{path}: image not found: {p} (paths are relative to the config file)")
     return images, dataset
+
+
+def _check_store_names(res: Resolved, path: Path) -> None:
+    """Refuse store names too long for a file name (with the `.<name>.lock` file beside them)."""
+    for image in res.images:
+        name = res.store_path(image).name
+        n = len(f".{name}.lock".encode())
+        if n > NAME_MAX:
+            raise UserError(
+                f"{path}: the store name {name[:40]}… is too long for a file name ({n - 6} bytes "
+                f"with `.zarr`, at most {NAME_MAX - 6}); shorten `name` or the image file names")

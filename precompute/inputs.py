@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ def say(msg: str) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", device):
+        raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -92,33 +95,73 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def prepare(cfg: dict, base_dir: Path | None, device: torch.device,
-            random_weights: bool = False) -> Prepared:
-    """Load the model and the (cropped) image of a resolved config dict (as stored in a store).
-
-    Every problem (unknown model, bad checkpoint, unreadable image, crop outside the image, a
-    size or channel count the model cannot take) raises UserError before any work.
-    """
-    from PIL import Image
-
+def load_spec(cfg: dict, base_dir: Path | None, random_weights: bool = False):
+    """The ModelSpec of a resolved config dict (on the CPU, float32); UserError if unusable."""
     from precompute.models import ModelError, load_model
 
     m = cfg["model"]
-    dtype = torch.float64 if cfg["dtype"] == "float64" else torch.float32
     try:
         kw = {"random_weights": True} if random_weights else {}  # benchmarks only
-        spec = load_model(m["arch"], scale=m.get("scale"), checkpoint=m.get("checkpoint"),
+        return load_model(m["arch"], scale=m.get("scale"), checkpoint=m.get("checkpoint"),
                           weights=m.get("weights"), base_dir=base_dir,
                           preprocess=m.get("preprocess", "auto"), **kw)
     except ModelError as e:
         raise UserError(str(e)) from None
-    image_path = Path(cfg["image"])
+
+
+#: Modes every model's preprocessing converts to RGB correctly (8 bits per channel).
+EIGHT_BIT_MODES = {"1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+
+
+def read_image(path: Path):
+    """Decode an image file into a PIL image of an 8-bit mode (see EIGHT_BIT_MODES).
+
+    Pillow keeps 16-bit greyscale as ``I;16`` and float TIFFs as ``F``, which a plain
+    ``convert("RGB")`` clips to white or black; here they are scaled instead: 16-bit values
+    (``I;16*``, or ``I`` within 0…65535) by 255/65535, floats (``F``) read as [0, 1] by 255, both
+    rounded to 8 bits, the precision every model's preprocessing takes. Floats outside [0, 1] or
+    not finite, and other modes, are refused. Pillow's decompression-bomb limit (images claiming
+    more than ``2·Image.MAX_IMAGE_PIXELS`` pixels) is a one-line error.
+    """
+    import numpy as np
+    from PIL import Image
+
     try:
-        with Image.open(image_path) as im:
+        with Image.open(path) as im:
             im.load()
             image = im.copy()
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read image {image_path}: {first_line(e)}") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"cannot read image {path}: {e} (Pillow's decompression-bomb limit)") from None
+    except (OSError, ValueError, SyntaxError) as e:  # SyntaxError: some Pillow header parsers
+        raise UserError(f"cannot read image {path}: {first_line(e)}") from None
+    mode = image.mode
+    if mode in EIGHT_BIT_MODES:
+        return image
+    a = np.asarray(image)
+    if mode.startswith("I;16") or (mode == "I" and a.size and 0 <= a.min() and a.max() <= 65535):
+        scaled = a.astype(np.float64) * (255 / 65535)
+    elif mode == "F":
+        if not np.isfinite(a).all() or (a.size and (a.min() < 0 or a.max() > 1)):
+            lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if np.isfinite(a).any() else (0, 0)
+            raise UserError(
+                f"image {path} holds floating-point values in [{lo:.4g}, {hi:.4g}]"
+                f"{'' if np.isfinite(a).all() else ' and NaN/Inf'}; LinearScope reads float images "
+                "as [0, 1]: rescale it or save it as an 8- or 16-bit PNG")
+        scaled = a.astype(np.float64) * 255
+    else:
+        raise UserError(f"image {path} has the pixel mode {mode!r}, which LinearScope does not "
+                        "read; save it as an 8- or 16-bit PNG")
+    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+
+
+def read_x0(spec, cfg: dict):
+    """The (cropped) image of a config dict made ready for ``spec``: (Prepared, crop).
+
+    Checks that the crop fits, that the model takes the size, and the channel count of x0."""
+    from precompute.models import ModelError
+
+    image_path = Path(cfg["image"])
+    image = read_image(image_path)
     crop = cfg.get("crop")
     if crop is not None:
         top, left, h, w = crop
@@ -142,6 +185,22 @@ def prepare(cfg: dict, base_dir: Path | None, device: torch.device,
             f"{spec.model_id} expects {spec.in_channels}-channel input, but {image_path.name} gave "
             f"an input of shape {tuple(x0.shape)}"
         )
+    return prepared, crop
+
+
+def prepare(cfg: dict, base_dir: Path | None, device: torch.device,
+            random_weights: bool = False) -> Prepared:
+    """Load the model and the (cropped) image of a resolved config dict (as stored in a store).
+
+    Every problem (unknown model, bad checkpoint, unreadable image, crop outside the image, a
+    size or channel count the model cannot take) raises UserError before any work.
+    """
+    m = cfg["model"]
+    dtype = torch.float64 if cfg["dtype"] == "float64" else torch.float32
+    spec = load_spec(cfg, base_dir, random_weights)
+    image_path = Path(cfg["image"])
+    prepared, crop = read_x0(spec, cfg)
+    x0 = prepared.x0
     spec.module.to(device=device, dtype=dtype).eval()
     x0 = x0.to(device=device, dtype=dtype)
     model_attrs = {
@@ -181,3 +240,41 @@ def forward_checked(prep: Prepared) -> torch.Tensor:
     return y
 
 
+
+
+def check_memory(prep: Prepared, res) -> bool:
+    """Refuse, with the numbers, a run whose forward or smallest pass cannot fit in memory
+    (:mod:`precompute.memory`); called before the first real forward. False when the model
+    could not be estimated (it does not run on fake tensors): then the real forward decides."""
+    from precompute import memory
+
+    a = res.analyses(prep.spec.kind != "image")
+    est = memory.estimate(prep.spec.module, prep.x0)
+    what = f"{prep.spec.model_id} on x0 {'×'.join(map(str, prep.x0.shape[1:]))}"
+    memory.check(est, what=what, device=prep.device, batch=res.config.batch,
+                 rows=a.rows is not None or a.svd is not None or a.classify is not None,
+                 columns=a.columns is not None or a.svd is not None)
+    return est is not None
+
+
+def check_images(res) -> None:
+    """Check every image of a run with several images before any work: readable, crop inside,
+    a size and channel count the model takes, a forward that fits in memory. One model is
+    loaded and reused (a dataset may have hundreds of images); nothing is kept per image."""
+    if len(res.images) < 2:
+        return
+    c = res.config
+    device = resolve_device(c.device)
+    dtype = torch.float64 if c.dtype == "float64" else torch.float32
+    spec = load_spec(res.as_dict(res.images[0]), res.config_path.parent)
+    spec.module.to(dtype=dtype).eval()
+    checked: set[tuple] = set()
+    for image in res.images:
+        prepared, crop = read_x0(spec, res.as_dict(image))
+        x0 = prepared.x0.to(dtype)
+        if tuple(x0.shape) in checked:
+            continue
+        checked.add(tuple(x0.shape))
+        prep = Prepared(spec, prepared, x0, device, dtype, {}, {})
+        if not check_memory(prep, res):
+            forward_checked(prep)  # the real forward names what is wrong with this size

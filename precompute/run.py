@@ -38,8 +38,9 @@ from precompute import probes as P
 from precompute import store as S
 from precompute.config import VALUE_KEYS, Resolved, UserError
 from precompute.engine import GPU_MAX_BATCH, Engine, choose_batch
-from precompute.inputs import (Prepared, describe_device, forward_checked, prepare,
-                               resolve_device, say, set_precision, first_line)
+from precompute.inputs import (Prepared, check_images, check_memory, describe_device,
+                               forward_checked, prepare, resolve_device, say, set_precision,
+                               first_line)
 from precompute.writer import store_lock
 
 
@@ -120,20 +121,36 @@ def existing_attrs(path: Path) -> dict | None:
         if any(path.iterdir()):
             raise UserError(f"{path} exists and is not a LinearScope store; choose another name/output")
         return None
-    import zarr
-
-    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    try:
+        attrs = S.read_attrs(path)
+    except S.StoreError as e:
+        raise UserError(f"{e}; delete it (or choose another name) to compute it again") from None
     if "format_version" not in attrs:
         if attrs.get(S.CREATING):
             return None  # our creation was interrupted before the attributes: nothing computed
         raise UserError(f"{path} is a Zarr group but not a LinearScope store; choose another "
                         "name/output (it is never deleted)")
-    if attrs["format_version"] > S.FORMAT_VERSION:
+    version = attrs["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{path} has format_version {str(version)[:20]!r}, not an integer: damaged, "
+                        "or not a LinearScope store; choose another name/output")
+    if version > S.FORMAT_VERSION:
         raise UserError(
             f"{path} has format_version {attrs['format_version']}, newer than this LinearScope "
             f"writes ({S.FORMAT_VERSION}); upgrade linearscope or choose another name"
         )
     return attrs
+
+
+def store_damage(path: Path, attrs: dict) -> list[str]:
+    """Damage of an existing store outside its tiles (S.core_damage); damaged tiles are not
+    listed: they are simply computed again."""
+    import zarr
+
+    try:
+        return S.core_damage(path, zarr.open_group(str(path), mode="r"), attrs)
+    except Exception as e:  # noqa: BLE001 — the group's metadata itself
+        return [f"zarr.json ({type(e).__name__})"]
 
 
 def check_writable(directory: Path) -> None:
@@ -144,6 +161,18 @@ def check_writable(directory: Path) -> None:
     if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to the output directory {directory}: "
                         f"{p} is {'not a directory' if not p.is_dir() else 'not writable'}")
+    if os.statvfs(p).f_blocks == 0:  # /proc, /sys: root may "write" there, nothing is stored
+        raise UserError(f"cannot write to the output directory {directory}: {p} is on a virtual "
+                        "file system without storage (such as /proc or /sys)")
+
+
+def check_disk(needed: int, free: int, directory: Path) -> None:
+    if needed > free:
+        raise UserError(
+            f"the plan needs {fmt_bytes(needed)} (before compression) but only "
+            f"{fmt_bytes(free)} is free at {directory}; use smaller windows, a pixel region "
+            "or stride, or free some space"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +295,7 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     device = resolve_device(c.device)
     set_precision(device, c.precision)
     prep = prepare(cfg, res.config_path.parent, device)
+    check_memory(prep, res)  # before the first real forward
     y0 = forward_checked(prep)
     spec = prep.spec
     vector = spec.kind != "image"
@@ -275,9 +305,12 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     out_shape = tuple(y0.shape[1:])
     scale, offset = (spec.scale, spec.offset) if not vector else (None, None)
     layouts = _layouts(c, res.analyses(vector), spec, in_shape, out_shape, scale, offset, np_dtype)
+    attrs = existing_attrs(path)
+    if attrs is None:  # a new store: refuse a plan bigger than the disk before listing its tiles
+        check_disk(sum(S.selected_bytes(lay, np_dtype.itemsize) for lay in layouts) // shard_n,
+                   S.free_disk_bytes(path.parent), path.parent)
 
     # an existing store: same values, or --overwrite
-    attrs = existing_attrs(path)
     if attrs is not None:
         diff = mismatch(attrs, cfg, prep)
         if diff and not opts.overwrite:
@@ -285,7 +318,11 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
                 f"{path} was made with a different {', '.join(diff)}; resuming would mix two "
                 "interpreters. Use --overwrite to start it again, or give the run another name"
             )
-        if diff:
+        broken = [] if diff else store_damage(path, attrs)
+        if broken and not opts.overwrite:
+            raise UserError(f"{path} is damaged ({broken[0]}{' and more' if len(broken) > 1 else ''}"
+                            "); use --overwrite to compute it again")
+        if diff or broken:
             attrs = None  # will be overwritten
     rp = RunPlan(res=res, image=image, path=path, cfg=cfg, opts=opts, device=device, prep=prep,
                  y0=y0, vector=vector, in_shape=in_shape, out_shape=out_shape, scale=scale,
@@ -310,15 +347,15 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     # the tiles of this process that are not on disk yet
     rp.planned = {lay.name: lay.tiles() for lay in layouts}
     rp.mine = {n: P.share(t, shard_i, shard_n) for n, t in rp.planned.items()}
-    group = None
+    arrays = None
     if rp.exists:
         import zarr
 
-        group = zarr.open_group(str(path), mode="r")
+        arrays = S.tiled_arrays(zarr.open_group(str(path), mode="r"))
     for lay in layouts:
         mine = rp.mine[lay.name]
-        rp.todo[lay.name] = ([t for t in mine if not S.tile_done(path, group, lay, t)]
-                             if group is not None else list(mine))
+        rp.todo[lay.name] = ([t for t in mine if not S.tile_done(path, arrays, lay, t)]
+                             if arrays is not None else list(mine))
     for lay in layouts:
         bpp = lay.bytes_per_pixel(np_dtype.itemsize) + (2 * 4 + lay.probe_shape[0] * np_dtype.itemsize)
         npr = nps = 0
@@ -333,12 +370,7 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     if not rp.exists:
         rp.bytes_todo += (2 * math.prod(out_shape) + math.prod(in_shape)) * np_dtype.itemsize
     rp.free = S.free_disk_bytes(path.parent)
-    if rp.bytes_todo > rp.free:
-        raise UserError(
-            f"the plan needs {fmt_bytes(rp.bytes_todo)} (before compression) but only "
-            f"{fmt_bytes(rp.free)} is free at {path.parent}; use smaller windows, a pixel region "
-            "or stride, or free some space"
-        )
+    check_disk(rp.bytes_todo, rp.free, path.parent)
     _estimate(rp)
     return rp
 
@@ -443,12 +475,14 @@ def create(rp: RunPlan) -> None:
     shard_i, shard_n = rp.shard
     with store_lock(rp.path):
         attrs_now = existing_attrs(rp.path)
-        if attrs_now is not None and mismatch(attrs_now, rp.cfg, prep):
+        if attrs_now is not None and (mismatch(attrs_now, rp.cfg, prep) or (
+                rp.opts.overwrite and store_damage(rp.path, attrs_now))):
             if not rp.opts.overwrite:
                 raise UserError(f"{rp.path} was just created by another process with a different "
                                 "config")
             attrs_now = None
-        if attrs_now is None:
+        created = attrs_now is None
+        if created:
             if rp.path.exists():
                 shutil.rmtree(rp.path)
             t0 = time.perf_counter()
@@ -476,8 +510,15 @@ def create(rp: RunPlan) -> None:
             for lay in rp.layouts:
                 rp.batches[lay.name] = int(g.attrs["analyses"][lay.name].get("batch",
                                                                              rp.batches[lay.name]))
-        rp.todo = {lay.name: [t for t in rp.mine[lay.name] if not S.tile_done(rp.path, g, lay, t)]
-                   for lay in rp.layouts}
+        # tiles done since the plan (another process); a tile found done by the plan stays done
+        arrays = S.tiled_arrays(g)
+        rp.todo = {lay.name: [t for t in (rp.mine if created else rp.todo)[lay.name]
+                              if not S.tile_done(rp.path, arrays, lay, t)] for lay in rp.layouts}
+        damaged = [f for lay in rp.layouts
+                   for f in S.clear_damaged(rp.path, arrays, lay, rp.todo[lay.name])]
+        if damaged:
+            say(f"{len(damaged)} damaged file(s) of unfinished tiles deleted, the tiles are "
+                f"computed again: {', '.join(damaged[:4])}{' …' if len(damaged) > 4 else ''}")
         owned = {(n, t.ty, t.tx) for n in rp.todo for t in rp.mine[n]}
         removed = S.remove_partials(rp.path, [lay.name for lay in rp.layouts],
                                     owned if shard_n > 1 else None, root=shard_i == 0)
@@ -559,6 +600,10 @@ def run(config_path: str, opts: Options) -> list[str]:
     from precompute.config import load_config
 
     res = load_config(config_path)
+    if len(res.images) > 1:  # every image and store checked before any work
+        check_images(res)
+        for image in res.images:
+            existing_attrs(res.store_path(image))
     lines = [run_image(res, image, opts) for image in res.images]
     if res.config.analyses.classify is not None and not opts.dry_run and opts.shard[0] == 0:
         from precompute.classify import summarize  # Table 4 / Figure 8 over the images

@@ -14,9 +14,11 @@ Writing rules that make a run safe to kill at any moment (see the shared zarr no
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from precompute import integrity
 from precompute import probes as P
 from precompute.config import UserError
 
@@ -97,6 +100,12 @@ class Layout:
         return (rule(i, self.scale, self.offset, self.window[0], oh),
                 rule(j, self.scale, self.offset, self.window[1], ow))
 
+    def selected_pixels(self) -> int:
+        """How many pixels the selection holds (arithmetic, without listing tiles)."""
+        top, left, h, w = self.selection.as_list(self.probe_shape[1], self.probe_shape[2])
+        s = self.selection.stride
+        return (-(-h // s)) * (-(-w // s))  # ceil(h/s)·ceil(w/s)
+
     def tiles(self) -> list[P.Tile]:
         return P.planned_tiles(self.probe_shape[1], self.probe_shape[2], self.tile, self.selection)
 
@@ -119,6 +128,11 @@ class Layout:
         sel = P.Selection(None if region == (0, 0, probe[1], probe[2]) else region, a["stride"])
         return cls(name, tuple(probe), tuple(other), tuple(a["window"]), a["full"], a["tile"], sel,
                    geometry["scale"], geometry["offset"])
+
+
+def selected_bytes(lay: Layout, itemsize: int) -> int:
+    """Bytes of the windows of every selected pixel (before compression)."""
+    return lay.selected_pixels() * lay.bytes_per_pixel(itemsize)
 
 
 def make_layout(name: str, window: int | str, tile: int | str, sel: P.Selection,
@@ -193,8 +207,76 @@ def write_tile(group: zarr.Group, lay: Layout, tile: P.Tile, block: np.ndarray,
     group[lay.name][ys, xs] = block
 
 
-def tile_done(path: Path, group: zarr.Group, lay: Layout, tile: P.Tile) -> bool:
-    return shard_file(path, group[lay.name], lay.name, tile).exists()
+def tiled_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+    """The tiled arrays of a store (``columns``, ``rows`` and their ``_origin`` / ``_outside``),
+    opened once: the tile functions below take this mapping (or the group itself) and look
+    arrays up per tile, which costs a metadata read each on a group."""
+    names = [n + part for n in ANALYSES for part in ("", "_origin", "_outside")]
+    members = {name for name, _ in group.arrays()}
+    return {n: group[n] for n in names if n in members}
+
+
+def tile_done(path: Path, group: zarr.Group, lay: Layout, tile: P.Tile, full: bool = True) -> bool:
+    """A tile is done when its shard exists and it is intact: the shard's index and inner-chunk
+    checksums, and its origin and outside chunks (:mod:`precompute.integrity`). ``full=False``
+    checks the shard's index only (a small read at its end): empty and truncated shards, not
+    flipped bytes inside a chunk."""
+    return integrity.tile_problem(path, group, lay.name, tile.ty, tile.tx, full) is None
+
+
+def tile_files(path: Path, group: zarr.Group, lay: Layout, tile: P.Tile) -> dict[str, Path]:
+    """The files of one tile: its shard, origin chunk and outside chunk, by array name."""
+    files = {lay.name: shard_file(path, group[lay.name], lay.name, tile)}
+    for name in (f"{lay.name}_origin", f"{lay.name}_outside"):
+        if name in group:
+            files[name] = Path(path) / name / group[name].metadata.encode_chunk_key(
+                (tile.ty, tile.tx, 0))
+    return files
+
+
+def clear_damaged(path: Path, group: zarr.Group, lay: Layout, tiles: list[P.Tile]) -> list[str]:
+    """Delete the damaged files of tiles left to do, so that they are written anew rather than
+    merged into (zarr reads a chunk it writes only in part): every file of a tile whose shard is
+    on disk but not intact, and any origin/outside chunk that fails its checksum. Returns the
+    deleted files (relative to the store)."""
+    found = []
+    for t in tiles:
+        problem = integrity.tile_problem(path, group, lay.name, t.ty, t.tx)
+        if problem is None:
+            continue  # done meanwhile (another process)
+        for name, f in tile_files(path, group, lay, t).items():
+            if not (f.exists() or f.is_symlink()):
+                continue
+            if problem == integrity.MISSING and not integrity.file_problem(f, group[name]):
+                continue  # left intact by a killed run: simply overwritten
+            f.unlink()
+            found.append(str(f.relative_to(path)))
+    return found
+
+
+def core_damage(path: Path, group: zarr.Group, attrs: dict) -> list[str]:
+    """Damage outside the tiles: unreadable array metadata, or a missing or damaged chunk of the
+    arrays written at creation (``input``, ``output``, ``residual``, ``display/*``, FORMAT.md).
+    A store with such damage cannot be resumed; ``--overwrite`` makes it again."""
+    names = ["input", "output", "display/input"]
+    if (attrs.get("analyses") or {}).get("residual"):
+        names.append("residual")
+    if (attrs.get("model") or {}).get("kind", "image") == "image":
+        names.append("display/output")
+    found = []
+    for name in names + [lay for lay in (attrs.get("analyses") or {}) if lay in ANALYSES]:
+        try:
+            arr = group[name]
+        except Exception as e:  # noqa: BLE001 — missing or unreadable metadata
+            found.append(f"{name}: {'missing' if isinstance(e, KeyError) else 'unreadable metadata'}")
+            continue
+        if name in ANALYSES:
+            continue  # tiles are checked one by one
+        f = Path(path) / name / arr.metadata.encode_chunk_key((0,) * arr.ndim)
+        problem = integrity.file_problem(f, arr) if f.exists() or f.is_symlink() else "missing"
+        if problem:
+            found.append(f"{f.relative_to(path)}: {problem}")
+    return found
 
 
 def remove_partials(path: Path, names: list[str], owned: set[tuple[str, int, int]] | None,
@@ -228,6 +310,28 @@ def remove_partials(path: Path, names: list[str], owned: set[tuple[str, int, int
 # Reading.
 
 
+def read_attrs(path: Path) -> dict:
+    """The group attributes of the store at ``path``, read from its ``zarr.json`` with a
+    one-line StoreError for anything unreadable (missing, empty, truncated, not a group)."""
+    meta = Path(path) / "zarr.json"
+    try:
+        if not meta.is_file():
+            raise StoreError(f"no LinearScope store at {path}")
+        node = json.loads(meta.read_text(encoding="utf-8"))
+    except StoreError:
+        raise
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise StoreError(f"{path}: unreadable zarr.json ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:100] if str(e) else 'empty'}); the store is "
+                         "damaged") from None
+    if not isinstance(node, dict) or node.get("node_type") != "group":
+        raise StoreError(f"{path} is not a LinearScope store (its zarr.json is not a Zarr group)")
+    attrs = node.get("attributes") or {}
+    if not isinstance(attrs, dict):
+        raise StoreError(f"{path}: damaged zarr.json (attributes are not a mapping)")
+    return attrs
+
+
 def _check_version(attrs: dict, path: Path) -> None:
     v = attrs.get("format_version")
     if v is None and attrs.get(CREATING):
@@ -235,7 +339,10 @@ def _check_version(attrs: dict, path: Path) -> None:
                          "same `precompute run` command to finish it)")
     if v is None:
         raise StoreError(f"{path} is not a LinearScope store (no format_version attribute)")
-    if not isinstance(v, int) or v > FORMAT_VERSION:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise StoreError(f"{path} has format_version {str(v)[:20]!r}, not an integer: damaged, "
+                         "or not a LinearScope store")
+    if v > FORMAT_VERSION:
         raise StoreError(
             f"{path} has format_version {v}, newer than this LinearScope reads "
             f"({FORMAT_VERSION}); upgrade linearscope to read it"
@@ -247,20 +354,25 @@ class Store:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
-            raise StoreError(f"no LinearScope store at {self.path}")
-        self.group = zarr.open_group(str(self.path), mode="r")
-        self.attrs: dict[str, Any] = dict(self.group.attrs)
+        self.attrs: dict[str, Any] = read_attrs(self.path)
         _check_version(self.attrs, self.path)
-        self.in_shape = tuple(self.group["input"].shape)
-        self.out_shape = tuple(self.group["output"].shape)
-        self.layouts: dict[str, Layout] = {}
-        geometry = self.attrs.get("geometry")
-        for name in ANALYSES:
-            a = self.attrs.get("analyses", {}).get(name)
-            if a is not None and name in self.group:
-                self.layouts[name] = Layout.from_attrs(name, a, self.in_shape, self.out_shape,
-                                                       geometry)
+        try:
+            self.group = zarr.open_group(str(self.path), mode="r")
+            self.in_shape = tuple(self.group["input"].shape)
+            self.out_shape = tuple(self.group["output"].shape)
+            self.layouts: dict[str, Layout] = {}
+            self.arrays = tiled_arrays(self.group)  # opened once for the per-tile checks
+            geometry = self.attrs.get("geometry")
+            for name in ANALYSES:
+                a = self.attrs.get("analyses", {}).get(name)
+                if a is not None and name in self.group:
+                    self.layouts[name] = Layout.from_attrs(name, a, self.in_shape, self.out_shape,
+                                                           geometry)
+        except KeyError as e:
+            raise StoreError(f"{self.path}: array {e} is missing; the store is damaged") from None
+        except Exception as e:  # noqa: BLE001 — damaged metadata surfaces as many types
+            raise StoreError(f"{self.path}: the store is damaged ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:100] if str(e) else ''})") from None
 
     # provenance ---------------------------------------------------------------------------
     @property
@@ -289,9 +401,14 @@ class Store:
         return self.layouts[analysis].tiles()
 
     def done_tiles(self, analysis: str) -> list[P.Tile]:
-        """Tiles whose shard exists (finished, whatever happened later to the run)."""
+        """Tiles whose shard exists with an intact index (finished, whatever happened later to
+        the run); the checksums of their chunks are checked by :meth:`check_integrity`."""
         lay = self.layouts[analysis]
-        return [t for t in lay.tiles() if tile_done(self.path, self.group, lay, t)]
+        return [t for t in lay.tiles() if tile_done(self.path, self.arrays, lay, t, full=False)]
+
+    def check_integrity(self) -> "integrity.Report":
+        """Every file of the store checked against its checksums (reads the whole store)."""
+        return integrity.check_store(self.path)
 
     def is_complete(self) -> bool:
         return all(len(self.done_tiles(a)) == len(self.planned_tiles(a)) for a in self.layouts)
@@ -379,40 +496,86 @@ def open_store(path: str | os.PathLike) -> Store:
 
 
 def _size_on_disk(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes of the store's regular files (links are not followed)."""
+    total = 0
+    for f in Path(path).rglob("*"):
+        st = f.lstat()
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    return total
+
+
+def model_code(attrs: dict) -> str | None:
+    """The Python code a store names as its model (``python:FILE:FUNC`` / ``python:pkg.mod:FUNC``
+    in ``config.model.arch``, what ``verify`` would import), or None for a zoo model."""
+    arch = ((attrs.get("config") or {}).get("model") or {}).get("arch")
+    if not isinstance(arch, str):
+        return None
+    return arch if arch.startswith("python:") else None
+
+
+def _group_attrs(path: Path) -> dict:
+    """The attributes in a group's zarr.json, or {} when there is none or it is unreadable
+    (``open_store`` then says what is wrong, in one line)."""
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
 
 
 def info_text(path: str | os.PathLike) -> str:
-    """A human summary of a store (``precompute info``)."""
+    """A human summary of a store (``precompute info``); reads the store, runs nothing from it."""
     from precompute import classify
 
-    zj = Path(path) / "zarr.json"
-    if zj.is_file() and dict(zarr.open_group(str(path), mode="r").attrs).get("kind") == "summary":
+    if _group_attrs(Path(path)).get("kind") == "summary":
         return classify.summary_info(Path(path))
     st = open_store(path)
+    try:
+        return "\n".join(_info_lines(st))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise StoreError(f"{st.path}: its attributes are damaged or incomplete "
+                         f"({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def _info_lines(st: Store) -> list[str]:
     a = st.attrs
     m, im = a["model"], a["image"]
+    code = model_code(a)
     lines = [
         f"{st.path}  (format_version {a['format_version']}, created {a.get('created')})",
         f"model     {m['id']}  kind {m['kind']}  scale {m.get('scale')}"
         + (f"  checkpoint {m['checkpoint']} (sha256 {str(m['checkpoint_sha256'])[:12]}…)"
            if m.get("checkpoint") else ""),
+    ]
+    if code is not None:
+        lines.append(f"code      the model is Python code: {code}; `precompute verify` imports and "
+                     "runs it only with --trust-code")
+    lines += [
         f"image     {im['path']}  crop {im['crop']}  size {im['size'][0]}×{im['size'][1]}"
         f"  sha256 {im['sha256'][:12]}…",
         f"x0 {'×'.join(map(str, st.in_shape))} → f(x0) {'×'.join(map(str, st.out_shape))}; "
         f"{a['interpreter']} interpreter, {a['dtype']}, geometry {a.get('geometry')}",
     ]
     for name, lay in st.layouts.items():
-        done, planned = len(st.done_tiles(name)), len(st.planned_tiles(name))
+        found = [integrity.tile_problem(st.path, st.arrays, name, t.ty, t.tx, full=False)
+                 for t in lay.tiles()]
+        done, planned = found.count(None), len(found)
+        damaged = planned - done - found.count(integrity.MISSING)
         state = "done" if done == planned else f"{done}/{planned} tiles"
+        state += f" ({damaged} damaged: recomputed by `precompute run`)" if damaged else ""
         lines.append(
             f"{name:9} window {lay.window[0]}×{lay.window[1]}{' (full)' if lay.full else ''}, "
             f"tile {lay.tile}, region {lay.attrs()['region']} stride {lay.selection.stride}, "
             f"batch {a['analyses'][name].get('batch')}: {state}"
         )
     if "residual" in st.group:
-        r = st.group["residual"][...]
-        lines.append(f"residual  max |r| = {np.abs(r).max():.3g}")
+        try:
+            lines.append(f"residual  max |r| = {np.abs(st.group['residual'][...]).max():.3g}")
+        except Exception:  # noqa: BLE001 — a damaged chunk (checksum) or metadata
+            lines.append("residual  unreadable (damaged; see precompute verify --integrity-only)")
+    from precompute import classify  # (imports this module)
+
     lines += classify.info_lines(st.group)
     ch = a.get("checks", {})
     lines.append("checks    " + ", ".join(f"{k} {v:.2e}" for k, v in ch.items()))
@@ -420,4 +583,6 @@ def info_text(path: str | os.PathLike) -> str:
     lines.append("timings   " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items())
                  + f"; oom_splits {a.get('oom_splits', 0)}; last device {a.get('device')}")
     lines.append(f"size      {_size_on_disk(st.path) / 1e6:.1f} MB on disk")
-    return "\n".join(lines)
+    lines.append("integrity not checked (only that tile shards exist with intact indexes); "
+                 f"`precompute verify --integrity-only {st.path}` checks every chunk's checksum")
+    return lines

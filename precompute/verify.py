@@ -1,4 +1,10 @@
-"""`precompute verify`: recompute a random sample of a store from its recorded model and image."""
+"""`precompute verify`: check every chunk of a store against its checksums, then recompute a
+random sample of it from its recorded model and image.
+
+A store may come from someone else: it names its model, and a ``python:FILE:FUNC`` model is code
+that recomputing would import and run. That needs the user's consent (``trust_code``, the
+``--trust-code`` flag); ``integrity_only`` checks the store without loading any model.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +12,67 @@ import numpy as np
 
 from precompute import store as S
 from precompute.classify import verify_lines
+from precompute.config import UserError
 from precompute.engine import Engine
 from precompute.inputs import prepare, resolve_device, set_precision
 
 
+def require_consent(st: S.Store, trust_code: bool) -> None:
+    """Refuse to run the Python code a store names as its model without ``--trust-code``."""
+    code = S.model_code(st.attrs)
+    if code is not None and not trust_code:
+        raise UserError(
+            f"{st.path} names Python code as its model ({code}); recomputing would import and run "
+            "it. Read that code, then run again with --trust-code to allow it (or use "
+            "--integrity-only, which runs nothing from the store)")
 
-def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto") -> tuple[str, bool]:
-    """Recompute ``samples`` random stored columns and rows (all their channels) from the model
-    and image recorded in the store, and the classifier analyses' scores, class rows and terms
+
+def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto",
+                 integrity_only: bool = False, trust_code: bool = False) -> tuple[str, bool]:
+    """Check the checksums of every chunk, then recompute ``samples`` random stored columns and
+    rows (all their channels) of intact tiles from the model and image recorded in the store,
+    and the classifier analyses' scores, class rows and terms
     (:func:`precompute.classify.verify_lines`); report the maximum differences. Returns
     (text, ok)."""
     from precompute.interpreter import LinearInterpreter
 
-    st = S.open_store(path)
-    cfg = st.attrs["config"]
+    if samples < 0:
+        raise UserError(f"--samples: expected a number of pixels ≥ 0, got {samples}")
     dev = resolve_device(device)
-    set_precision(dev, cfg.get("precision", "ieee"))
-    prep = prepare(cfg, None, dev)
-    lines = []
-    x_diff = float(np.abs(prep.x0[0].cpu().numpy() - st.array("input")).max())
+    st = S.open_store(path)
+    if not integrity_only:
+        require_consent(st, trust_code)
+    report = st.check_integrity()
+    lines = [report.text()]
+    if integrity_only:
+        lines.append("verify: " + ("OK" if report.ok else "FAILED") + " (integrity only)")
+        return "\n".join(lines), report.ok
+    try:
+        cfg = st.attrs["config"]
+        set_precision(dev, cfg.get("precision", "ieee"))
+        prep = prepare(cfg, None, dev)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise S.StoreError(f"{st.path}: its `config` attribute is damaged or incomplete "
+                           f"({type(e).__name__}: {str(e)[:80]})") from None
+    stored = _readable(st, "input")
+    x_diff = float(np.abs(prep.x0[0].cpu().numpy() - stored).max()) if stored is not None else np.inf
     lines.append(f"input x0: max |rebuilt − stored| = {x_diff:.3g}"
-                 + ("" if x_diff == 0 else "  (the image or preprocessing changed!)"))
+                 + ("" if x_diff == 0 else "  (the image or preprocessing changed!)"
+                    if stored is not None else "  (the stored input is damaged)"))
     k = max(int(a.get("batch", 16)) for a in st.attrs["analyses"].values() if isinstance(a, dict)) \
         if st.layouts else 16
     li = LinearInterpreter(prep.spec.module, prep.x0, rule=st.attrs["interpreter"], batch=k,
                            exact=cfg.get("precision", "ieee") == "ieee")
     eng = Engine(li, dev, prep.dtype)
-    if "residual" in st.group:
+    stored = _readable(st, "residual") if "residual" in st.group else None
+    if stored is not None:
         r = li.residual.detach().reshape(st.out_shape).cpu().numpy()
-        lines.append(f"residual: max |recomputed − stored| = {np.abs(r - st.array('residual')).max():.3g}")
+        lines.append(f"residual: max |recomputed − stored| = {np.abs(r - stored).max():.3g}")
     tol = 1e-9 if st.dtype == np.float64 else 1e-4
-    ok = x_diff == 0
+    ok = x_diff == 0 and report.ok
     rng = np.random.default_rng(seed)
     for name, lay in st.layouts.items():
-        org = st.group[f"{name}_origin"][...]
+        org = _intact_origins(st, name, report.damaged_tiles.get(name, set()))
         done = np.argwhere(org[..., 0] >= 0)
         if len(done) == 0:
             lines.append(f"{name}: nothing computed yet")
@@ -73,3 +106,22 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
     ok &= good
     lines.append("verify: " + ("OK" if ok else "FAILED"))
     return "\n".join(lines), ok
+
+
+def _intact_origins(st: S.Store, name: str, damaged: set) -> np.ndarray:
+    """Window origins of the pixels of done, intact tiles (−1 elsewhere), read tile by tile so
+    that a damaged chunk is never decoded."""
+    arr = st.group[f"{name}_origin"]
+    org = np.full(arr.shape, -1, np.int32)
+    for t in st.done_tiles(name):
+        if (t.ty, t.tx) not in damaged:
+            org[t.y0:t.y1, t.x0:t.x1] = arr[t.y0:t.y1, t.x0:t.x1]
+    return org
+
+
+def _readable(st: S.Store, name: str) -> np.ndarray | None:
+    """A small array, or None when it cannot be decoded (the integrity report names why)."""
+    try:
+        return st.array(name)
+    except Exception:  # noqa: BLE001 — a checksum error or damaged metadata
+        return None

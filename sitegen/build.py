@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,14 @@ def human(n: float) -> str:
 
 
 class SiteWriter:
-    """Writes files under ``out`` only when their bytes change; removes what is no longer built."""
+    """Writes files under ``out`` only when their bytes change; removes what is no longer built.
+
+    A site folder may come from someone else, so nothing outside ``out`` is ever touched: paths
+    are relative and free of ``..``; no symbolic link inside the folder is followed — a link
+    where a folder must be is an error, a link where a file goes is replaced by the file (the
+    link itself, never its target), and the manifest of a previous build only ever removes
+    regular files reached through real folders.
+    """
 
     def __init__(self, out: Path):
         self.out = out
@@ -109,35 +117,83 @@ class SiteWriter:
         self.written = 0
         self.unchanged = 0
         self.removed = 0
+        self.skipped = 0  # manifest entries that could not be ours (never removed)
+        self._folders: set[Path] = set()
+        out.mkdir(parents=True, exist_ok=True)  # the folder the user named (may be a link)
+
+    @staticmethod
+    def _parts(rel: str) -> list[str] | None:
+        """The components of a site-relative path, or None if it could leave the folder."""
+        if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\0" in rel:
+            return None
+        parts = rel.split("/")
+        return None if any(p in ("", ".", "..") for p in parts) else parts
+
+    def _folder(self, parts: list[str], create: bool) -> Path | None:
+        """The real folder ``out/parts…`` (made when ``create``), or None if it does not exist;
+        BuildError where a link or a file stands in the way of writing."""
+        d = self.out
+        for part in parts:
+            d = d / part
+            if d in self._folders:
+                continue
+            if d.is_symlink():
+                if not create:
+                    return None
+                raise BuildError(f"{d} is a symbolic link; sitegen never writes through links "
+                                 "inside the output folder: remove it (or choose another -o)")
+            if not d.is_dir():
+                if not create:
+                    return None
+                if d.exists():
+                    raise BuildError(f"{d} is in the way of the site's folder {d.name}/")
+                d.mkdir()
+            self._folders.add(d)
+        return d
 
     def write(self, rel: str, data: bytes) -> None:
-        path = self.out / rel
+        parts = self._parts(rel)
+        if parts is None:
+            raise BuildError(f"refusing to write outside the site: {rel!r}")
+        path = self._folder(parts[:-1], create=True) / parts[-1]
         self.files[rel] = len(data)
-        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise BuildError(f"{path} is a folder where the site has a file")
+        if (st is not None and stat.S_ISREG(st.st_mode) and st.st_size == len(data)
+                and path.read_bytes() == data):
             self.unchanged += 1
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write(path, data)
         self.written += 1
 
     def finish(self) -> None:
-        man = self.out / MANIFEST
-        old: list[str] = []
-        if man.is_file():
-            try:
-                old = json.loads(man.read_text()).get("files", [])
-            except ValueError:
-                old = []
-        for rel in old:
-            if rel not in self.files and rel != MANIFEST and ".." not in rel.split("/"):
-                p = self.out / rel
-                if p.is_file():
-                    p.unlink()
-                    self.removed += 1
+        for rel in read_manifest(self.out):
+            if rel in self.files or rel == MANIFEST:
+                continue
+            parts = self._parts(rel)
+            folder = self._folder(parts[:-1], create=False) if parts else None
+            p = folder / parts[-1] if folder is not None else None
+            if p is None or not p.is_file() or p.is_symlink():
+                self.skipped += 1
+                continue
+            p.unlink()
+            self.removed += 1
         data = json.dumps({"files": sorted(self.files)}, indent=0).encode() + b"\n"
         self.write(MANIFEST, data)
+
+    def existing_size(self, rel: str) -> int | None:
+        """Size of the regular file a previous build left at ``rel`` (not through links)."""
+        parts = self._parts(rel)
+        folder = self._folder(parts[:-1], create=False) if parts else None
+        try:
+            st = (folder / parts[-1]).lstat() if folder is not None else None
+        except OSError:
+            return None
+        return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
 
     def keep(self, rel: str, size: int) -> None:
         """Count a file this build makes, known unchanged without producing its bytes."""
@@ -147,6 +203,31 @@ class SiteWriter:
     @property
     def total(self) -> int:
         return sum(self.files.values())
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` (a name in a real folder) through a fresh hidden temporary file and a
+    rename: a link or leftover at the temporary name is removed, never written through, and
+    the rename replaces a link at ``path`` itself, not its target."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def read_manifest(out: Path) -> list[str]:
+    """The files a previous build listed (only strings; a link or an unreadable manifest is
+    ignored: nothing is removed on its word)."""
+    man = out / MANIFEST
+    try:
+        if man.is_symlink() or not man.is_file():
+            return []
+        files = json.loads(man.read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
 
 
 # -- pixel selection -------------------------------------------------------------------------
@@ -268,19 +349,41 @@ def tile_signature(store: Store, a: Analysis, opts: Options, run_id: str, t) -> 
 
 def load_cache(out: Path) -> dict:
     try:
+        if (out / CACHE).is_symlink():
+            return {}
         data = json.loads((out / CACHE).read_text())
-        return data.get("tiles", {}) if data.get("encoding") == ENCODING else {}
+        tiles = data.get("tiles", {}) if data.get("encoding") == ENCODING else {}
+        return tiles if isinstance(tiles, dict) else {}
     except (OSError, ValueError, AttributeError):
         return {}
+
+
+def cache_hit(hit, sig: str, size: int | None, shape_of) -> dict | None:
+    """A cache entry that can stand for an unchanged tile file: the same signature and size,
+    and well-formed values (the cache lives in the site folder, which may come from someone
+    else: a malformed entry is re-encoded, never trusted)."""
+    a, opts = shape_of
+    P = a.own_channels if opts.mode == "full" else 1
+    Q = 1 if opts.mode == "lum" else a.other_channels
+    if not isinstance(hit, dict) or hit.get("sig") != sig or size is None or hit.get("size") != size:
+        return None
+    n = hit.get("n")
+    try:
+        gmax = np.asarray(hit.get("gmax"), np.float64)
+    except (TypeError, ValueError):
+        return None
+    if not (isinstance(n, int) and n >= 0 and gmax.shape == (P, Q) and np.isfinite(gmax).all()):
+        return None
+    return {"n": n, "gmax": gmax, "size": size}
 
 
 def save_cache(out: Path, tiles: dict) -> None:
     """Build state next to the site (not part of it, not listed in the manifest)."""
     data = json.dumps({"encoding": ENCODING, "tiles": tiles}, sort_keys=True).encode()
     path = out / CACHE
-    if path.is_file() and path.read_bytes() == data:
+    if path.is_file() and not path.is_symlink() and path.read_bytes() == data:
         return
-    path.write_bytes(data)
+    atomic_write(path, data)
 
 
 # -- images ------------------------------------------------------------------------------------
@@ -391,6 +494,35 @@ def resolve_sources(sources: list[str | Path]) -> list[Path]:
 
 # -- the build -----------------------------------------------------------------------------------
 
+def check_output(out: Path) -> None:
+    """Refuse, before reading any store, an output folder nothing can be written to."""
+    p = out
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise BuildError(f"cannot write the site to {out}: {p} is not a folder")
+    if os.statvfs(p).f_blocks == 0:  # /proc, /sys
+        raise BuildError(f"cannot write the site to {out}: {p} is on a virtual file system "
+                         "without storage (such as /proc or /sys)")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise BuildError(f"cannot write the site to {out}: {p} is not writable")
+
+
+def check_region(stores: list[Store], opts: Options) -> None:
+    """A region must lie inside the input image of every run with filters (it is never clipped:
+    a region outside an image would silently show one edge pixel)."""
+    if opts.region is None:
+        return
+    top, left, h, w = opts.region
+    for st in stores:
+        if not st.analyses:
+            continue
+        _, H, W = st.input_shape
+        if top + h > H or left + w > W:
+            raise BuildError(f"--region {top},{left},{h},{w} (top, left, height, width) leaves the "
+                             f"input image of {st.name}, which is {H}×{W} pixels")
+
+
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              autoescape=jinja2.select_autoescape(["html"]),
@@ -409,10 +541,12 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
     opts = opts or Options()
     opts.check()
     out = Path(out)
+    check_output(out)
     paths, summary_paths = classify_page.summary_paths(resolve_sources(sources))
     if not paths:
         raise BuildError("no stores found")
     stores = load_stores(paths)
+    check_region(stores, opts)
     summaries = [Summary(p) for p in summary_paths]
     ids = run_ids(stores)
 
@@ -481,13 +615,11 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
         for t in tiles:
             rel = f"data/{rid}/{kind}/{t[0]}-{t[1]}.js"
             sig = tile_signature(st, a, opts, rid, t)
-            hit = old_cache.get(rel)
-            path = out / rel
-            if (hit and hit.get("sig") == sig and path.is_file()
-                    and path.stat().st_size == hit.get("size")):
+            hit = cache_hit(old_cache.get(rel), sig, w.existing_size(rel), (a, opts))
+            if hit is not None:
                 # the store tiles under this site tile are untouched since the last build:
                 # keep the file without reading or encoding anything
-                n, m = hit["n"], np.asarray(hit["gmax"], np.float64)
+                n, m = hit["n"], hit["gmax"]
                 w.keep(rel, hit["size"])
                 data_size = hit["size"]
             else:
@@ -615,6 +747,10 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
     total = w.total
     echo(f"sitegen: wrote {out}/ — {human(total)} in {len(w.files)} files "
          f"({w.written} written, {w.unchanged} unchanged, {w.removed} removed)")
+    if w.skipped:
+        echo(f"sitegen: note: {w.skipped} entr{'y' if w.skipped == 1 else 'ies'} of the previous "
+             f"manifest {MANIFEST} could not be this generator's files (outside the site, through "
+             "a link, or not regular files) and were left alone")
     return BuildResult(out=out, estimate=estimate, total=total, written=w.written,
                        unchanged=w.unchanged, removed=w.removed, files=len(w.files),
                        runs=[r["id"] for r in runs])

@@ -63,9 +63,23 @@ def parse_size(text: str) -> int | None:
     num = t.rstrip("KMGB")
     unit = t[len(num):]
     try:
-        return int(float(num) * SIZE_UNITS[unit])
-    except (ValueError, KeyError):
+        n = int(float(num) * SIZE_UNITS[unit])
+    except (ValueError, KeyError, OverflowError):
         raise BuildError(f"cannot read size '{text}' (examples: 500MB, 2GB, none)") from None
+    if n <= 0:
+        raise BuildError(f"--max-size must be a positive size or 'none', got '{text}'")
+    return n
+
+
+def parse_stride(value) -> int:
+    """``--stride`` / ``stride:``: every STRIDE-th pixel, an integer ≥ 1 (0 is refused, not 1)."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise BuildError(f"--stride must be a whole number ≥ 1, got '{value}'") from None
+    if n < 1 or n != value:
+        raise BuildError(f"--stride must be a whole number ≥ 1, got '{value}'")
+    return n
 
 
 def parse_region(text) -> tuple[int, int, int, int] | None:
@@ -96,26 +110,81 @@ def parse_tile(value) -> int | None:
     return t
 
 
+#: Largest site config read; a site config is a few lines.
+MAX_CONFIG_BYTES = 1 << 20
+
+#: The keys of a site config and the types each may have.
+CONFIG_TYPES = {"stores": (str, list), "output": (str,), "channels": (str,), "precision": (str,),
+                "region": (str, list), "stride": (int,), "tile": (int, str),
+                "max_size": (str, int, float)}
+
+
+def _short(v) -> str:
+    text = repr(v) if not isinstance(v, (list, dict)) else type(v).__name__
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _yaml_loader():
+    """PyYAML's safe loader refusing a key given twice (last-wins would hide the first).
+
+    (precompute/config.py has the same rule; sitegen never imports precompute.)"""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    if key_node.value in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key `{key_node.value}`", key_node.start_mark)
+                    seen.add(key_node.value)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
 def load_config(path: Path) -> dict:
+    """A site config: bounded size, UTF-8, no duplicate keys, every value of the right type
+    (aliases are never expanded: values are type-checked as they come, shared or not)."""
     import yaml
 
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise BuildError(f"cannot read config {path}: {e}") from None
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise BuildError(f"config {path} is larger than {MAX_CONFIG_BYTES // 1024} KB")
+        cfg = yaml.load(data.decode("utf-8"), Loader=_yaml_loader()) or {}
+    except UnicodeDecodeError as e:
+        raise BuildError(f"config {path} is not UTF-8 text (byte at offset {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise BuildError(f"config {path} is not valid YAML{where}: {problem}") from None
+    except OSError as e:
+        raise BuildError(f"cannot read config {path}: {e.strerror or e}") from None
     if not isinstance(cfg, dict):
         raise BuildError(f"config {path} must be a mapping")
     if "site" in cfg and isinstance(cfg["site"], dict):
         cfg = cfg["site"]
-    known = {"stores", "output", "channels", "precision", "region", "stride", "tile", "max_size"}
-    unknown = sorted(set(cfg) - known)
+    known = set(CONFIG_TYPES)
+    unknown = sorted(str(k)[:40] for k in set(cfg) - known)
     if unknown:
         raise BuildError(f"config {path}: unknown key(s) {', '.join(unknown)} "
                          f"(known: {', '.join(sorted(known))})")
+    for key, value in cfg.items():
+        if not isinstance(value, CONFIG_TYPES[key]) or isinstance(value, bool):
+            raise BuildError(f"config {path}: `{key}` has the wrong type ({_short(value)})")
     base = path.parent
     stores = cfg.get("stores", ["runs"])
     if isinstance(stores, str):
         stores = [stores]
+    if not all(isinstance(x, str) for x in stores):
+        raise BuildError(f"config {path}: `stores` must be a path or a list of paths")
+    if isinstance(cfg.get("region"), list) and not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in cfg["region"]):
+        raise BuildError(f"config {path}: `region` must be [top, left, height, width] (integers)")
     cfg["stores"] = [str(base / s) for s in stores]
     if "output" in cfg:
         cfg["output"] = str(base / cfg["output"])
@@ -174,7 +243,7 @@ def build_cmd(sources, output, channels, precision, region, stride, tile, max_si
             mode=channels or cfg.get("channels", "full"),
             precision=precision or cfg.get("precision", "float16"),
             region=parse_region(region if region is not None else cfg.get("region")),
-            stride=int(stride or cfg.get("stride", 1)),
+            stride=parse_stride(stride if stride is not None else cfg.get("stride", 1)),
             tile=parse_tile(tile if tile is not None else cfg.get("tile", "auto")),
             max_bytes=parse_size(max_size if max_size is not None else cfg.get("max_size", "2GB")),
             progress=not quiet,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,11 @@ class Store:
         if version is None and attrs.get("linearscope_creating"):
             raise StoreError(f"{self.path} is still being created, or its creation was "
                              "interrupted: run `precompute run` on its config again")
-        if not isinstance(version, int):
+        if version is None:
             raise StoreError(f"{self.path} is not a LinearScope store (no format_version)")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise StoreError(f"{self.path} has format_version {str(version)[:20]!r}, not an "
+                             "integer: damaged, or not a LinearScope store")
         if version > FORMAT_VERSION:
             raise StoreError(
                 f"{self.path} has format_version {version}, newer than the {FORMAT_VERSION} "
@@ -139,8 +143,32 @@ class Store:
                         grid=grid, other=other, own_channels=own_c, other_channels=other_c)
 
     def tile_done(self, kind: str, ty: int, tx: int) -> bool:
-        """A store tile is done when its shard of ``columns``/``rows`` exists (FORMAT.md)."""
-        return self.chunk_path(kind, (ty, tx, 0, 0, 0, 0)).is_file()
+        """A store tile is done when its shard of ``columns``/``rows`` exists (FORMAT.md).
+
+        A shard file shorter than its own index (empty after a power loss, truncated) is damage,
+        not an unfinished tile: StoreError, so that the site never silently shows fewer pixels
+        (zarr would read such a shard as all fill values). So is a link (stores have none).
+        Damage inside a shard is caught by its checksums when it is read.
+        """
+        p = self.chunk_path(kind, (ty, tx, 0, 0, 0, 0))
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot read {p.relative_to(self.path)} ({e.strerror})") from None
+        arr = self._array(kind)
+        inner = math.prod(s // c for s, c in zip(arr.shards or arr.chunks, arr.chunks))
+        index = 16 * inner + 4
+        if not stat.S_ISREG(st.st_mode) or st.st_size < index:
+            what = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                    if not stat.S_ISREG(st.st_mode) else f"{st.st_size} bytes, less than its "
+                    f"{index}-byte index")
+            raise StoreError(f"{self.path}: {kind} tile ({ty}, {tx}) is damaged "
+                             f"({p.relative_to(self.path)} is {what}); `precompute run` on its "
+                             "config recomputes it, `precompute verify --integrity-only` lists "
+                             "all damage")
+        return True
 
     def chunk_path(self, name: str, index: tuple) -> Path:
         """The file of one chunk (or shard) of an array of this (directory) store."""

@@ -204,7 +204,8 @@ def test_classifier_wrong_file(tmp_path):
     import torchvision.models as tvm
 
     p = save(tmp_path, "resnet18.pth", tvm.squeezenet1_1(weights=None).state_dict())
-    with pytest.raises(ModelError, match=r"does not match torchvision resnet18:\n  missing keys \("):
+    with pytest.raises(ModelError, match=r"does not match torchvision resnet18: 102 missing keys, "
+                       r"52 unexpected keys \(--verbose lists them\)\n  missing keys \(102\)"):
         load_model("torchvision:resnet18", checkpoint=p)
 
 

@@ -2,15 +2,22 @@
 
 Checkpoints are read with ``torch.load(path, weights_only=True, map_location="cpu")`` (or
 ``safetensors`` for ``.safetensors`` files when that package is installed): tensors and plain
-containers only, never arbitrary unpickling. Every failure becomes a
-:class:`~precompute.models.base.ModelError` whose message names the file and what is wrong
-(missing file, corrupt bytes, a pickled whole module, missing / unexpected keys, mismatched shapes).
+containers only, never arbitrary unpickling; a zip archive declaring far more data than it
+holds (a zip bomb) is refused before anything is inflated. Every failure becomes a
+:class:`~precompute.models.base.ModelError` whose first line names the file and what is wrong
+(missing file, corrupt bytes, a blocked global, a plain pickle, missing / unexpected keys,
+mismatched shapes); the lines after it are detail (key lists, PyTorch's own message, how to
+convert a pickled model), which the command line shows with ``--verbose``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import pickle
+import pickletools
+import re
+import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -37,6 +44,83 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _first(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+#: An archive may declare at most this many times its own size of uncompressed data. PyTorch
+#: writes checkpoints uncompressed (ZIP_STORED), so real files declare about their own size.
+MAX_INFLATION = 4
+
+
+def check_archive(path: Path, what: str = "checkpoint") -> None:
+    """Refuse a zip checkpoint whose entries declare far more data than the file holds (a zip
+    bomb) before PyTorch inflates any of it; the declared sizes are read from the central
+    directory, nothing is decompressed."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            declared = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load reports the damage
+    size = path.stat().st_size
+    if declared > MAX_INFLATION * size + (1 << 20):
+        raise ModelError(
+            f"{what} {path} declares {declared / 1e6:.1f} MB of data in a {size / 1e6:.2f} MB archive "
+            f"(compressed {declared / max(size, 1):.0f}:1; PyTorch writes checkpoints "
+            "uncompressed): refusing to inflate it (a zip bomb?)")
+
+
+def pickle_globals(path: Path, limit: int = 64 << 20) -> list[str] | None:
+    """The globals (``module.name``) a plain pickle file refers to, read with ``pickletools``
+    (opcodes only: nothing is imported or run); None if it is not a readable pickle."""
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+            if op.name == "STOP":
+                break
+    except Exception:  # noqa: BLE001 — not a pickle (or damaged): no names
+        return None
+    return list(dict.fromkeys(names))
+
+
+def _unpickling_error(path: Path, what: str, e: pickle.UnpicklingError) -> ModelError:
+    """One line for what PyTorch's weights-only unpickler refused, its paragraph as detail."""
+    msg = str(e)
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+    if m is None and not zipfile.is_zipfile(path):
+        # a plain pickle (pickle.dump, not torch.save): the weights-only reader stops at its
+        # first opcode, before any global; name them from the opcodes instead
+        found = pickle_globals(path)
+        if found is not None:
+            blocked = [g for g in found if not g.startswith(("torch.", "collections.OrderedDict"))]
+            why = (f" that refers to the blocked global(s) {', '.join(blocked[:3])} (LinearScope "
+                   "never unpickles code)" if blocked else "")
+            return ModelError(
+                f"{what} {path} is a plain Python pickle (pickle.dump){why}, not a PyTorch "
+                f"checkpoint: save a state_dict of tensors with torch.save (--verbose shows "
+                f"how)\n{CONVERT_HINT}\nPyTorch: {msg}")
+    if m is not None:
+        return ModelError(
+            f"{what} {path} contains pickled Python objects (blocked global {m.group(1)}), not a "
+            f"plain state_dict of tensors; LinearScope never unpickles code (--verbose shows how "
+            f"to convert a file you trust)\n{CONVERT_HINT}\nPyTorch: {msg}")
+    return ModelError(
+        f"cannot read {what} {path}: the file is corrupt or not a PyTorch checkpoint "
+        f"(weights-only unpickler: {_first(e)[:120]})\nPyTorch: {msg}")
 
 
 def _list(names: Iterable[str], limit: int = MAX_LISTED) -> str:
@@ -72,25 +156,17 @@ def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict[str, tor
         except Exception as e:
             raise ModelError(f"cannot read {what} {path}: not a valid safetensors file ({e})") from e
     else:
+        check_archive(path, what)
         try:
-            obj = torch.load(path, weights_only=True, map_location="cpu")
+            with warnings.catch_warnings():  # plain pickles: "Detected pickle protocol" noise
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, weights_only=True, map_location="cpu")
         except pickle.UnpicklingError as e:
-            msg = str(e)
-            if "Unsupported global" in msg or "GLOBAL" in msg:
-                # The file pickles Python objects (a whole nn.Module, an optimizer, ...).
-                glob = msg.split("Unsupported global:", 1)[-1].strip().split(" was ")[0]
-                raise ModelError(
-                    f"{what} {path} contains pickled Python objects ({glob}), not a plain "
-                    f"state_dict of tensors.\n{CONVERT_HINT}"
-                ) from e
-            raise ModelError(
-                f"cannot read {what} {path}: the file is corrupt or not a PyTorch checkpoint"
-            ) from e
+            raise _unpickling_error(path, what, e) from e
         except Exception as e:  # RuntimeError from the zip reader, EOFError, ...
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelError(
                 f"cannot read {what} {path}: the file is corrupt or not a PyTorch checkpoint "
-                f"({first[:160]})"
+                f"({_first(e)[:120]})\nPyTorch: {e}"
             ) from e
     return _as_state_dict(obj, path, what)
 
@@ -154,13 +230,17 @@ def load_strict(
     weights that the file replaces anyway): the file's tensors become its parameters, as float32
     on the CPU, and buffers the file lacks (``num_batches_tracked``) are materialised as zeros.
 
-    The message names the source file and the expected model, lists missing and unexpected keys
-    and mismatched shapes (long lists truncated), and ends with ``hint`` (e.g. "this looks like an
-    EDSR-baseline ×2 checkpoint").
+    The first line names the source file and the expected model, counts missing and unexpected
+    keys and mismatched shapes, and adds ``hint`` (one sentence, e.g. "This looks like a U-Net
+    generator"); the lines after it list the keys and shapes (long lists truncated).
     """
     missing, unexpected, shapes = describe_mismatch(module, state_dict)
     if missing or unexpected or shapes:
-        lines = [f"{source} does not match {model_name}:"]
+        counts = [f"{len(v)} {w}{'s' if len(v) > 1 else ''}" for v, w in (
+            (missing, "missing key"), (unexpected, "unexpected key"), (shapes, "mismatched shape"))
+            if v]
+        lines = [f"{source} does not match {model_name}: {', '.join(counts)}"
+                 + (f". {hint}" if hint else "") + " (--verbose lists them)"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {_list(missing)}")
         if unexpected:
@@ -169,8 +249,6 @@ def load_strict(
             shown = "; ".join(shapes[:MAX_LISTED])
             more = f"; … and {len(shapes) - MAX_LISTED} more" if len(shapes) > MAX_LISTED else ""
             lines.append(f"  mismatched shapes ({len(shapes)}): {shown}{more}")
-        if hint:
-            lines.append(hint)
         raise ModelError("\n".join(lines))
     if not assign:
         # Cast to the module's dtype (files may hold float16/float64); strict load cannot fail now.

@@ -1,0 +1,143 @@
+"""Memory a run will need, estimated before anything big is allocated, and refused with numbers.
+
+The estimate runs the model once on x0 under PyTorch's ``FakeTensorMode``: every op computes
+only shapes and dtypes (no data, no memory), and a dispatch mode tallies the bytes of each new
+tensor (views and in-place results share memory and are not counted):
+
+* ``peak``: the most bytes alive at once during one no-grad forward (tensors are freed when
+  Python drops them, as in the real forward) — what ``f(x0)`` needs;
+* ``total``: the bytes of every tensor the forward makes — what a backward pass keeps at most
+  (autograd saves activations) and what the LinearScope keeps of the frozen branch at most.
+
+A pass of K probes runs a batch of K + 1 (x0 and the probes, paper eq. 5): columns need about
+``(K + 1)·peak + total``, rows (Fᵀ by one backward, eq. 6) about ``(K + 1)·total``. These are
+estimates, meant to refuse what cannot fit (``scale: 1000`` on a 12×12 crop asks for gigabytes
+per probe) rather than to predict exact use; ``batch: auto`` sizes passes more conservatively
+(:func:`precompute.engine.choose_batch`).
+
+``LINEARSCOPE_MEMORY_BYTES`` overrides the available memory (tests and planning for another
+machine), as ``LINEARSCOPE_FREE_BYTES`` does for the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils import _pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from precompute.config import UserError
+
+
+@dataclass(frozen=True)
+class Estimate:
+    peak: int   # bytes alive at once in one forward (batch 1)
+    total: int  # bytes of every tensor one forward makes (batch 1)
+
+    def columns_pass(self, k: int) -> int:
+        return (k + 1) * self.peak + self.total
+
+    def rows_pass(self, k: int) -> int:
+        return (k + 1) * self.total
+
+
+class _Tally(TorchDispatchMode):
+    """Counts the bytes of new (non-aliasing) tensors and how many are alive at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = self.total = 0
+
+    def _free(self, n: int) -> None:
+        self.live -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(r.alias_info is not None for r in func._schema.returns):
+            return out  # a view or an in-place result: no new memory
+        for t in _pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                n = t.numel() * t.element_size()
+                self.total += n
+                self.live += n
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._free, n)
+        return out
+
+
+def estimate(module: torch.nn.Module, x0: torch.Tensor) -> Estimate | None:
+    """Bytes of one forward of ``module`` on ``x0``, computed on fake tensors (no memory used).
+
+    Returns None when the forward fails on fake tensors: data-dependent shapes, custom kernels,
+    Python code that reads values, or an input the network cannot take. The real forward then
+    decides (and reports the cause).
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            x = mode.from_tensor(x0)
+            with _Tally() as tally, torch.no_grad():
+                y = module(x)
+                del y
+    except Exception:  # noqa: BLE001 — no estimate; the real forward reports real problems
+        return None
+    base = x0.numel() * x0.element_size()
+    return Estimate(peak=tally.peak + base, total=tally.total + base)
+
+
+def available(device: torch.device) -> int:
+    """Free bytes for tensors on ``device``: free GPU memory, or the RAM this process may still
+    take (MemAvailable, bounded by a cgroup limit when there is one)."""
+    env = os.environ.get("LINEARSCOPE_MEMORY_BYTES")
+    if env:
+        return int(env)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    from precompute.engine import mem_available
+
+    free = mem_available()
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def check(est: Estimate | None, *, what: str, device: torch.device, rows: bool, columns: bool,
+          batch: int | str) -> None:
+    """Refuse (UserError with the numbers) a run whose forward, or whose smallest pass, cannot
+    fit the memory available on ``device``; on the CPU also an explicit ``batch`` too large
+    (there is no out-of-memory back-off there: the system would kill the process).
+
+    ``what`` names the model and input for the message.
+    """
+    from precompute.run import fmt_bytes as _fmt
+
+    if est is None:
+        return
+    e, peak = est, est.peak
+
+    def need(k: int) -> int:
+        return max(e.rows_pass(k) if rows else 0, e.columns_pass(k) if columns else 0, peak)
+
+    free = available(device)
+    where = "GPU" if device.type == "cuda" else "CPU"
+    if need(1) > free:
+        passes = " and a pass of one probe about " + _fmt(need(1)) if (rows or columns) else ""
+        raise UserError(
+            f"{what} needs about {_fmt(peak)} of {where} memory for one forward{passes}, but "
+            f"only {_fmt(free)} is available on {device}; use a smaller image or crop, a smaller "
+            "scale, or a device with more memory")
+    if device.type != "cuda" and batch != "auto" and need(int(batch)) > free:
+        fits = min(free // e.total - 1 if rows else free, (free - e.total) // e.peak - 1 if columns else free)
+        raise UserError(
+            f"{what}: a pass of batch {batch} probes needs about {_fmt(need(int(batch)))} of "
+            f"CPU memory but only {_fmt(free)} is available; use batch: auto or at most {fits}")
