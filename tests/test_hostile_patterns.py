@@ -223,7 +223,7 @@ def test_exact_patterns_through_precompute_run(tmp_path, name):
     st = precompute.open_store(tmp_path / "runs" / f"{name}.zarr")
     x0 = torch.from_numpy(st.array("input"))[None]
     n = x0.numel()
-    J = torch.func.jacrev(lambda x: model(x[None])[0])(x0[0]).reshape(-1, n)
+    J = torch.func.jacrev(lambda x: model(x[None])[0])(x0[0]).reshape(-1, n).detach()
     with torch.no_grad():
         y0 = model(x0)[0]
     np.testing.assert_allclose(st.array("residual"), (y0.reshape(-1) - J @ x0.reshape(n)).reshape(
