@@ -248,3 +248,40 @@ def test_refused_patterns_stop_precompute_run_with_one_line(tmp_path, name):
     assert "Traceback" not in r.output
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_in_place_gate_under_taylor_gives_exact_rows():
+    """``y *= torch.sigmoid(y.mean(...))``: the frozen factor of x0 must not share the version
+    counter of the tensor the product overwrites (autograd's "modified by an inplace operation")."""
+
+    def gate(self, h):
+        y = h * 1
+        y *= torch.sigmoid(y.mean((2, 3), keepdim=True))
+        return y
+
+    model = H._pattern(gate)().double()
+    x0 = _x0()
+    li = LinearInterpreter(model, x0, rule="taylor", batch=16)
+    li.verify()
+    _assert_equals_jacobian(li, model, x0)
+
+
+def test_torchscript_from_jit_load_is_refused(tmp_path):
+    net = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 6, 6)), tmp_path / "m.pt")
+        loaded = torch.jit.load(tmp_path / "m.pt")
+    with pytest.raises(ScopeError, match=r"TorchScript.*eager nn\.Module"):
+        LinearInterpreter(loaded, torch.rand(1, 3, 6, 6))
+
+    class Outer(nn.Module):  # a scripted submodule inside an eager model
+        def __init__(self):
+            super().__init__()
+            self.inner = loaded
+
+        def forward(self, x):
+            return self.inner(x)
+
+    with pytest.raises(ScopeError, match=r"module `inner` \(RecursiveScriptModule\).*TorchScript"):
+        LinearInterpreter(Outer(), torch.rand(1, 3, 6, 6))
