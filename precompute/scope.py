@@ -1024,10 +1024,10 @@ class LinearScope:
         return getattr(t, "_linearscope_gate", None) == self._token
 
     def _mark_outputs(self, out, gate: bool = False, func: Callable | None = None):
+        what = f"`{_op_name(func)}`" if func is not None else "an op"
         for t in tree_flatten(out)[0]:
             if isinstance(t, Tensor):
                 if not t.is_floating_point():
-                    what = f"`{_op_name(func)}`" if func is not None else "an op"
                     raise ScopeError(
                         f"{what} {self._where()} turns a probe-carrying tensor into {t.dtype} "
                         "values: integer, boolean and complex results have no real derivative, so "
@@ -1035,7 +1035,7 @@ class LinearScope:
                         "point (or make it independent of the input)")
                 if t.dim() == 0 or t.shape[0] != self._batch:
                     raise ScopeError(
-                        f"an op {self._where()} produced shape {tuple(t.shape)} from the batch "
+                        f"{what} {self._where()} produced shape {tuple(t.shape)} from the batch "
                         f"of {self._batch} [x0, probes]: it mixes or drops the batch dimension")
                 self._mark(t, gate)
         return out
@@ -1139,8 +1139,8 @@ class LinearScope:
             return func(*args, **kwargs)  # constants, weights, shape arithmetic
         if not args:
             args, kwargs = _positional_input(func, args, kwargs)
-        if self._grad_pass and func not in METADATA and func not in CREATION:
-            self._check_autograd(func)
+        if self._grad_pass and self._stack and func not in METADATA and func not in CREATION:
+            self._check_autograd(func)  # inside the model's forward, in a pass that needs rows
         target = None  # an in-place op on a constant tensor that receives probe-carrying values
         if args and isinstance(args[0], Tensor) and not self._marked(args[0]) and _is_inplace(
                 func, kwargs):
@@ -1249,7 +1249,10 @@ class LinearScope:
             raise UnknownOpError(f"no LinearScope rule for the in-place write `{op}` "
                                  f"{self._where()}: write with indexing (`y[:, idx] = v`), "
                                  "copy_ or index_put_ instead")
-        out = func(*args, **kwargs)
+        try:  # only to tell value reads (a Python result) from unknown tensor ops
+            out = func(*args, **kwargs)
+        except Exception:  # noqa: BLE001 — the op is refused either way
+            out = torch.empty(0)
         if not any(isinstance(t, Tensor) for t in tree_flatten(out)[0]):
             raise ScopeError(f"`{op}` reads the values of a probe-carrying tensor {self._where()} "
                              f"(it returns {type(out).__name__}): control flow that depends on the "
