@@ -340,9 +340,9 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
             f"{fmt_bytes(rp.free)} is free at {path.parent}; use smaller windows, a pixel region "
             "or stride, or free some space"
         )
+    _estimate(rp)
     if not rp.exists or any(rp.todo.values()):
         rp.checks = gate(rp)
-    _estimate(rp)
     return rp
 
 
@@ -360,6 +360,9 @@ def gate(rp: RunPlan) -> dict:
                         "intercepted call") from None
     except ScopeError:
         raise
+    except torch.OutOfMemoryError:
+        raise UserError("out of memory while checking the interpreter's identities (passes of "
+                        "up to 4 probes): free device memory or use a smaller crop") from None
     except Exception as e:  # noqa: BLE001 — a failed check must not hide the cause
         raise UserError(f"the interpreter's self-check failed: {first_line(e)}") from None
 
