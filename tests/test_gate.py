@@ -18,7 +18,6 @@ from torch import nn
 from precompute import LinearInterpreter, rules
 from precompute.interpreter import IDENTITIES, IdentityError, gate_tolerance
 from precompute.models import load_model
-from precompute.models.classifiers import CLASSIFIERS
 from sweep_helpers import cli, make_image, write_config
 
 
@@ -123,9 +122,14 @@ def test_gate_stops_precompute_run_with_one_line_before_writing(tmp_path, monkey
     assert set(IDENTITIES) <= set(checks) and max(checks[k] for k in IDENTITIES) < 1e-13
 
 
+# Every fixed zoo model, and the deepest classifier of each torchvision family (round-off grows
+# with depth; the shallower variants run the same ops: all 21 pass too, but take ~6 min on two
+# cores — benchmarks/gate_margins.py measures them).
+DEEPEST = ["alexnet", "vgg19_bn", "resnet152", "squeezenet1_1", "densenet201", "inception_v3"]
 ZOO = ["bicubic", "pixelshuffle", "edsr-baseline", "edsr", "cyclegan"] + [
-    f"torchvision:{n}" for n in sorted(CLASSIFIERS)]
-SIDE = {"torchvision:inception_v3": 75, "torchvision:alexnet": 63, "edsr": 8}
+    f"torchvision:{n}" for n in DEEPEST]
+SIDE = {"torchvision:inception_v3": 75, "torchvision:alexnet": 63, "edsr": 8, "edsr-baseline": 16,
+        "cyclegan": 16}
 
 
 @pytest.mark.slow
