@@ -873,6 +873,7 @@ class LinearScope:
         self._saved_hooks = None
         self._rng: list[Tensor] = []
         self._versions: list[tuple[str, Tensor, int]] = []
+        self._model_storages: set[int] | None = None  # of parameters and buffers, on first use
 
     # -- context management ----------------------------------------------------------------
     def __enter__(self) -> "LinearScope":
@@ -977,6 +978,7 @@ class LinearScope:
         self._grad_pass = torch.is_grad_enabled()
         self._saved_hooks = _saved_tensor_hooks() if self._grad_pass else None
         self._rng = _rng_state()
+        self._model_storages = None
         self._versions = [(n, t, t._version) for n, t in itertools.chain(
             self.model.named_parameters(), self.model.named_buffers())
             if not n.endswith("num_batches_tracked")]  # counted by train-mode BN modules only
@@ -1539,7 +1541,7 @@ class LinearScope:
         y = torch.cat([frozen.y0.expand((1,) + tuple(y1.shape[1:])), y1])
         return self._mark_outputs(self._observe_constant(func, y, frozen.offset))
 
-    def _masked_select(self, func, cond, a, b):
+    def _select_by_mask(self, func, cond, a, b):
         """``where(cond, a, b)`` for a mask that does not depend on the input: linear in (a, b),
         so a constant operand is an affine constant (kept on x0, off on the probes)."""
         if self._marked(cond):
@@ -1599,13 +1601,13 @@ class LinearScope:
                                lambda t, v: t.index_put_(indices, v, accumulate), region)
         if func in (T.masked_fill_, T.masked_fill, torch.masked_fill):
             p = _bind(("mask", "value"), {})(args, kwargs)
-            y = self._masked_select(func, p["mask"], p["value"], target)
+            y = self._select_by_mask(func, p["mask"], p["value"], target)
             return self._finish_inplace(target, y) if func is T.masked_fill_ else y
         if func is T.where:  # x.where(condition, other) = where(condition, x, other)
-            return self._masked_select(func, _arg(args, kwargs, 1, ("condition",)), target,
-                               _arg(args, kwargs, 2, ("other", "y")))
-        return self._masked_select(func, target, _arg(args, kwargs, 1, ("input", "self", "x")),
-                           _arg(args, kwargs, 2, ("other", "y")))
+            return self._select_by_mask(func, _arg(args, kwargs, 1, ("condition",)), target,
+                                        _arg(args, kwargs, 2, ("other", "y")))
+        return self._select_by_mask(func, target, _arg(args, kwargs, 1, ("input", "self", "x")),
+                                    _arg(args, kwargs, 2, ("other", "y")))
 
     def _index_keeps_batch(self, indices) -> bool:
         """index_put_ indexes from dimension 0: per element only if its first index is the batch
@@ -1691,9 +1693,10 @@ class LinearScope:
             raise ScopeError(f"{where} writes probe-carrying values into a tensor of shape "
                              f"{tuple(target.shape)} without the batch dimension ({b}, [x0, "
                              "probes]): create it with the batch size, e.g. torch.zeros_like(x)")
-        model_storages = {_storage(t) for t in itertools.chain(self.model.parameters(),
-                                                                self.model.buffers())}
-        if _storage(target) in model_storages or (base.is_leaf and base.requires_grad):
+        if self._model_storages is None:
+            self._model_storages = {_storage(t) for t in itertools.chain(self.model.parameters(),
+                                                                          self.model.buffers())}
+        if _storage(target) in self._model_storages or (base.is_leaf and base.requires_grad):
             raise ScopeError(f"{where} writes probe-carrying values into a parameter or buffer of "
                              "the model: the model would change during the pass")
         if base is not target and not (

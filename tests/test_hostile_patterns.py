@@ -11,6 +11,7 @@ the module path), before anything is written.
 from __future__ import annotations
 
 import importlib.util
+import re
 import warnings
 
 import numpy as np
@@ -244,7 +245,7 @@ def test_refused_patterns_stop_precompute_run_with_one_line(tmp_path, name):
     assert r.exit_code == 2, r.output + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert __import__("re").search(H.REFUSED[name][1], lines[0]), lines[0]
+    assert re.search(H.REFUSED[name][1], lines[0]), lines[0]
     assert "Traceback" not in r.output
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())
