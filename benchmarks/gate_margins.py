@@ -1,6 +1,6 @@
 """How far correct interpreters stay below the run-time gate's tolerance (docs/INTERPRETER.md).
 
-    python benchmarks/gate_margins.py [--device cpu|cuda] [--side 16] [--models edsr cyclegan …]
+    python benchmarks/gate_margins.py [--device cpu|cuda] [--tf32] [--side 16] [--models edsr …]
 
 For every zoo model with random (seeded) weights, on a random image of ``side`` × ``side`` pixels
 in the model's value range, measures the gate's identities (``LinearInterpreter.check``) in
@@ -29,7 +29,8 @@ def _model(arch: str):
     return load_model(f"torchvision:{arch}", random_weights=True)
 
 
-def measure(arch: str, side: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+def measure(arch: str, side: int, dtype: torch.dtype, device: torch.device, seed: int = 0,
+            tf32: bool = False):
     spec = _model(arch)
     lo, hi = spec.value_range
     side = max(side, {"inception_v3": 75, "alexnet": 63}.get(arch, side))
@@ -41,7 +42,7 @@ def measure(arch: str, side: int, dtype: torch.dtype, device: torch.device, seed
         reference = model(x0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        li = LinearInterpreter(model, x0, batch=8)
+        li = LinearInterpreter(model, x0, batch=8, exact=not tf32)
         return li.check(seed=seed, reference=reference)
 
 
@@ -51,8 +52,13 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=16)
     ap.add_argument("--models", nargs="*", default=list(SR) + sorted(CLASSIFIERS))
     ap.add_argument("--dtypes", nargs="*", default=["float32", "float64"])
+    ap.add_argument("--tf32", action="store_true", help="CUDA: float32 convolutions in TF32")
     a = ap.parse_args()
     device = torch.device(a.device)
+    if device.type == "cuda":
+        mode = "tf32" if a.tf32 else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = mode
+        torch.backends.cuda.matmul.fp32_precision = mode
     keys = list(IDENTITIES)
     print("| model | dtype | " + " | ".join(k.removesuffix("_rel") for k in keys)
           + " | worst / eps | tolerance / worst |")
@@ -61,10 +67,11 @@ def main() -> None:
         for name in a.dtypes:
             dtype = getattr(torch, name)
             eps = torch.finfo(dtype).eps
-            checks = measure(arch, a.side, dtype, device)
+            checks = measure(arch, a.side, dtype, device, tf32=a.tf32)
             worst = max(checks[k] for k in keys)
             cells = " | ".join(f"{checks[k] / eps:.3g}" for k in keys)
-            margin = gate_tolerance(dtype) / worst if worst else float("inf")
+            tol = gate_tolerance(dtype, a.tf32 and device.type == "cuda")
+            margin = tol / worst if worst else float("inf")
             print(f"| {arch} | {name} | {cells} | {worst / eps:.3g} | {margin:.3g} |", flush=True)
 
 
