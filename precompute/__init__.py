@@ -4,10 +4,11 @@
 itself is :class:`LinearScope` (eq. 2) and the freeze rules live in :mod:`precompute.rules`.
 """
 
-from precompute.interpreter import LinearInterpreter
+from precompute.interpreter import IdentityError, LinearInterpreter
 from precompute.scope import LinearScope, ScopeError, UnknownOpError
 
-__all__ = ["LinearInterpreter", "LinearScope", "ScopeError", "UnknownOpError", "open_store"]
+__all__ = ["IdentityError", "LinearInterpreter", "LinearScope", "ScopeError", "UnknownOpError",
+           "open_store"]
 __version__ = "0.1.0"
 
 

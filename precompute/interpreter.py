@@ -10,7 +10,10 @@ batches ``[x0, probes]``:
 * ``apply_transpose(U)`` = Fᵀ·U (eq. 6): one backward pass for a whole batch of K vectors, using
   ``∇_{x1} Σ_k ⟨y1_k, u_k⟩`` — each probe's gradient only sees its own output;
 * ``columns``/``rows`` by flat index or ``(channel, y, x)``: impulse probes δ_k;
-* ``check()`` measures requirement (3), F·x0 + r = f(x0), linearity and the adjoint identity.
+* ``check()`` measures the identities that prove an interpreter — requirement (3),
+  F·x0 + r = f(x0), linearity, the adjoint identity, entries of F computed both as a column and
+  as a row — and ``verify()`` raises :class:`IdentityError` when one exceeds its dtype-aware
+  tolerance (:func:`gate_tolerance`): the run-time gate of ``precompute run``.
 
 Shapes: the model maps ``(1, *in_shape)`` to ``(1, *out_shape)``; vectors passed to ``apply``
 have shape ``(K, *in_shape)`` and to ``apply_transpose`` ``(K, *out_shape)``. F is indexed in C
@@ -26,7 +29,59 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from precompute.scope import LinearScope, ScopeError, unwrap_model
+from precompute.scope import LinearScope, ScopeError, eager, unwrap_model
+
+#: The identities the gate checks, in the order they are reported, with what they state.
+IDENTITIES: dict[str, str] = {
+    "requirement3_rel": "requirement (3), x1 = x0 ⇒ y1 = y0",
+    "output_rel": "f(x0) of the scope = f(x0) of the plain model",
+    "reconstruction_rel": "F·x0 + r = f(x0)",
+    "linearity_rel": "linearity, F(αu + βv) = αFu + βFv",
+    "adjoint_rel": "the adjoint identity ⟨Fv, u⟩ = ⟨v, Fᵀu⟩",
+    "column_row_rel": "F[i, j] computed as a column = F[i, j] computed as a row",
+}
+
+
+def tf32_enabled(device: torch.device) -> bool:
+    """Do float32 convolutions or matrix products on ``device`` run in TF32 (10-bit mantissa)?"""
+    return device.type == "cuda" and not (torch.backends.cudnn.conv.fp32_precision == "ieee"
+                                          and torch.backends.cuda.matmul.fp32_precision == "ieee")
+
+
+def gate_tolerance(dtype: torch.dtype, tf32: bool = False) -> float:
+    """The largest relative error the gate accepts for any identity, in ``dtype``.
+
+    ``2^16 · eps``: 1.5e-11 in float64, 7.8e-3 in float32. Every identity is exact in exact
+    arithmetic; what remains is round-off, which grows with depth and dynamic range (the two
+    sides of an identity run through different op orders: batched vs. unbatched convolutions,
+    forward vs. backward passes, a reduction over all pixels). The worst errors measured on
+    random-weight zoo models at small sizes (docs/INTERPRETER.md, "The gate") stay below
+    ``2^7 · eps``, a margin of more than 500×; a wrong rule or a missed path gives errors of
+    order 0.1 to 1 — a forgotten bias, a wrong gain, a path hidden from autograd.
+
+    With TF32 on (``precision: tf32`` on a GPU, ~1e-3 relative error per convolution) the
+    identities only hold to TF32's eps 2^-10, and the gate accepts ``2^6`` of it (6.3e-2): still
+    far below the errors of order 1 that a wrong rule gives.
+    """
+    if tf32 and dtype == torch.float32:
+        return float(2**6 * 2.0**-10)
+    return float(2**16 * torch.finfo(dtype).eps)
+
+
+class IdentityError(ScopeError):
+    """The interpreter fails one of its defining identities beyond the gate's tolerance.
+
+    ``identity`` is the key of :data:`IDENTITIES` (also of ``check()``), ``value`` the measured
+    relative error, ``tolerance`` the gate's; ``summary`` is the message without the hint.
+    """
+
+    def __init__(self, identity: str, value: float, tolerance: float, precision: str):
+        self.identity, self.value, self.tolerance = identity, value, tolerance
+        self.summary = (f"the interpreter fails {IDENTITIES[identity]}: {identity} = {value:.3g} "
+                        f"> tolerance {tolerance:.2g} ({precision}), so some op is not frozen "
+                        "faithfully")
+        super().__init__(f"{self.summary}; LinearInterpreter.audit() (or `precompute audit "
+                         "CONFIG`) lists every intercepted call")
 
 
 def exact_float_mode(device: torch.device) -> None:
@@ -205,15 +260,23 @@ class LinearInterpreter:
         cols = self.columns(range(self.n_inputs))
         return cols.reshape(self.n_inputs, self.n_outputs).T.contiguous()
 
-    # -- checks --------------------------------------------------------------------------------
-    def check(self, seed: int = 0) -> dict[str, float]:
+    # -- checks ------------------------------------------------------------------------------
+    def check(self, seed: int = 0, reference: Tensor | None = None) -> dict[str, float]:
         """Measure the interpreter's defining identities; returns their errors.
 
         * ``requirement3_abs/rel``: ``‖y1 − y0‖∞`` for the probe x1 = x0 (eq. 3), relative to
           ``‖y0‖∞``;
-        * ``reconstruction_abs/rel``: ``‖F·x0 + r − f(x0)‖∞`` relative to ``‖f(x0)‖∞``;
+        * ``output_rel`` (only with a ``reference`` f(x0) of the plain model):
+          ``‖f_scope(x0) − f(x0)‖∞ / ‖f(x0)‖∞``;
+        * ``reconstruction_abs/rel``: ``‖F·x0 + r − f(x0)‖∞``, relative to the largest of
+          ``‖f(x0)‖∞, ‖F·x0‖∞, ‖r‖∞`` (the scale of the round-off in the sum);
         * ``linearity_rel``: ``‖F(αu + βv) − αFu − βFv‖∞ / ‖αFu + βFv‖∞``;
-        * ``adjoint_rel``: ``|⟨Fv, u⟩ − ⟨v, Fᵀu⟩| / (‖Fv‖·‖u‖)``.
+        * ``adjoint_rel``: ``|⟨Fv, u⟩ − ⟨v, Fᵀu⟩| / max(‖Fv‖·‖u‖, ‖v‖·‖Fᵀu‖)``;
+        * ``column_row_rel``: for a few random entries F[i, j] (j random and i the largest entry
+          of column j; i random and j the largest entry of row i), ``|column − row|`` relative
+          to the larger max-abs of the two vectors.
+
+        u, v are random; everything is seeded by ``seed``.
         """
         gen = torch.Generator().manual_seed(seed)
 
@@ -221,31 +284,80 @@ class LinearInterpreter:
             return torch.randn((1,) + shape, generator=gen, dtype=torch.float64).to(
                 self.device, self.dtype)
 
+        def amax(t: Tensor) -> float:
+            return t.abs().max().item() if t.numel() else 0.0
+
         with torch.no_grad():
             y = self._run(self.x0, constants=True)
         y0, y1 = y[0], y[1]
         f = self.output
-        scale_f = f.abs().max().item() or 1.0
-        req3 = (y1 - y0).abs().max().item()
-        recon = (self.apply(self.x0)[0] + self.residual - f).abs().max().item()
+        req3 = amax(y1 - y0)
+        fx0 = self.apply(self.x0)[0]
+        recon = amax(fx0 + self.residual - f)
         u, v = randn(self.in_shape), randn(self.in_shape)
         a, b = 0.7, -1.3
         fu, fv, fw = self.apply(torch.cat([u, v, a * u + b * v]))
         combo = a * fu + b * fv
-        lin = (fw - combo).abs().max().item() / (combo.abs().max().item() or 1.0)
+        lin = amax(fw - combo) / (amax(combo) or 1.0)
         w = randn(self.out_shape)
         ftw = self.apply_transpose(w)[0]
-        lhs = (fv * w[0]).sum().item()
-        rhs = (v[0] * ftw).sum().item()
-        adj = abs(lhs - rhs) / ((fv.norm() * w.norm()).item() or 1.0)
-        return {
+        lhs = (fv.double() * w[0].double()).sum().item()
+        rhs = (v[0].double() * ftw.double()).sum().item()
+        adj = abs(lhs - rhs) / (max((fv.norm() * w.norm()).item(), (v.norm() * ftw.norm()).item())
+                                or 1.0)
+        checks = {
             "requirement3_abs": req3,
-            "requirement3_rel": req3 / (y0.abs().max().item() or 1.0),
+            "requirement3_rel": req3 / (amax(y0) or 1.0),
             "reconstruction_abs": recon,
-            "reconstruction_rel": recon / scale_f,
+            "reconstruction_rel": recon / (max(amax(f), amax(fx0), amax(self.residual)) or 1.0),
             "linearity_rel": lin,
             "adjoint_rel": adj,
+            "column_row_rel": self._column_row(gen),
         }
+        if reference is not None:
+            ref = reference.reshape(f.shape).to(f.device, f.dtype)
+            checks["output_rel"] = amax(f - ref) / (amax(ref) or 1.0)
+        return checks
+
+    def _column_row(self, gen: torch.Generator, m: int = 3) -> float:
+        """The worst disagreement between entries of F computed as columns and as rows."""
+        js = torch.randint(self.n_inputs, (m,), generator=gen).tolist()
+        i_s = torch.randint(self.n_outputs, (m,), generator=gen).tolist()
+        cols = self.columns(js).reshape(m, -1)
+        rows = self.rows(i_s).reshape(m, -1)
+        i_for_j = cols.abs().argmax(1).tolist()
+        j_for_i = rows.abs().argmax(1).tolist()
+        rows2 = self.rows(i_for_j).reshape(m, -1)
+        cols2 = self.columns(j_for_i).reshape(m, -1)
+        worst = 0.0
+        for col, row, i, j in itertools.chain(zip(cols, rows2, i_for_j, js),
+                                              zip(cols2, rows, i_s, j_for_i)):
+            scale = max(col.abs().max().item(), row.abs().max().item())
+            if scale > 0:
+                worst = max(worst, abs(col[i].item() - row[j].item()) / scale)
+        return worst
+
+    def verify(self, seed: int = 0, reference: Tensor | None = None) -> dict[str, float]:
+        """The run-time gate: measure every identity (:meth:`check`) and raise
+        :class:`IdentityError` for the first one above :func:`gate_tolerance` of this dtype (and
+        TF32 setting).
+
+        Call it before trusting any result: it is the safety net for model code the scope has
+        not thought of. ``reference`` is f(x0) of the plain model; without it, it is computed
+        here when every module is in eval mode. Returns the measured values.
+        """
+        if reference is None and not any(m.training for m in self.model.modules()):
+            with torch.no_grad(), eager():
+                reference = self.model(self.x0)
+        checks = self.check(seed=seed, reference=reference)
+        tf32 = self.dtype == torch.float32 and tf32_enabled(self.device)
+        tol = gate_tolerance(self.dtype, tf32)
+        for identity in IDENTITIES:
+            value = checks.get(identity)
+            if value is not None and not value <= tol:  # NaN fails too
+                raise IdentityError(identity, value, tol, str(self.dtype).removeprefix("torch.")
+                                    + (", TF32" if tf32 else ""))
+        return checks
 
     def audit(self):
         """One pass that lists every intercepted call: module path, op, call index, rule."""

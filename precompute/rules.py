@@ -118,7 +118,14 @@ def freeze_piecewise_linear(call: Call) -> Frozen:
     return Frozen(y0, lambda x1: slope * x1, offset, whole_batch=True, gain=slope)
 
 
-_NO_OFFSET = {torch.relu, F.relu, F.leaky_relu, F.prelu}
+def rrelu_eval(x: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3,
+               training: bool = False) -> Tensor:
+    """RReLU as in eval: a leaky ReLU of slope (lower + upper)/2 (training mode is treated as
+    eval by the scope, with a warning: random slopes would differ between x0 and the probes)."""
+    return F.rrelu(x, lower, upper, training=False)
+
+
+_NO_OFFSET = {torch.relu, F.relu, F.leaky_relu, F.prelu, torch.abs, rrelu_eval}
 
 
 # --- smooth pointwise units: Sigmoid, Tanh, SiLU, GELU, ELU, Softplus, Hardswish, ... ----------------
@@ -163,18 +170,84 @@ def freeze_max_pool(call: Call) -> Frozen:
     """
     params = dict(call.params)
     pool = params.pop("_with_indices")
+    spatial_rank = params.pop("_spatial", None)
     params.pop("return_indices", None)
-    y0, idx = pool(call.x0, **params)
+    # An input of rank spatial + 1 is pooled by PyTorch plane by plane, its dimension 0 (here the
+    # batch) read as channels: the same as one channel per batch element.
+    unbatched = spatial_rank is not None and call.x0.dim() == spatial_rank + 1
+    x0 = call.x0.unsqueeze(1) if unbatched else call.x0
+    y0, idx = pool(x0, **params)
     spatial = idx.shape[2:]
     flat_idx = idx.flatten(2)
 
     def linear(x1: Tensor) -> Tensor:
+        if unbatched:
+            x1 = x1.unsqueeze(1)
         k, c = x1.shape[:2]
-        gathered = x1.flatten(2).gather(2, flat_idx.expand(k, c, -1))
-        return gathered.view(k, c, *spatial)
+        gathered = x1.flatten(2).gather(2, flat_idx.expand(k, c, -1)).view(k, c, *spatial)
+        return gathered.squeeze(1) if unbatched else gathered
 
+    if unbatched:
+        y0, idx = y0.squeeze(1), idx.squeeze(1)
     # Gathering x0 at its own selection is y0 exactly.
     return Frozen(y0, linear, None, extra=(idx,), whole_batch=True)
+
+
+# --- maxima and minima: elementwise of two tensors, and over dimensions ---------------------------
+
+
+def freeze_select(call: Call) -> Frozen:
+    """``maximum(a, b)``/``minimum(a, b)``: x0's selection, ``y1 = w·a1 + (1 − w)·b1``.
+
+    ``w`` is 1 where a0 wins, 0 where b0 wins and ½ on ties — PyTorch's own gradient, which
+    splits ties evenly — so F equals the Jacobian wherever it exists. ``call.params``: ``kind``
+    (``"max"``/``"min"``) and ``constant`` (the index of a constant operand, or None): its share
+    ``w·a0`` or ``(1 − w)·b0`` is c(x0). Freeze and Taylor coincide (piecewise linear).
+    """
+    a0, b0 = call.x0, call.others0[0]
+    kind, constant = call.params["kind"], call.params.get("constant")
+    y0 = torch.maximum(a0, b0) if kind == "max" else torch.minimum(a0, b0)
+    wins = (a0 > b0) if kind == "max" else (a0 < b0)
+    w = wins.to(y0.dtype) + 0.5 * (a0 == b0).to(y0.dtype)
+    wb = 1 - w
+
+    def linear(a1: Tensor | None, b1: Tensor | None) -> Tensor:
+        if a1 is None:
+            return wb * b1
+        return w * a1 if b1 is None else w * a1 + wb * b1
+
+    offset = None if constant is None else (w * a0 if constant == 0 else wb * b0)
+    return Frozen(y0, linear, offset)
+
+
+def freeze_reduce_select(call: Call) -> Frozen:
+    """``max``/``min`` over a dimension (with indices) and ``amax``/``amin`` over dimensions:
+    x0's selection applied to x1, c = 0.
+
+    ``max(x, dim)`` gathers x1 at x0's returned indices (its gradient routes through the same
+    index); ``amax``/``amin`` average x1 over the positions tied at x0's extremum, as their
+    gradient does (it is shared evenly between equal values).
+    """
+    p = call.params
+    kind, keepdim = p["_kind"], bool(p.get("keepdim", False))
+    x0 = call.x0
+    if kind in ("max", "min"):
+        dim = p["dim"]
+        values, idx = call.func(x0, dim, keepdim=True)
+
+        def linear(x1: Tensor) -> Tensor:
+            g = x1.gather(dim, idx.expand((x1.shape[0],) + tuple(idx.shape[1:])))
+            return g if keepdim else g.squeeze(dim)
+
+        y0, extra = (values, idx) if keepdim else (values.squeeze(dim), idx.squeeze(dim))
+        return Frozen(y0, linear, None, extra=(extra,), whole_batch=True)
+    dims = p.get("dim", ())
+    dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+    ext = call.func(x0, dims, keepdim=True)
+    tied = (x0 == ext).to(x0.dtype)
+    weight = tied / tied.sum(dims, keepdim=True)
+    y0 = call.func(x0, dims, keepdim=keepdim)
+    return Frozen(y0, lambda x1: (weight * x1).sum(dims, keepdim=keepdim), None)
 
 
 # --- normalisation with statistics: InstanceNorm, GroupNorm, LayerNorm, BatchNorm (training) --------
@@ -338,6 +411,8 @@ RULES: dict[str, RuleSet] = {
     "piecewise_linear": RuleSet(freeze_piecewise_linear, freeze_piecewise_linear),
     "smooth": RuleSet(freeze_smooth, taylor_pointwise),
     "max_pool": RuleSet(freeze_max_pool, freeze_max_pool),
+    "select": RuleSet(freeze_select, freeze_select),
+    "reduce_select": RuleSet(freeze_reduce_select, freeze_reduce_select),
     "norm": RuleSet(freeze_norm, taylor_norm),
     "rms_norm": RuleSet(freeze_rms_norm, taylor_rms_norm),
     "product": RuleSet(freeze_product, taylor_product),
@@ -360,6 +435,7 @@ __all__ = [
     "RULES",
     "RULE_NAMES",
     "rule_for",
+    "rrelu_eval",
     "small_threshold",
     "F",
 ]

@@ -222,6 +222,7 @@ class RunPlan:
     estimate: dict[str, float] = field(default_factory=dict)
     li: object = None              # the LinearInterpreter, built on first use
     engine: Engine | None = None
+    checks: dict | None = None     # the gate's measured identities (stored as `checks`)
 
     @property
     def exists(self) -> bool:
@@ -372,7 +373,30 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     rp.free = S.free_disk_bytes(path.parent)
     check_disk(rp.bytes_todo, rp.free, path.parent)
     _estimate(rp)
+    if not rp.exists or any(rp.todo.values()):
+        rp.checks = gate(rp)
     return rp
+
+
+def gate(rp: RunPlan) -> dict:
+    """The run-time gate (docs/INTERPRETER.md): the interpreter's identities, measured before
+    anything is written; one above its tolerance stops the run with one line."""
+    from precompute.interpreter import IdentityError
+    from precompute.scope import ScopeError
+
+    rp.get_engine(max(rp.batches.values(), default=1))
+    try:
+        return {k: float(v) for k, v in rp.li.verify(seed=0, reference=rp.y0).items()}
+    except IdentityError as e:
+        raise UserError(f"{e.summary}; run `precompute audit {rp.res.config_path}` to list every "
+                        "intercepted call") from None
+    except ScopeError:
+        raise
+    except torch.OutOfMemoryError:
+        raise UserError("out of memory while checking the interpreter's identities (passes of "
+                        "up to 4 probes): free device memory or use a smaller crop") from None
+    except Exception as e:  # noqa: BLE001 — a failed check must not hide the cause
+        raise UserError(f"the interpreter's self-check failed: {first_line(e)}") from None
 
 
 def _estimate(rp: RunPlan) -> None:
@@ -491,10 +515,7 @@ def create(rp: RunPlan) -> None:
             if not (torch.isfinite(residual).all() and torch.isfinite(output).all()):
                 raise UserError(f"{spec.model_id} produced NaN/Inf in f(x0) or r(x0); nothing was "
                                 "stored")
-            try:
-                checks = {k: float(v) for k, v in li.check(seed=0).items()}
-            except Exception as e:  # noqa: BLE001 — a failed check must not hide the cause
-                raise UserError(f"the interpreter's self-check failed: {first_line(e)}") from None
+            checks = rp.checks if rp.checks is not None else gate(rp)
             seconds = time.perf_counter() - t0
             disp_out = None if rp.vector else spec.display_output(rp.y0.detach().cpu().float(),
                                                                    prep.prepared)

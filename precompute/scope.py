@@ -26,18 +26,30 @@ constants, shape arithmetic). Every op that touches one must be in one of the ta
   the constants can be switched off on the probe branch (``constants=False``) so that the probe
   branch computes ``F·x1`` exactly instead of ``(F·x1 + r) − r``;
 * ``NONLINEAR_OPS``: units with a freeze rule (:mod:`precompute.rules`);
-* products of two probe-carrying tensors (gates), frozen by the product rule.
+* products of two probe-carrying tensors (gates), frozen by the product rule;
+* in-place writes (``y[:, 0] = v``, ``copy_``, ``index_put_``, ``acc.add_(v)`` into a fresh
+  tensor, ``out=``) and selections by a constant mask (``where``, ``masked_fill``): linear in the
+  written value and the target together; whichever of them is a constant is an affine constant.
+  A fresh tensor that receives a probe-carrying value becomes probe-carrying (with its base and
+  every view sharing its storage).
 
 Anything else is an :class:`UnknownOpError` naming the op and the module path: a LinearScope is
-never silently wrong. Ops that would mix batch elements (a reduction over dim 0, ``x[0]``) are
-refused too, since they would couple x0 and the probes.
+never silently wrong. Refused as well, each with a :class:`ScopeError` saying what to do: ops that
+would mix batch elements (a reduction over dim 0, ``x[0]``, ``movedim(1, 0)``, a matrix product
+contracting dim 0, an unbatched convolution), reading values (``.item()``, ``if x.sum() > 0``,
+``torch.equal``), casts to integer/bool/complex, ``detach``/``new_tensor``/``torch.tensor`` of
+probe-carrying data, gradient hooks, grad-disabled regions, custom autograd Functions and
+gradient checkpointing (rows would miss or misroute them), TorchScript modules, random numbers
+drawn in the forward, and forward passes that change the model's parameters or buffers.
+Train-mode Dropout, StochasticDepth, RReLU and spectral norm are switched to eval with a warning.
 
 Observing the constants (Theorem 1)
 -----------------------------------
 With an ``observer`` (:class:`ConstantObserver`), every constant the frozen system adds on the
 probe branch — an affine op's constant (conv/linear bias, eval batch-norm shift, pad value,
-``x + c``, a concatenated constant) and every rule's c(x0) — is handed to
-``observer.constant(site, const)`` and the probe branch receives what it returns instead (e.g.
+``x + c``, a concatenated constant, a constant written into a probe-carrying tensor, the constant
+content of a fresh tensor that receives probe-carrying values) and every rule's c(x0) — is handed
+to ``observer.constant(site, const)`` and the probe branch receives what it returns instead (e.g.
 ``λ·const`` with a scalar leaf λ per site, so that one backward pass gives every layer-wise
 contribution ⟨∂score/∂t, b⟩ of eq. 8/16). The probe branch then carries no other constant: it is
 ``F·x1 + Σ_sites observer terms``. ``observer.op(site, inputs, output, gain)`` is told of every
@@ -48,8 +60,12 @@ a constant to the probe branch must go through** :meth:`LinearScope._observe_con
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import functools
+import inspect
 import itertools
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -57,10 +73,11 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.spectral_norm import SpectralNorm as _OldSpectralNorm
 from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils._pytree import tree_flatten, tree_map
 
-from precompute.rules import RULE_NAMES, Call, Frozen, rule_for
+from precompute.rules import RULE_NAMES, Call, Frozen, rrelu_eval, rule_for
 
 
 class ScopeError(RuntimeError):
@@ -90,16 +107,20 @@ STRUCTURAL: set[Callable] = {
     T.contiguous, T.clone, T.unsqueeze, T.squeeze, T.expand, T.expand_as, T.__getitem__, T.narrow,
     T.split, T.chunk, T.flip, T.roll, T.to, T.type, T.float, T.double, T.neg, T.__neg__, T.sum,
     T.mean, T.movedim, T.repeat, T.squeeze_, T.unsqueeze_, T.__pos__, T.swapaxes, T.cpu, T.cuda,
+    T.swapdims, T.moveaxis, T.unbind, T.cumsum, T.cumsum_, T.broadcast_to, T.neg_,
     torch.cat, torch.concat, torch.concatenate, torch.stack, torch.flatten, torch.reshape,
     torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute, torch.movedim, torch.narrow,
     torch.split, torch.chunk, torch.roll, torch.flip, torch.sum, torch.mean, torch.neg,
-    torch.swapaxes,
+    torch.swapaxes, torch.swapdims, torch.moveaxis, torch.unbind, torch.cumsum,
+    torch.broadcast_to, torch.as_tensor, torch.asarray,
     F.pixel_shuffle, F.pixel_unshuffle, F.interpolate, F.upsample, F.upsample_bilinear,
     F.upsample_nearest, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.fold, F.unfold, F.channel_shuffle,
     F.native_channel_shuffle,
     # Linear in the input for given indices; indices of a frozen max pool are x0's.
     F.max_unpool1d, F.max_unpool2d, F.max_unpool3d,
+    # Linear in the input for a grid that does not depend on it (checked).
+    F.grid_sample,
 }
 
 # Structural ops that keep a gate a gate (for the product rule's provenance).
@@ -116,12 +137,30 @@ DROPOUT: set[Callable] = {
 # Ops that only read a tensor's shape, dtype or device: their results are constants.
 CREATION: set[Callable] = {
     torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, T.new_zeros, T.new_ones,
-    T.new_empty, T.new_full, T.new_tensor,
+    T.new_empty, T.new_full,
+}
+
+# Copies of a tensor's *data* that autograd does not see: rows would miss the path.
+DATA_COPIES: set[Callable] = {T.new_tensor, torch.tensor, T.detach, T.detach_, torch.detach,
+                              T.data.__get__}
+
+# Non-tensor results that depend only on metadata (shape, dtype, device, autograd state).
+METADATA: set[Callable] = {
+    T.shape.__get__, T.size, T.dim, T.ndimension, T.__len__, T.dtype.__get__, T.device.__get__,
+    T.ndim.__get__, T.numel, T.nelement, T.is_floating_point, T.is_complex, T.requires_grad.__get__,
+    T.is_leaf.__get__, T.grad_fn.__get__, T.stride, T.storage_offset, T.is_contiguous,
+    T.element_size, T.layout.__get__, T.is_cuda.__get__, T.get_device, T.is_sparse.__get__,
+    T.itemsize.__get__, T.nbytes.__get__, T.is_quantized.__get__, T.is_meta.__get__,
+    T.__hash__, T.retain_grad, T.__repr__, T.__str__, T.__format__,
+    T.data_ptr,
 }
 
 # Values leave the tensor world: the control flow would depend on the probe batch.
 VALUE_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy",
                "__array__", "__complex__"}
+
+# Gradient hooks and explicit backward passes: rows (Fᵀ) are computed by autograd.
+GRAD_HOOKS: set[Callable] = {T.register_hook, T.register_post_accumulate_grad_hook, T.backward}
 
 
 def _bind(names: tuple[str, ...], defaults: dict[str, Any]):
@@ -134,6 +173,31 @@ def _bind(names: tuple[str, ...], defaults: dict[str, Any]):
         return params
 
     return bind
+
+
+@functools.lru_cache(maxsize=None)
+def _testing_overrides() -> dict:
+    return torch.overrides.get_testing_overrides()
+
+
+@functools.lru_cache(maxsize=1024)
+def _first_param(func: Callable) -> str | None:
+    """The name of a function's first parameter (``input`` for most ``torch``/``F`` functions)."""
+    try:
+        params = list(inspect.signature(_testing_overrides().get(func, func)).parameters)
+    except (TypeError, ValueError):
+        return None
+    return params[0] if params else None
+
+
+def _positional_input(func: Callable, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``torch.add(input=x, other=y)`` → ``torch.add(x, other=y)``: every handler finds the input
+    in ``args[0]`` (keyword-only calls are legal PyTorch)."""
+    name = _first_param(func)
+    if name is None or name not in kwargs:
+        return args, kwargs
+    kwargs = dict(kwargs)
+    return (kwargs.pop(name),), kwargs
 
 
 @dataclass(frozen=True)
@@ -186,6 +250,13 @@ _register([torch.clamp_min, T.clamp_min], _pointwise(_PL, torch.clamp_min, ("min
 _register([torch.clamp_max, T.clamp_max], _pointwise(_PL, torch.clamp_max, ("max",)))
 _register([torch.clamp_min_, T.clamp_min_], _pointwise(_PL, torch.clamp_min, ("min",), inplace=True))
 _register([torch.clamp_max_, T.clamp_max_], _pointwise(_PL, torch.clamp_max, ("max",), inplace=True))
+# |x|: the sign of x0 (PyTorch's derivative, 0 at 0).
+_register([torch.abs, T.abs, T.__abs__, torch.absolute, T.absolute], _pointwise(_PL, torch.abs))
+_register([torch.abs_, T.abs_, T.absolute_], _pointwise(_PL, torch.abs, inplace=True))
+# RReLU in eval: a leaky ReLU of slope (lower + upper)/2 (training mode is switched to eval).
+_RRELU_NAMES = ("lower", "upper", "training", "inplace")
+_register([F.rrelu, torch.rrelu], _pointwise(_PL, rrelu_eval, _RRELU_NAMES))
+_register([F.rrelu_, torch.rrelu_], _pointwise(_PL, rrelu_eval, _RRELU_NAMES[:3], inplace=True))
 
 # Smooth pointwise units.
 _register([torch.sigmoid, T.sigmoid, F.sigmoid], _pointwise(_SM, torch.sigmoid, gate=True))
@@ -206,33 +277,49 @@ _register([F.logsigmoid], _pointwise(_SM, F.logsigmoid))
 _register([F.softsign], _pointwise(_SM, F.softsign))
 _register([F.tanhshrink], _pointwise(_SM, F.tanhshrink))
 
-# Max pooling: the function that returns indices for each pooling type.
+# Max pooling: the function that returns indices for each pooling type, and its spatial rank
+# (an input with one dimension less is unbatched-looking: PyTorch pools it per leading plane).
 _POOL_NAMES = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-for _pool, _with in [
-    (F.max_pool1d, F.max_pool1d_with_indices), (F.max_pool2d, F.max_pool2d_with_indices),
-    (F.max_pool3d, F.max_pool3d_with_indices),
-    (F.max_pool1d_with_indices, F.max_pool1d_with_indices),
-    (F.max_pool2d_with_indices, F.max_pool2d_with_indices),
-    (F.max_pool3d_with_indices, F.max_pool3d_with_indices),
-    (torch.max_pool1d, F.max_pool1d_with_indices), (torch.max_pool2d, F.max_pool2d_with_indices),
-    (torch.max_pool3d, F.max_pool3d_with_indices),
+for _pool, _with, _nd in [
+    (F.max_pool1d, F.max_pool1d_with_indices, 1), (F.max_pool2d, F.max_pool2d_with_indices, 2),
+    (F.max_pool3d, F.max_pool3d_with_indices, 3),
+    (F.max_pool1d_with_indices, F.max_pool1d_with_indices, 1),
+    (F.max_pool2d_with_indices, F.max_pool2d_with_indices, 2),
+    (F.max_pool3d_with_indices, F.max_pool3d_with_indices, 3),
+    (torch.max_pool1d, F.max_pool1d_with_indices, 1), (torch.max_pool2d, F.max_pool2d_with_indices, 2),
+    (torch.max_pool3d, F.max_pool3d_with_indices, 3),
 ]:
-    _register([_pool], NonlinearOp("max_pool", _with, _bind(_POOL_NAMES, {"_with_indices": _with})))
-for _pool, _with in [
-    (F.adaptive_max_pool1d, F.adaptive_max_pool1d_with_indices),
-    (F.adaptive_max_pool2d, F.adaptive_max_pool2d_with_indices),
-    (F.adaptive_max_pool3d, F.adaptive_max_pool3d_with_indices),
-    (F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool1d_with_indices),
-    (F.adaptive_max_pool2d_with_indices, F.adaptive_max_pool2d_with_indices),
-    (F.adaptive_max_pool3d_with_indices, F.adaptive_max_pool3d_with_indices),
+    _register([_pool], NonlinearOp("max_pool", _with, _bind(_POOL_NAMES, {"_with_indices": _with,
+                                                                          "_spatial": _nd})))
+for _pool, _with, _nd in [
+    (F.adaptive_max_pool1d, F.adaptive_max_pool1d_with_indices, 1),
+    (F.adaptive_max_pool2d, F.adaptive_max_pool2d_with_indices, 2),
+    (F.adaptive_max_pool3d, F.adaptive_max_pool3d_with_indices, 3),
+    (F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool1d_with_indices, 1),
+    (F.adaptive_max_pool2d_with_indices, F.adaptive_max_pool2d_with_indices, 2),
+    (F.adaptive_max_pool3d_with_indices, F.adaptive_max_pool3d_with_indices, 3),
 ]:
     _register([_pool], NonlinearOp("max_pool", _with,
-                                   _bind(("output_size", "return_indices"), {"_with_indices": _with})))
+                                   _bind(("output_size", "return_indices"),
+                                         {"_with_indices": _with, "_spatial": _nd})))
 _POOL_RETURNS_INDICES = {
     F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices,
     F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool2d_with_indices,
     F.adaptive_max_pool3d_with_indices,
 }
+
+# Maxima over dimensions: x0's selection (amax/amin share ties evenly, as their gradient does).
+_register([torch.amax, T.amax], _pointwise("reduce_select", torch.amax, ("dim", "keepdim"),
+                                           {"dim": (), "_kind": "amax"}))
+_register([torch.amin, T.amin], _pointwise("reduce_select", torch.amin, ("dim", "keepdim"),
+                                           {"dim": (), "_kind": "amin"}))
+# torch.max/min: (x, dim) reduces with indices, (x, other) is the elementwise maximum (decided
+# per call); elementwise maxima and minima of two tensors.
+_REDUCE_WITH_INDICES = {torch.max: "max", T.max: "max", torch.min: "min", T.min: "min"}
+for _f, _kind in _REDUCE_WITH_INDICES.items():
+    _register([_f], _pointwise("reduce_select", _f, ("dim", "keepdim"), {"_kind": _kind}))
+SELECT: dict[Callable, str] = {torch.maximum: "max", T.maximum: "max", torch.minimum: "min",
+                               T.minimum: "min"}
 
 # Normalisations. Whether batch/instance norm use statistics is decided per call.
 _BN_NAMES = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
@@ -246,6 +333,8 @@ _register([F.layer_norm], NonlinearOp("norm", F.layer_norm,
                                       _bind(("normalized_shape", "weight", "bias", "eps"), {})))
 _register([F.rms_norm], NonlinearOp("rms_norm", F.rms_norm,
                                     _bind(("normalized_shape", "weight", "eps"), {})))
+
+
 
 
 def _norm_params(func, params: dict) -> tuple[str | None, dict]:
@@ -349,72 +438,227 @@ def _is_inplace(func: Callable, kwargs: dict) -> bool:
         kwargs.get("inplace", False))
 
 
-# --- batch-mixing checks ---------------------------------------------------------------------
 
-_DIM_FIRST_ARG = {  # ops whose `dim` (position 1 after the input, or kwarg) must not be the batch
-    torch.cat, torch.concat, torch.concatenate, torch.stack,
-}
+# --- batch-dimension checks -----------------------------------------------------------------------
+#
+# Dimension 0 of every probe-carrying tensor is the batch [x0, probes]. An op may act per batch
+# element only: it must neither select, reduce, move nor mix along dimension 0. The checks below
+# are exact per op (which dimensions an op moves is known from its arguments); ``_mark_outputs``
+# re-checks the batch size of every result as a last net.
+
+_ALL = object()  # "no dim given": the op reduces (or flattens) every dimension
+
+_DIM_FIRST_ARG = {torch.cat, torch.concat, torch.concatenate, torch.stack}  # (tensors, dim)
 
 
 def _normalise_dim(d, ndim):
     return d + ndim if isinstance(d, int) and d < 0 else d
 
 
-def _touches_batch(func, args, kwargs, ndim: int) -> bool:
-    """Would this structural op move, mix or select along the batch dimension?"""
-    if func in _DIM_FIRST_ARG:
-        d = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-        return _normalise_dim(d, ndim) == 0
-    if func is T.__getitem__:
-        key = args[1]
-        first = key[0] if isinstance(key, tuple) and key else key
-        if isinstance(key, tuple) and not key:
+def _arg(args, kwargs, pos, names, default=None):
+    for n in names:
+        if n in kwargs:
+            return kwargs[n]
+    return args[pos] if len(args) > pos else default
+
+
+def _seq(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list, torch.Size)) else (v,)
+
+
+def _varargs(args, kwargs, names) -> tuple:
+    """A dims/sizes argument given as varargs (``x.permute(0, 2, 1)``) or as one sequence."""
+    for n in names:
+        if n in kwargs:
+            return _seq(kwargs[n])
+    if len(args) == 2:
+        return _seq(args[1])
+    return tuple(args[1:])
+
+
+def _has_batch(dims, ndim: int) -> bool:
+    """Does a dims argument (an int, a sequence, or None/_ALL/() for every dim) include dim 0?"""
+    if dims is None or dims is _ALL:
+        return True
+    dims = _seq(dims)
+    if not dims:  # sum(x, dim=[]) and amax(x, dim=()) reduce every dimension
+        return True
+    return any(not isinstance(d, int) or _normalise_dim(d, ndim) == 0 for d in dims)
+
+
+def _dim_arg(pos=1, names=("dim", "axis"), default=_ALL):
+    return lambda a, k, nd: _has_batch(_arg(a, k, pos, names, default), nd)
+
+
+def _swap(a, k, nd):
+    d0 = _normalise_dim(_arg(a, k, 1, ("dim0", "axis0")), nd)
+    d1 = _normalise_dim(_arg(a, k, 2, ("dim1", "axis1")), nd)
+    return (d0 == 0) != (d1 == 0)
+
+
+def _permute(a, k, nd):
+    dims = _varargs(a, k, ("dims",))
+    return not dims or _normalise_dim(dims[0], nd) != 0
+
+
+def _movedim(a, k, nd):
+    src = [_normalise_dim(d, nd) for d in _seq(_arg(a, k, 1, ("source",)))]
+    dst = [_normalise_dim(d, nd) for d in _seq(_arg(a, k, 2, ("destination",)))]
+    if 0 in dst:
+        return src[dst.index(0)] != 0
+    return 0 in src  # output dim 0 gets the first input dim that is not moved
+
+
+def _repeat(a, k, nd):
+    sizes = _varargs(a, k, ("repeats", "sizes"))
+    return len(sizes) != nd or sizes[0] != 1
+
+
+def _expand(a, k, nd):
+    return len(_varargs(a, k, ("size",))) != nd
+
+
+def _flatten(a, k, nd):
+    start = _normalise_dim(_arg(a, k, 1, ("start_dim",), 0), nd)
+    end = _normalise_dim(_arg(a, k, 2, ("end_dim",), -1), nd)
+    return start == 0 and end != 0
+
+
+def _roll(a, k, nd):
+    return _has_batch(_arg(a, k, 2, ("dims",), None), nd)
+
+
+def _flip(a, k, nd):
+    return _has_batch(_varargs(a, k, ("dims",)), nd)
+
+
+def _cat(a, k, nd):
+    return _normalise_dim(_arg(a, k, 1, ("dim", "axis"), 0), nd) == 0
+
+
+def _stack(a, k, nd):
+    return _normalise_dim(_arg(a, k, 1, ("dim", "axis"), 0), nd + 1) == 0  # a new dim: nd + 1
+
+
+def _full_slice(s) -> bool:
+    return isinstance(s, slice) and s.start in (None, 0) and s.stop is None and s.step in (None, 1)
+
+
+def _is_advanced(k) -> bool:
+    return isinstance(k, (Tensor, list, tuple)) or hasattr(k, "__array__")
+
+
+def _key_touches_batch(key, ndim: int) -> bool:
+    """Does an index ``x[key]`` (or ``x[key] = v``) select, add or move along dimension 0?
+
+    The first entry must keep dimension 0 (``:`` or an Ellipsis that covers it), and tensor
+    indices separated by a slice move their result dimensions to the front (PyTorch/NumPy rule).
+    """
+    key = key if isinstance(key, tuple) else (key,)
+    if not key:
+        return False
+    first = key[0]
+    if first is Ellipsis:
+        consumed = sum(0 if k is None or k is Ellipsis
+                       else (k.dim() if isinstance(k, Tensor) and k.dtype == torch.bool else 1)
+                       for k in key[1:])
+        if consumed >= ndim:
+            return True  # the Ellipsis covers no dimension: the next index hits dim 0
+    elif not _full_slice(first):
+        return True
+    adv = [i for i, k in enumerate(key) if _is_advanced(k)]
+    return len(adv) > 1 and adv[-1] - adv[0] + 1 != len(adv)
+
+
+def _getitem(a, k, nd):
+    return _key_touches_batch(a[1], nd)
+
+
+def _min_dim(n: int):
+    """Ops that read an input of fewer dimensions as unbatched (dimension 0 = channels)."""
+    return lambda a, k, nd: nd < n
+
+
+def _exact_dim(n: int):
+    return lambda a, k, nd: nd != n
+
+
+def _pad(a, k, nd):
+    return len(_arg(a, k, 1, ("pad",), ())) // 2 >= nd
+
+
+def _normalized(a, k, nd):
+    return len(_seq(_arg(a, k, 1, ("normalized_shape",), ()))) >= nd
+
+
+_BATCH_CHECKS: dict[Callable, Callable] = {
+    T.sum: _dim_arg(), torch.sum: _dim_arg(), T.mean: _dim_arg(), torch.mean: _dim_arg(),
+    T.amax: _dim_arg(default=()), torch.amax: _dim_arg(default=()),
+    T.amin: _dim_arg(default=()), torch.amin: _dim_arg(default=()),
+    T.max: _dim_arg(), torch.max: _dim_arg(), T.min: _dim_arg(), torch.min: _dim_arg(),
+    T.cumsum: _dim_arg(), torch.cumsum: _dim_arg(), T.cumsum_: _dim_arg(),
+    T.unbind: _dim_arg(default=0), torch.unbind: _dim_arg(default=0),
+    T.split: _dim_arg(2, ("dim",), 0), torch.split: _dim_arg(2, ("dim",), 0),
+    T.chunk: _dim_arg(2, ("dim",), 0), torch.chunk: _dim_arg(2, ("dim",), 0),
+    T.narrow: _dim_arg(1, ("dim",)), torch.narrow: _dim_arg(1, ("dim",)),
+    T.transpose: _swap, torch.transpose: _swap, T.swapaxes: _swap, torch.swapaxes: _swap,
+    T.swapdims: _swap, torch.swapdims: _swap,
+    T.permute: _permute, torch.permute: _permute,
+    T.movedim: _movedim, torch.movedim: _movedim, T.moveaxis: _movedim, torch.moveaxis: _movedim,
+    T.repeat: _repeat, T.expand: _expand, T.broadcast_to: _expand, torch.broadcast_to: _expand,
+    T.expand_as: lambda a, k, nd: _arg(a, k, 1, ("other",)).dim() != nd,
+    T.flatten: _flatten, torch.flatten: _flatten,
+    T.roll: _roll, torch.roll: _roll, T.flip: _flip, torch.flip: _flip,
+    torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat, torch.stack: _stack,
+    T.__getitem__: _getitem,
+    F.conv1d: _exact_dim(3), F.conv2d: _exact_dim(4), F.conv3d: _exact_dim(5),
+    F.conv_transpose1d: _exact_dim(3), F.conv_transpose2d: _exact_dim(4),
+    F.conv_transpose3d: _exact_dim(5), F.linear: _min_dim(2), F.bilinear: _min_dim(2),
+    F.fold: _exact_dim(3), F.unfold: _exact_dim(4),
+    F.pixel_shuffle: _min_dim(4), F.pixel_unshuffle: _min_dim(4),
+    F.batch_norm: _min_dim(2), F.instance_norm: _min_dim(3), F.group_norm: _min_dim(2),
+    F.layer_norm: _normalized, F.rms_norm: _normalized, F.pad: _pad,
+}
+
+
+def _einsum_keeps_batch(equation: str, operands, marked_index: int) -> bool:
+    """Does ``einsum(equation, *operands)`` keep dimension 0 of operand ``marked_index`` as
+    dimension 0 of its output, without summing over or mixing along it?"""
+    eq = equation.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    subs = lhs.split(",")
+    if len(subs) != len(operands):
+        return False
+    if not arrow:  # implicit output: "..." then the letters that occur once, sorted
+        letters = [c for c in lhs if c.isalpha()]
+        out = ("..." if "..." in lhs else "") + "".join(
+            sorted(c for c in set(letters) if letters.count(c) == 1))
+    s = subs[marked_index]
+    if s.startswith("..."):
+        if not out.startswith("..."):
             return False
-        return not (first is Ellipsis or (isinstance(first, slice) and first == slice(None)))
-    if func in (T.sum, T.mean, torch.sum, torch.mean):
-        d = kwargs.get("dim", args[1] if len(args) > 1 else None)
-        if d is None:
-            return True
-        dims = d if isinstance(d, (tuple, list)) else (d,)
-        return any(_normalise_dim(x, ndim) == 0 for x in dims)
-    if func in (T.transpose, torch.transpose, T.swapaxes, torch.swapaxes):
-        dims = [kwargs.get("dim0", args[1] if len(args) > 1 else None),
-                kwargs.get("dim1", args[2] if len(args) > 2 else None)]
-        return any(_normalise_dim(x, ndim) == 0 for x in dims)
-    if func in (T.permute, torch.permute):
-        dims = args[1:] if len(args) > 1 else kwargs.get("dims")
-        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
-            dims = dims[0]
-        return _normalise_dim(dims[0], ndim) != 0
-    if func in (T.flatten, torch.flatten):
-        start = kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
-        return _normalise_dim(start, ndim) == 0
-    if func in (T.split, T.chunk, torch.split, torch.chunk):
-        d = kwargs.get("dim", args[2] if len(args) > 2 else 0)
-        return _normalise_dim(d, ndim) == 0
-    if func in (T.narrow, torch.narrow, T.movedim, torch.movedim):
-        d = kwargs.get("dim", kwargs.get("source", args[1] if len(args) > 1 else 0))
-        dims = d if isinstance(d, (tuple, list)) else (d,)
-        return any(_normalise_dim(x, ndim) == 0 for x in dims)
-    if func in (T.roll, torch.roll, T.flip, torch.flip):
-        d = kwargs.get("dims", args[2] if (func in (T.roll, torch.roll) and len(args) > 2)
-                       else (args[1] if func in (T.flip, torch.flip) and len(args) > 1 else None))
-        if d is None:
-            return True
-        dims = d if isinstance(d, (tuple, list)) else (d,)
-        return any(_normalise_dim(x, ndim) == 0 for x in dims)
-    return False
+        n_ell = operands[marked_index].dim() - (len(s) - 3)
+        return n_ell > 0 and all(
+            "..." not in t or op.dim() - (len(t) - 3) <= n_ell for t, op in zip(subs, operands))
+    b = s[:1]
+    return bool(b) and b.isalpha() and out[:1] == b and s.count(b) == 1
 
 
-# --- unwrapping ------------------------------------------------------------------------------
+# --- unwrapping and model checks -------------------------------------------------------------
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The eager module under ``torch.compile`` / ``DataParallel`` wrappers.
 
     A compiled model would bypass the function-level interception and DataParallel would scatter
-    x0 and the probes to different devices, so both are unwrapped (with a warning).
+    x0 and the probes to different devices, so both are unwrapped (with a warning). TorchScript
+    (``torch.jit.script``/``trace``/``load``) runs a compiled graph the scope cannot see: refused.
     """
+    if isinstance(model, torch.jit.ScriptFunction):
+        raise ScopeError("the model is a TorchScript function: LinearScope needs the eager "
+                         "nn.Module (TorchScript graphs run outside the scope)")
+    if not isinstance(model, nn.Module):
+        raise ScopeError(f"the model must be an nn.Module, got {type(model).__name__}")
     while True:
         if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             warnings.warn("LinearScope: running the eager module under torch.compile", stacklevel=3)
@@ -425,6 +669,47 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def eager():
+    """A context in which ``torch.compile``d modules and functions run their Python code (so a
+    TorchFunctionMode sees every op); a no-op unless torch._dynamo was ever imported."""
+    if "torch._dynamo" not in sys.modules:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
+
+
+def _refuse_unseen_code(model: nn.Module) -> None:
+    """Refuse what would run outside the scope: TorchScript modules and backward hooks."""
+    from torch.nn.modules import module as _module
+
+    for name, m in model.named_modules():
+        where = f"module `{name or '(root)'}` ({type(m).__name__})"
+        if isinstance(m, torch.jit.ScriptModule):
+            raise ScopeError(
+                f"{where} is TorchScript (torch.jit.script/trace/load): its compiled graph runs "
+                "outside the LinearScope, which would be silently wrong. Build the eager nn.Module "
+                "from its Python code and load the weights with load_state_dict")
+        if m._backward_hooks or m._backward_pre_hooks:
+            raise ScopeError(
+                f"{where} has backward hooks: they could change the gradients that give the rows "
+                "(Fᵀ); remove them (handle.remove()) before interpreting the model")
+    if _module._global_backward_hooks or _module._global_backward_pre_hooks:
+        raise ScopeError("global module backward hooks are registered (register_module_full_"
+                         "backward_hook): they could change the rows (Fᵀ); remove them first")
+
+
+def _random_in_training(m: nn.Module) -> str | None:
+    """Why a train-mode module would draw random numbers or change state per pass, else None."""
+    if isinstance(m, (nn.modules.dropout._DropoutNd, nn.RReLU)):
+        return "random masks/slopes would differ between x0 and the probes"
+    if type(m).__name__ in ("StochasticDepth", "DropPath"):  # torchvision, timm
+        return "random drops would differ between x0 and the probes"
+    if isinstance(m, torch.nn.utils.parametrizations._SpectralNorm) or any(
+            isinstance(h, _OldSpectralNorm)
+            for h in m._forward_pre_hooks.values()):
+        return "its power iteration would change the weight between passes"
+    return None
 
 
 # --- the scope -------------------------------------------------------------------------------
@@ -481,6 +766,52 @@ class _Mode(TorchFunctionMode):
 
 _token_counter = itertools.count()
 
+# Functions that draw random numbers: each pass would see different values.
+RANDOM: set[Callable] = {
+    torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like, torch.randint_like,
+    torch.bernoulli, torch.normal, torch.poisson, torch.multinomial, torch.randperm,
+    T.bernoulli, T.bernoulli_, T.uniform_, T.normal_, T.random_, T.exponential_, T.geometric_,
+    T.cauchy_, T.log_normal_, T.multinomial,
+}
+
+# Writes into (a region of) a tensor, and selections by a constant mask: jointly linear in the
+# target and the written value (see LinearScope._write).
+WRITES: set[Callable] = {
+    T.__setitem__, T.copy_, T.fill_, T.zero_, T.index_put_, T.index_put, torch.index_put,
+    T.masked_fill_, T.masked_fill, torch.masked_fill, torch.where, T.where,
+}
+_INPLACE_ADD = {T.add_, T.__iadd__, T.sub_, T.__isub__}
+
+
+def _base(t: Tensor) -> Tensor:
+    return t._base if t._base is not None else t
+
+
+def _storage(t: Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
+def _rows_equal(c: Tensor) -> bool:
+    """Are all batch rows of ``c`` equal to row 0 (NaNs equal to NaNs)?"""
+    rest, first = c[1:], c[:1].expand_as(c[1:])
+    if not c.is_floating_point():
+        return torch.equal(rest, first)
+    return bool(((rest == first) | (rest.isnan() & first.isnan())).all())
+
+
+def _rng_state() -> list[Tensor]:
+    states = [torch.get_rng_state()]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states += torch.cuda.get_rng_state_all()
+    return states
+
+
+def _saved_tensor_hooks():
+    return torch._C._autograd._top_saved_tensors_default_hooks(False)
+
 
 class LinearScope:
     """Attach LinearScopes to every non-linear unit of ``model`` (paper eq. 2), as a context.
@@ -489,7 +820,7 @@ class LinearScope:
     is x0 and whose other elements are probes returns ``[f(x0), F(x0)·x1 + r(x0)]`` (eq. 5); with
     ``scope.constants = False`` the probe elements get ``F(x0)·x1`` (biases and every c(x0) off).
     The model is always restored on exit, also after an exception: hooks removed, the mode
-    popped, Dropout modules put back in the mode they had.
+    popped, modules switched to eval (Dropout, …) put back in the mode they had.
 
     Args:
         model: any eager ``nn.Module`` (compiled / DataParallel models are unwrapped).
@@ -522,7 +853,8 @@ class LinearScope:
         self.records: list[AuditRecord] = []
         self._handles: list = []
         self._mode: _Mode | None = None
-        self._dropouts: list[nn.Module] = []
+        self._stance = None
+        self._switched: list[nn.Module] = []
         self._token = None
         self._batch: int | None = None
         self._ref: Tensor | None = None
@@ -534,7 +866,14 @@ class LinearScope:
         self._gain: Tensor | None = None  # elementwise A(x0) of the pointwise unit just applied
         self._qualnames: dict[int, str] = {}
         self._children: dict[int, dict[int, str]] = {}
-        self._warned_dropout = False
+        self._warned: set[str] = set()
+        # storages of fresh tensors that received probe-carrying values (kept alive: no reuse)
+        self._probe_storages: dict[int, Tensor] = {}
+        self._grad_pass = False  # the pass computes rows: autograd must see every op
+        self._saved_hooks = None
+        self._rng: list[Tensor] = []
+        self._versions: list[tuple[str, Tensor, int]] = []
+        self._model_storages: set[int] | None = None  # of parameters and buffers, on first use
 
     # -- context management ----------------------------------------------------------------
     def __enter__(self) -> "LinearScope":
@@ -556,20 +895,25 @@ class LinearScope:
         self._counts.clear()
         self._module_calls.clear()
         self._op_calls.clear()
+        self._probe_storages.clear()
         self.records = []
+        _refuse_unseen_code(self.model)
         for m in self.model.modules():
-            if isinstance(m, nn.modules.dropout._DropoutNd) and m.training:
+            reason = _random_in_training(m) if m.training else None
+            if reason is not None:
                 warnings.warn(f"LinearScope: {type(m).__name__} in training mode switched to eval "
-                              "(random masks would differ between x0 and the probes)",
-                              stacklevel=3)
+                              f"({reason})", stacklevel=3)
                 m.eval()
-                self._dropouts.append(m)
+                self._switched.append(m)
         for name, m in self.model.named_modules(remove_duplicate=True):
             self._qualnames[id(m)] = name
             self._children[id(m)] = {id(c): n for n, c in m.named_children()}
         for m in {id(m): m for m in self.model.modules()}.values():
             self._handles.append(m.register_forward_pre_hook(self._pre_hook))
             self._handles.append(m.register_forward_hook(self._post_hook, always_call=True))
+        self._handles.append(self.model.register_forward_hook(self._root_done))
+        self._stance = eager()  # compiled submodules and functions run their Python code
+        self._stance.__enter__()
         self._mode = _Mode(self)
         self._mode.__enter__()
 
@@ -577,13 +921,17 @@ class LinearScope:
         if self._mode is not None:
             mode, self._mode = self._mode, None
             mode.__exit__(None, None, None)
+        if self._stance is not None:
+            stance, self._stance = self._stance, None
+            stance.__exit__(None, None, None)
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        for m in self._dropouts:
+        for m in self._switched:
             m.train()
-        self._dropouts.clear()
+        self._switched.clear()
         self._stack.clear()
+        self._probe_storages.clear()
 
     # -- module paths --------------------------------------------------------------------
     def _pre_hook(self, module, args):
@@ -598,6 +946,7 @@ class LinearScope:
                     self._mark(t)
                     self._batch = self._batch or t.shape[0]
                     self._ref = t
+            self._start_pass()
             path = ""
         else:
             parent, parent_path = self._stack[-1]
@@ -623,27 +972,109 @@ class LinearScope:
         module, path = self._stack[-1]
         return f"in module `{path or '(root)'}` ({type(module).__name__})"
 
+    # -- whole-pass checks -------------------------------------------------------------------
+    def _start_pass(self) -> None:
+        """Snapshot what a pass must not change: RNG state, the model's parameters and buffers."""
+        self._grad_pass = torch.is_grad_enabled()
+        self._saved_hooks = _saved_tensor_hooks() if self._grad_pass else None
+        self._rng = _rng_state()
+        self._model_storages = None
+        self._versions = [(n, t, t._version) for n, t in itertools.chain(
+            self.model.named_parameters(), self.model.named_buffers())
+            if not n.endswith("num_batches_tracked")]  # counted by train-mode BN modules only
+
+    def _root_done(self, module, args, output) -> None:
+        """After the root forward: the output carries the probes, nothing random, model intact."""
+        for t in tree_flatten(output)[0]:
+            if (isinstance(t, Tensor) and t.is_floating_point() and t.dim() and t.shape[0] ==
+                    self._batch and not self._marked(t) and not _rows_equal(t)):
+                raise ScopeError(
+                    "the model's output differs between x0 and the probes but was computed outside "
+                    "the LinearScope (a TorchScript function, a C++/CUDA extension, numpy, or "
+                    "`.data`): use plain PyTorch ops in forward")
+        now = _rng_state()
+        if len(now) != len(self._rng) or any(not torch.equal(a, b) for a, b in zip(now, self._rng)):
+            raise ScopeError(
+                "the model drew random numbers during its forward pass (a train-mode module or "
+                "torch.rand*/bernoulli/dropout in forward): x0 and each batch of probes would see "
+                "different random values. Call model.eval() or remove the randomness")
+        for name, t, version in self._versions:
+            if t._version != version:
+                raise ScopeError(
+                    f"the forward pass changed the model's parameter/buffer `{name}` (a train-mode "
+                    "state update): each pass would see a different model. Call model.eval() or "
+                    "remove the update")
+
     # -- probe-carrying tensors --------------------------------------------------------------
     def _mark(self, t: Tensor, gate: bool = False) -> None:
         t._linearscope_token = self._token
         t._linearscope_gate = self._token if gate else None
 
     def _marked(self, t: Any) -> bool:
-        return isinstance(t, Tensor) and getattr(t, "_linearscope_token", None) == self._token \
-            and self._token is not None
+        if not isinstance(t, Tensor):
+            return False
+        token = getattr(t, "_linearscope_token", None)
+        if token is not None and token == self._token:
+            return True
+        # a view taken before its fresh base received probe-carrying values (rare path)
+        if self._probe_storages and _storage(t) in self._probe_storages:
+            self._mark(t)
+            return True
+        return False
 
     def _is_gate(self, t: Tensor) -> bool:
         return getattr(t, "_linearscope_gate", None) == self._token
 
-    def _mark_outputs(self, out, gate: bool = False):
+    def _mark_outputs(self, out, gate: bool = False, func: Callable | None = None):
+        what = f"`{_op_name(func)}`" if func is not None else "an op"
         for t in tree_flatten(out)[0]:
-            if isinstance(t, Tensor) and t.is_floating_point():
+            if isinstance(t, Tensor):
+                if not t.is_floating_point():
+                    raise ScopeError(
+                        f"{what} {self._where()} turns a probe-carrying tensor into {t.dtype} "
+                        "values: integer, boolean and complex results have no real derivative, so "
+                        "rows and columns would lose this path. Keep this computation in floating "
+                        "point (or make it independent of the input)")
                 if t.dim() == 0 or t.shape[0] != self._batch:
                     raise ScopeError(
-                        f"an op {self._where()} produced shape {tuple(t.shape)} from the batch "
+                        f"{what} {self._where()} produced shape {tuple(t.shape)} from the batch "
                         f"of {self._batch} [x0, probes]: it mixes or drops the batch dimension")
                 self._mark(t, gate)
         return out
+
+    def _batch_error(self, func, detail: str = "") -> ScopeError:
+        return ScopeError(
+            f"`{_op_name(func)}` {self._where()} selects, moves or reduces along the batch "
+            f"dimension{detail}, which would mix x0 and the probes: dimension 0 is the batch "
+            "[x0, probes] and every op must act on each element alone")
+
+    def _aligned(self, func, operands) -> None:
+        """Elementwise ops: every probe-carrying operand has the same rank (its dimension 0 is
+        the batch), no constant broadcasts extra leading dimensions in, and a constant with
+        the batch size is the same for every element (else it was drawn per sample or computed
+        outside the scope)."""
+        nd = next(o.dim() for o in operands if self._marked(o))
+        for o in operands:
+            if not isinstance(o, Tensor):
+                continue
+            if self._marked(o):
+                if o.dim() != nd:
+                    raise self._batch_error(func, " (operands of different ranks broadcast the "
+                                                  "batch of one against another dimension)")
+            elif o.dim() > nd:
+                raise self._batch_error(func, " (a constant with more dimensions moves it)")
+            elif o.dim() == nd and o.shape[0] == self._batch and self._batch > 1:
+                self._check_uniform(func, o)
+
+    def _check_uniform(self, func, c: Tensor) -> None:
+        if not _rows_equal(c):
+            raise ScopeError(
+                f"`{_op_name(func)}` {self._where()} combines the probe batch with a tensor of the "
+                f"batch size ({self._batch}) that does not depend on the input as far as the "
+                "LinearScope can see, yet differs between batch elements: random values drawn per "
+                "sample, or a value computed outside the scope (TorchScript, a C++/CUDA extension, "
+                "numpy, `.data`). x0 and the probes would see different networks. Compute it with "
+                "PyTorch ops from the input, or make it the same for every sample")
 
     def _record(self, func, rule: str) -> None:
         if not self.audit:
@@ -661,6 +1092,11 @@ class LinearScope:
             if fnmatch.fnmatchcase(path, pattern) and len(pattern) > best_len:
                 best, best_len = rule, len(pattern)
         return best
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            warnings.warn(message, stacklevel=5)
+            self._warned.add(key)
 
     # -- observing constants ------------------------------------------------------------------
     def _site(self, func) -> Site:
@@ -694,18 +1130,51 @@ class LinearScope:
 
     # -- dispatch ----------------------------------------------------------------------------
     def _dispatch(self, func, args, kwargs):
+        if func in RANDOM and self._stack:  # inside the model's forward
+            raise ScopeError(
+                f"`{_op_name(func)}` {self._where()} draws random numbers in the forward pass: x0 "
+                "and each batch of probes would see different values. Call model.eval() (or make "
+                "the randomness conditional on self.training) before interpreting the model")
         flat = tree_flatten((args, kwargs))[0]
         marked = [t for t in flat if self._marked(t)]
         if not marked:
             return func(*args, **kwargs)  # constants, weights, shape arithmetic
+        if not args:
+            args, kwargs = _positional_input(func, args, kwargs)
+        if self._grad_pass and self._stack and func not in METADATA and func not in CREATION:
+            self._check_autograd(func)  # inside the model's forward, in a pass that needs rows
+        target = None  # an in-place op on a constant tensor that receives probe-carrying values
+        if args and isinstance(args[0], Tensor) and not self._marked(args[0]) and _is_inplace(
+                func, kwargs):
+            target = args[0]
+            self._check_adoptable(func, target)
         if self.observer is None:
-            return self._dispatch_marked(func, args, kwargs, marked)
-        self._gain = None
-        out = self._dispatch_marked(func, args, kwargs, marked)
-        self.observer.op(Site(self.path, _op_name(func), self._module_calls.get(self.path, 0), -1),
-                         marked, out, self._gain)
-        self._gain = None
+            out = self._dispatch_marked(func, args, kwargs, marked)
+        else:
+            self._gain = None
+            out = self._dispatch_marked(func, args, kwargs, marked)
+            self.observer.op(Site(self.path, _op_name(func), self._module_calls.get(self.path, 0),
+                                  -1), marked, args[0] if out is None else out, self._gain)
+            self._gain = None
+        if target is not None and self._marked(target):
+            self._adopt(target)
         return out
+
+    def _check_autograd(self, func) -> None:
+        """Rows are computed by autograd through the ops the scope intercepts: refuse what would
+        hide ops from it or replay them outside the scope."""
+        if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+            raise ScopeError(
+                f"`{_op_name(func)}` {self._where()} runs on probe-carrying tensors with gradients "
+                "disabled — a `torch.no_grad()`/`inference_mode()` block in forward, a custom "
+                "torch.autograd.Function, or reentrant gradient checkpointing: rows (Fᵀ, computed "
+                "by autograd) would miss or misroute this path. Remove the block, use plain "
+                "PyTorch ops instead of the custom Function, or disable gradient checkpointing")
+        if _saved_tensor_hooks() != self._saved_hooks:
+            raise ScopeError(
+                f"`{_op_name(func)}` {self._where()} runs inside saved-tensor hooks (gradient "
+                "checkpointing, torch.utils.checkpoint): its backward recomputes the forward "
+                "outside the LinearScope, so rows would be wrong. Disable gradient checkpointing")
 
     def _dispatch_marked(self, func, args, kwargs, marked):
         name = getattr(func, "__name__", "")
@@ -713,6 +1182,14 @@ class LinearScope:
             raise ScopeError(f"`{_op_name(func)}` reads the values of a probe-carrying tensor "
                              f"{self._where()}: control flow that depends on the input cannot be "
                              "frozen")
+        if func in _REDUCE_WITH_INDICES and isinstance(_arg(args, kwargs, 1, ("other",)), Tensor):
+            return self._select(func, _REDUCE_WITH_INDICES[func], args[0],
+                                _arg(args, kwargs, 1, ("other",)))
+        check = _BATCH_CHECKS.get(func)
+        if check is not None and check(args, kwargs, marked[0].dim()):
+            raise self._batch_error(func)
+        if kwargs.get("out") is not None:
+            return self._out(func, args, kwargs, marked)
         if func in NONLINEAR_OPS:
             op = NONLINEAR_OPS[func]
             params = op.bind(args, kwargs)
@@ -730,57 +1207,100 @@ class LinearScope:
         if func in MUL_LIKE:
             return self._mul(func, args, kwargs)
         if func in DIV_LIKE:
-            if len(args) > 1 and self._marked(args[1]) or self._marked(kwargs.get("other")):
-                raise UnknownOpError(f"division by a probe-carrying tensor (`{_op_name(func)}`) "
-                                     f"{self._where()} is not linear and has no rule")
-            self._record(func, "linear")
-            return self._mark_outputs(func(*args, **kwargs))
+            return self._div(func, args, kwargs)
         if func in MATMUL_LIKE:
-            if len(marked) > 1:
-                raise UnknownOpError(f"`{_op_name(func)}` of two probe-carrying tensors "
-                                     f"{self._where()} is a product with no rule (which factor "
-                                     "is the gate?)")
-            self._record(func, "linear")
-            return self._mark_outputs(func(*args, **kwargs))
+            return self._matmul(func, args, kwargs, marked)
         if func in AFFINE:
             if func is F.pad and _bind(("pad", "mode", "value"), {})(args, kwargs).get("value") in (
                     None, 0, 0.0):
                 return self._structural(func, args, kwargs)
             return self._affine(func, args, kwargs)
-        if func in CREATION:
+        if func in SELECT:
+            return self._select(func, SELECT[func], args[0], _arg(args, kwargs, 1, ("other",)))
+        if func in WRITES:
+            return self._written(func, args, kwargs)
+        if func in CREATION or (func is T.new_tensor and not self._marked(
+                _arg(args, kwargs, 1, ("data",)))):
             return func(*args, **kwargs)
         if func in DROPOUT:
             training = _bind(("p", "training", "inplace"), {"training": True})(args, kwargs)[
                 "training"]
-            if training and not self._warned_dropout:
-                warnings.warn(f"LinearScope: functional dropout in training mode {self._where()} "
-                              "is treated as the identity (eval)", stacklevel=4)
-                self._warned_dropout = True
+            if training:
+                self._warn_once("dropout", f"LinearScope: functional dropout in training mode "
+                                           f"{self._where()} is treated as the identity (eval)")
             self._record(func, "linear")
             return args[0]
         if func in STRUCTURAL:
             return self._structural(func, args, kwargs)
-        # Anything else: only metadata queries may pass.
-        if func in (T.detach, T.detach_, torch.detach):
-            raise ScopeError(f"`detach` of a probe-carrying tensor {self._where()}: rows (Fᵀ) "
-                             "would silently miss this path")
-        out = func(*args, **kwargs)
+        if func in METADATA:
+            return func(*args, **kwargs)
+        return self._refuse(func, args, kwargs)
+
+    def _refuse(self, func, args, kwargs):
+        """Every op without a rule: a clear error, never a pass-through."""
+        op = _op_name(func)
+        if func in DATA_COPIES:
+            raise ScopeError(f"`{op}` of a probe-carrying tensor {self._where()} copies its values "
+                             "without autograd: rows (Fᵀ) would silently miss this path. Use the "
+                             "tensor itself (or .clone())")
+        if func in GRAD_HOOKS:
+            raise ScopeError(f"`{op}` on a probe-carrying tensor {self._where()}: rows (Fᵀ) are "
+                             "computed by autograd, and a gradient hook or backward call in forward "
+                             "would change them. Remove it while interpreting the model")
+        if getattr(func, "__name__", "") in _OTHER_WRITES:
+            raise UnknownOpError(f"no LinearScope rule for the in-place write `{op}` "
+                                 f"{self._where()}: write with indexing (`y[:, idx] = v`), "
+                                 "copy_ or index_put_ instead")
+        try:  # only to tell value reads (a Python result) from unknown tensor ops
+            out = func(*args, **kwargs)
+        except Exception:  # noqa: BLE001 — the op is refused either way
+            out = torch.empty(0)
         if not any(isinstance(t, Tensor) for t in tree_flatten(out)[0]):
-            return out
+            raise ScopeError(f"`{op}` reads the values of a probe-carrying tensor {self._where()} "
+                             f"(it returns {type(out).__name__}): control flow that depends on the "
+                             "input cannot be frozen")
         raise UnknownOpError(
-            f"no LinearScope rule for `{_op_name(func)}` {self._where()}: it is not known to be "
+            f"no LinearScope rule for `{op}` {self._where()}: it is not known to be "
             "linear, so passing it through could be silently wrong. Add a rule "
             "(precompute/rules.py) or use only supported ops.")
 
+    def _out(self, func, args, kwargs, marked):
+        """``op(..., out=t)``: compute the result, then write it into ``t`` like ``t.copy_``."""
+        out = kwargs["out"]
+        kwargs = {k: v for k, v in kwargs.items() if k != "out"}
+        result = self._dispatch_marked(func, args, kwargs, marked)
+        if not isinstance(out, Tensor) or not isinstance(result, Tensor) or out.shape != \
+                result.shape:
+            raise ScopeError(f"`{_op_name(func)}` {self._where()} writes a probe-carrying result "
+                             "through `out=` with another shape or several outputs: assign the "
+                             "result instead")
+        if not self._marked(out):
+            self._check_adoptable(func, out)
+        return self._write(func, out, result, lambda t, v: t.copy_(v), out.dim())
+
     def _structural(self, func, args, kwargs):
         first = next((t for t in tree_flatten(args)[0] if self._marked(t)), None)
-        ndim = first.dim() if first is not None else 0
-        if _touches_batch(func, args, kwargs, ndim):
-            raise ScopeError(f"`{_op_name(func)}` {self._where()} selects, moves or reduces along "
-                             "the batch dimension, which would mix x0 and the probes")
-        if func in _DIM_FIRST_ARG and not self.constants:
+        if func is F.grid_sample:
+            grid = _arg(args, kwargs, 1, ("grid",))
+            if self._marked(grid):
+                raise UnknownOpError(f"`grid_sample` {self._where()} with a grid that depends on "
+                                     "the input (a spatial transformer) is not linear and has no "
+                                     "rule")
+            if not self._marked(args[0]):
+                raise UnknownOpError(f"`grid_sample` {self._where()}: only the sampled input may "
+                                     "depend on the input")
+            if grid.shape[0] == self._batch and self._batch > 1:
+                self._check_uniform(func, grid)
+        if func is T.view and any(isinstance(a, torch.dtype) for a in args[1:]):
+            raise ScopeError(f"`Tensor.view(dtype)` {self._where()} reinterprets the bits of a "
+                             "probe-carrying tensor: not linear")
+        if func in _DIM_FIRST_ARG:
             parts = args[0] if args else kwargs["tensors"]
-            if any(isinstance(t, Tensor) and not self._marked(t) for t in parts):
+            for t in parts:
+                if isinstance(t, Tensor) and not self._marked(t):
+                    self._aligned(func, [first, t])
+            if not self.constants and any(
+                    isinstance(t, Tensor) and not self._marked(t) for t in parts):
                 # Concatenating a constant (coordinate channels, …) is affine: off on probes.
                 self._record(func, "affine")
                 rest = args[1:] if args else ()
@@ -796,7 +1316,7 @@ class LinearScope:
                 return self._mark_outputs(y)
         self._record(func, "linear")
         gate = func in VIEW_LIKE and first is not None and self._is_gate(first)
-        return self._mark_outputs(func(*args, **kwargs), gate=gate)
+        return self._mark_outputs(func(*args, **kwargs), gate=gate, func=func)
 
     def _first(self, ndim: int) -> Tensor:
         """The indicator [1, 0, …, 0] of batch element 0, shaped (B, 1, …, 1) to broadcast."""
@@ -810,6 +1330,12 @@ class LinearScope:
             self._first_cache[key] = cached
         return cached
 
+    def _first_only(self, c, ndim: int, like: Tensor) -> Tensor:
+        """A constant kept on x0 and switched off on the probes: ``c·[1, 0, …, 0]``."""
+        if not isinstance(c, Tensor):
+            c = torch.as_tensor(c, dtype=like.dtype, device=like.device)
+        return c * self._first(max(ndim, c.dim()))
+
     def _split(self, args, kwargs, part: slice):
         """The call's arguments restricted to one part of the batch (probe-carrying tensors only)."""
         return tree_map(lambda t: t[part] if self._marked(t) else t, (args, kwargs))
@@ -822,22 +1348,26 @@ class LinearScope:
     def _affine(self, func, args, kwargs):
         """Linear op with constant terms: drop the constants on the probe branch when asked."""
         self._record(func, "affine")
-        if self.constants:
-            return self._mark_outputs(func(*args, **kwargs))
         if func in _BIASED_LINEAR and self._marked(args[0]) and not self._marked(
                 args[1] if len(args) > 1 else kwargs.get("weight")):
-            # The whole batch without bias, the bias added to x0 only: same values as the
-            # split computation, without slicing the activation (cheaper backward).
+            # The whole batch without bias, then the bias (on x0 only when the constants are
+            # off): no slicing of the activation (cheaper backward), and x0's row is computed
+            # the same way in every pass, so every pass freezes the same decisions (a fused bias
+            # rounds differently and could flip a ReLU of x0 that sits at 0).
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             args, kwargs = AFFINE[func](args, kwargs)
             y = func(*args, **kwargs)
             if bias is not None:
                 per_channel = bias.reshape((-1,) + (1,) * (y.dim() - 2)) if func is not F.linear \
                     else bias
+                if self.constants:
+                    return self._mark_outputs(y + per_channel)
                 y = y + per_channel * self._first(y.dim())
                 y = self._observe_constant(func, y, per_channel.detach().unsqueeze(0)
                                            if func is not F.linear else bias.detach()[None])
             return self._mark_outputs(y)
+        if self.constants:
+            return self._mark_outputs(func(*args, **kwargs))
         strip = AFFINE[func]
         a0, k0 = self._split(args, kwargs, slice(0, 1))
         a1, k1 = self._split(args, kwargs, slice(1, None))
@@ -852,16 +1382,22 @@ class LinearScope:
     def _add(self, func, args, kwargs):
         """Sums: ``x + b`` with a constant b is affine; the probe branch gets ``x1 + 0``."""
         operands = [args[0], args[1] if len(args) > 1 else kwargs.get("other")]
+        self._aligned(func, operands)
+        if func in _INPLACE_ADD and not self._marked(operands[0]):
+            # acc.add_(v) into a constant tensor: a write that accumulates (see _write)
+            kw = {k: v for k, v in kwargs.items() if k != "other"}
+            return self._write(func, operands[0], operands[1], lambda t, v: func(t, v, **kw),
+                               operands[0].dim())
         if self.constants or all(self._marked(o) for o in operands):
             self._record(func, "linear" if all(self._marked(o) for o in operands) else "affine")
             return self._mark_outputs(func(*args, **kwargs))
         self._record(func, "affine")
+        ref = operands[0] if self._marked(operands[0]) else operands[1]
 
         def first_only(t):
             # A constant term kept on x0 and switched off on the probes: c·[1, 0, …, 0].
             if self._marked(t) or not isinstance(t, (Tensor, int, float)) or isinstance(t, bool):
                 return t
-            ref = operands[0] if self._marked(operands[0]) else operands[1]
             return t * self._first(max(ref.dim(), t.dim() if isinstance(t, Tensor) else 0))
 
         const = self._constant_of(func, args, kwargs) if self.observer is not None else None
@@ -877,6 +1413,7 @@ class LinearScope:
     def _mul(self, func, args, kwargs):
         a = args[0]
         b = args[1] if len(args) > 1 else kwargs.get("other")
+        self._aligned(func, [a, b])
         if not (self._marked(a) and self._marked(b)):
             self._record(func, "linear")
             return self._mark_outputs(func(*args, **kwargs))
@@ -894,7 +1431,11 @@ class LinearScope:
                     "cannot decide which factor is the gate (neither comes from a sigmoid, "
                     "hard-sigmoid or tanh, and neither is broadcast). Use rule='taylor' for this "
                     "module (overrides) or restructure the product.")
-        call = Call(torch.mul, a[:1].detach(), (b[:1].detach(),), {}, gate_index)
+        inplace = _is_inplace(func, kwargs)
+        # x0's factors are constants of the frozen system. In place, ``a`` is overwritten below:
+        # a detached view of it would share its version counter, so autograd needs a copy.
+        a0 = a[:1].detach().clone() if inplace else a[:1].detach()
+        call = Call(torch.mul, a0, (b[:1].detach(),), {}, gate_index)
         with torch.no_grad():
             frozen = rule_for("product", rule)(call)
         self._record(func, f"{rule}:product" + ("" if gate_index is None else f"(gate={gate_index})"))
@@ -903,9 +1444,275 @@ class LinearScope:
             y1 = y1 + frozen.offset
         y = torch.cat([frozen.y0.expand((1,) + tuple(y1.shape[1:])), y1])
         y = self._observe_constant(func, y, frozen.offset)
-        if _is_inplace(func, kwargs):
+        if inplace:
             return self._finish_inplace(a, y)
         return self._mark_outputs(y)
+
+    def _div(self, func, args, kwargs):
+        divisor = args[1] if len(args) > 1 else kwargs.get("other")
+        if self._marked(divisor):
+            raise UnknownOpError(f"division by a probe-carrying tensor (`{_op_name(func)}`) "
+                                 f"{self._where()} is not linear and has no rule")
+        if kwargs.get("rounding_mode") is not None:
+            raise UnknownOpError(f"`{_op_name(func)}` {self._where()} with rounding_mode="
+                                 f"{kwargs['rounding_mode']!r} rounds a probe-carrying tensor: not "
+                                 "linear, no rule")
+        self._aligned(func, [args[0], divisor])
+        self._record(func, "linear")
+        return self._mark_outputs(func(*args, **kwargs))
+
+    def _matmul(self, func, args, kwargs, marked):
+        if len(marked) > 1:
+            raise UnknownOpError(f"`{_op_name(func)}` of two probe-carrying tensors "
+                                 f"{self._where()} is a product with no rule (which factor "
+                                 "is the gate?)")
+        x = marked[0]
+        if func is torch.einsum:
+            ops = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+            i = next(j for j, o in enumerate(ops) if o is x)
+            if not _einsum_keeps_batch(args[0], ops, i):
+                raise self._batch_error(func, " (name it first in the marked operand and in the "
+                                              "output, once)")
+            subs = args[0].replace(" ", "").partition("->")[0].split(",")
+            letter = subs[i][:1]
+            for j, o in enumerate(ops):  # operands that share the batch index: per element
+                if j != i and letter.isalpha() and subs[j][:1] == letter and self._batch > 1:
+                    self._check_uniform(func, o)
+        elif func is F.bilinear:
+            other = args[1] if args[0] is x else args[0]
+            if other.dim() == x.dim() and other.shape[0] == self._batch:
+                self._check_uniform(func, other)
+            bias = _arg(args, kwargs, 3, ("bias",))
+            if bias is not None:
+                return self._bilinear_affine(func, args, kwargs, bias)
+        else:
+            a = args[0]
+            b = _arg(args, kwargs, 1, ("other", "mat2", "vec"))
+            if a is x:
+                ok = a.dim() >= 2 and (b.dim() <= 2 if a.dim() == 2 else b.dim() <= a.dim())
+                const = b
+            else:
+                ok = b.dim() >= 3 and a.dim() <= b.dim()
+                const = a
+            if not ok:
+                raise self._batch_error(func, " (a matrix product over the batch dimension)")
+            if x.dim() >= 3 and const.dim() == x.dim() and const.shape[0] == self._batch > 1:
+                self._check_uniform(func, const)  # a batch of matrices, one per element
+        self._record(func, "linear")
+        return self._mark_outputs(func(*args, **kwargs))
+
+    def _bilinear_affine(self, func, args, kwargs, bias):
+        """``F.bilinear(x, c, W, b)`` with a constant operand: linear in x plus the bias b."""
+        self._record(func, "affine")
+        if self.constants:
+            return self._mark_outputs(func(*args, **kwargs))
+        a, k = list(args), dict(kwargs)
+        if len(a) > 3:
+            a[3] = None
+        if "bias" in k:
+            k["bias"] = None
+        y = func(*a, **k)
+        b = bias.reshape((1,) * (y.dim() - 1) + (-1,))
+        y = y + b * self._first(y.dim())
+        return self._mark_outputs(self._observe_constant(func, y, b.detach()))
+
+    # -- selections of x0: elementwise maxima, where/masked_fill with a constant mask --------
+    def _row0(self, c):
+        """A constant operand restricted to batch element 0 when it has the batch dimension."""
+        if isinstance(c, Tensor) and c.dim() and c.shape[0] == self._batch and self._batch > 1:
+            return c[:1]
+        return c
+
+    def _select(self, func, kind: str, a, b):
+        """``maximum``/``minimum`` (also ``torch.max(a, b)``): x0's selection (rules.py)."""
+        self._aligned(func, [a, b])
+        am, bm = self._marked(a), self._marked(b)
+        rule = self._rule_for_path()
+        a0 = a[:1].detach() if am else self._row0(a)
+        b0 = b[:1].detach() if bm else self._row0(b)
+        constant = None if am and bm else (1 if am else 0)
+        with torch.no_grad():
+            frozen = rule_for("select", rule)(
+                Call(func, a0, (b0,), {"kind": kind, "constant": constant}))
+        self._record(func, f"{rule}:select")
+        y1 = frozen.linear(a[1:] if am else None, b[1:] if bm else None)
+        if self.constants and frozen.offset is not None:
+            y1 = y1 + frozen.offset
+        y = torch.cat([frozen.y0.expand((1,) + tuple(y1.shape[1:])), y1])
+        return self._mark_outputs(self._observe_constant(func, y, frozen.offset))
+
+    def _select_by_mask(self, func, cond, a, b):
+        """``where(cond, a, b)`` for a mask that does not depend on the input: linear in (a, b),
+        so a constant operand is an affine constant (kept on x0, off on the probes)."""
+        if self._marked(cond):
+            raise UnknownOpError(f"`{_op_name(func)}` {self._where()} with a mask that depends on "
+                                 "the input is not linear and has no rule")
+        self._aligned(func, [a, b, cond])
+        am, bm = self._marked(a), self._marked(b)
+        if (am and bm) or self.constants:
+            self._record(func, "linear" if am and bm else "affine")
+            return self._mark_outputs(torch.where(cond, a, b))
+        self._record(func, "affine")
+        like = a if am else b
+        y = torch.where(cond, a if am else self._first_only(a, like.dim(), like),
+                        b if bm else self._first_only(b, like.dim(), like))
+        if self.observer is not None:
+            with torch.no_grad():
+                const = torch.where(cond, torch.zeros_like(a) if am else a,
+                                    torch.zeros_like(b) if bm else b)[:1]
+            y = self._observe_constant(func, y, const)
+        return self._mark_outputs(y)
+
+    # -- writes: setitem, copy_, fill_, index_put_, masked_fill, add_ into a fresh tensor ----
+    def _written(self, func, args, kwargs):
+        target = args[0]
+        if func is T.__setitem__:
+            key, value = args[1], args[2]
+            if self._marked(key) or (isinstance(key, tuple) and any(self._marked(k) for k in key)):
+                raise UnknownOpError(f"indexing with a probe-carrying index {self._where()}")
+            if _key_touches_batch(key, target.dim()):
+                raise self._batch_error(func)
+            region = target[key].dim()
+            self._write(func, target, value, lambda t, v: t.__setitem__(key, v), region)
+            return None
+        if func is T.copy_:
+            return self._write(func, target, _arg(args, kwargs, 1, ("src",)),
+                               lambda t, v: t.copy_(v), target.dim())
+        if func is T.fill_:
+            return self._write(func, target, _arg(args, kwargs, 1, ("value",)), _fill, target.dim())
+        if func is T.zero_:
+            self._record(func, "linear")
+            return func(*args, **kwargs)
+        if func in (T.index_put_, T.index_put, torch.index_put):
+            p = _bind(("indices", "values", "accumulate"), {"accumulate": False})(args, kwargs)
+            indices, accumulate = tuple(p["indices"]), bool(p["accumulate"])
+            if any(self._marked(i) for i in indices):
+                raise UnknownOpError(f"indexing with a probe-carrying index {self._where()}")
+            if not self._index_keeps_batch(indices):
+                raise self._batch_error(func, " (its first index must be torch.arange(batch) "
+                                              "along the rows; or write y[:, idx] = v)")
+            if func is not T.index_put_:  # out of place: write into a copy
+                marked, target = self._marked(target), target.clone()
+                if marked:
+                    self._mark(target)
+            region = len(torch.broadcast_shapes(*(i.shape for i in indices))) + target.dim() - len(
+                indices)
+            return self._write(func, target, p["values"],
+                               lambda t, v: t.index_put_(indices, v, accumulate), region)
+        if func in (T.masked_fill_, T.masked_fill, torch.masked_fill):
+            p = _bind(("mask", "value"), {})(args, kwargs)
+            y = self._select_by_mask(func, p["mask"], p["value"], target)
+            return self._finish_inplace(target, y) if func is T.masked_fill_ else y
+        if func is T.where:  # x.where(condition, other) = where(condition, x, other)
+            return self._select_by_mask(func, _arg(args, kwargs, 1, ("condition",)), target,
+                                        _arg(args, kwargs, 2, ("other", "y")))
+        return self._select_by_mask(func, target, _arg(args, kwargs, 1, ("input", "self", "x")),
+                                    _arg(args, kwargs, 2, ("other", "y")))
+
+    def _index_keeps_batch(self, indices) -> bool:
+        """index_put_ indexes from dimension 0: per element only if its first index is the batch
+        row itself (``arange(B)`` along the broadcast rows) and the others are the same per row."""
+        if not indices or not isinstance(indices[0], Tensor) or indices[0].dtype == torch.bool:
+            return False
+        shape = torch.broadcast_shapes(*(i.shape for i in indices))
+        b = self._batch
+        if not shape or shape[0] != b:
+            return False
+        rows = torch.arange(b, device=indices[0].device).view((b,) + (1,) * (len(shape) - 1))
+        if not torch.equal(indices[0].expand(shape), rows.expand(shape)):
+            return False
+        return all(not (i.dim() == len(shape) and i.shape[0] == b) or _rows_equal(i)
+                   for i in indices[1:])
+
+    def _write(self, func, target: Tensor, value, apply: Callable, region_ndim: int) -> Tensor:
+        """An in-place write ``apply(target, value)`` of ``value`` into a region of ``target``
+        (of ``region_ndim`` dimensions, batch first): linear in (target, value) together.
+
+        * both probe-carrying: linear, done as is;
+        * a constant value written into a probe-carrying target (``y[:, :, 0] = 1``): an affine
+          constant — kept on x0, off on the probes (observed);
+        * a probe-carrying value written into a constant target (``acc = zeros_like(x);
+          acc.add_(v)``, ``y = x.new_zeros(…); y[:, :, 1:] = x[:, :, :-1]``): the target (with
+          its base and every view of it) becomes probe-carrying, and what remains of its
+          constant content is an affine constant.
+        """
+        t_marked, v_marked = self._marked(target), self._marked(value)
+        if not target.is_floating_point():
+            raise ScopeError(f"`{_op_name(func)}` {self._where()} writes probe-carrying values "
+                             f"into a {target.dtype} tensor: keep it floating point")
+        if isinstance(value, Tensor):
+            if v_marked and value.dim() != region_ndim or value.dim() > region_ndim:
+                raise self._batch_error(func, " (the written value's batch dimension is not the "
+                                              "target's)")
+            if not v_marked and value.dim() == region_ndim and value.shape[0] == self._batch:
+                self._check_uniform(func, value)
+        if not t_marked:
+            self._check_adoptable(func, target)
+        self._record(func, "linear" if t_marked and v_marked else "affine")
+        if (t_marked and v_marked) or self.constants:
+            apply(target, value)
+        else:
+            const = (self._write_constant(target, value, apply, t_marked)
+                     if self.observer is not None else None)
+            if t_marked:
+                apply(target, self._first_only(value, region_ndim, target))
+            else:
+                _base(target)[1:].zero_()  # the constant content is off on the probe rows
+                apply(target, value)
+            if const is not None:
+                dest = target if t_marked else _base(target)
+                self._finish_inplace(dest, self._observe_constant(func, dest, const))
+        if not t_marked:
+            self._adopt(target)
+        return target
+
+    def _write_constant(self, target, value, apply, t_marked: bool) -> Tensor | None:
+        """The constant a write leaves in the probe rows: the write with every probe-carrying
+        operand zeroed, on copies (for a view, on a copy of its whole base); None if zero."""
+        with torch.no_grad():
+            if t_marked:
+                t = torch.zeros_like(target)
+                apply(t, value)
+                const = t[:1]
+            else:
+                base = _base(target)
+                copy = torch.empty_strided(base.size(), base.stride(), dtype=base.dtype,
+                                           device=base.device).copy_(base)
+                view = copy if base is target else copy.as_strided(
+                    target.size(), target.stride(), target.storage_offset() - base.storage_offset())
+                apply(view, torch.zeros_like(value) if isinstance(value, Tensor) else 0)
+                const = copy[:1]
+        return const if bool(const.any()) else None
+
+    def _check_adoptable(self, func, target: Tensor) -> None:
+        """A constant tensor may receive probe-carrying values only if it has the batch as its
+        dimension 0 (as does its base, row for row) and is not part of the model."""
+        where = f"`{_op_name(func)}` {self._where()}"
+        b, base = self._batch, _base(target)
+        if target.dim() == 0 or target.shape[0] != b:
+            raise ScopeError(f"{where} writes probe-carrying values into a tensor of shape "
+                             f"{tuple(target.shape)} without the batch dimension ({b}, [x0, "
+                             "probes]): create it with the batch size, e.g. torch.zeros_like(x)")
+        if self._model_storages is None:
+            self._model_storages = {_storage(t) for t in itertools.chain(self.model.parameters(),
+                                                                          self.model.buffers())}
+        if _storage(target) in self._model_storages or (base.is_leaf and base.requires_grad):
+            raise ScopeError(f"{where} writes probe-carrying values into a parameter or buffer of "
+                             "the model: the model would change during the pass")
+        if base is not target and not (
+                base.dim() and base.shape[0] == b and base.stride(0) == target.stride(0)
+                and 0 <= target.storage_offset() - base.storage_offset() < max(base.stride(0), 1)):
+            raise ScopeError(f"{where} writes probe-carrying values into a view whose rows are "
+                             "not the batch rows of its base tensor: write into the base instead")
+
+    def _adopt(self, target: Tensor) -> None:
+        """``target`` (and its base, and every view sharing its storage) now carries probes."""
+        base = _base(target)
+        self._mark(target)
+        self._mark(base)
+        ptr = _storage(base)
+        if ptr:
+            self._probe_storages[ptr] = base  # kept alive: the address cannot be reused
 
     def _nonlinear(self, func, op: NonlinearOp, args, params):
         x = args[0]
@@ -916,6 +1723,9 @@ class LinearScope:
             if self._marked(v):
                 raise UnknownOpError(f"`{_op_name(func)}` {self._where()}: parameter `{k}` depends "
                                      "on the input (a product of input-dependent tensors)")
+        if op.pure is rrelu_eval and params.get("training"):
+            self._warn_once("rrelu", f"LinearScope: functional rrelu in training mode "
+                                     f"{self._where()} is treated as eval (slope (lower+upper)/2)")
         rule = self._rule_for_path()
         inplace = op.inplace or bool(params.pop("inplace", False))
         wants_indices = func in _POOL_RETURNS_INDICES or bool(params.get("return_indices"))
@@ -940,16 +1750,31 @@ class LinearScope:
         if inplace:
             return self._finish_inplace(x, y)
         self._mark_outputs(y, gate=op.gate)
+        if op.family == "reduce_select" and params["_kind"] in ("max", "min"):
+            idx = frozen.extra[0]
+            ret = torch.return_types.max if params["_kind"] == "max" else torch.return_types.min
+            return ret((y, idx.expand((y.shape[0],) + tuple(idx.shape[1:]))))
         if wants_indices:
             idx = frozen.extra[0]
             return y, idx.expand((y.shape[0],) + tuple(idx.shape[1:]))
         return y
 
 
+def _fill(t: Tensor, v) -> Tensor:
+    """``t.fill_(v)``, also for a tensor value (``c·[1, 0, …]`` broadcast over the rows)."""
+    if isinstance(v, Tensor) and v.dim():
+        return t.copy_(v.expand_as(t))
+    return t.fill_(v)
+
+
 _OUT_OF_PLACE = {
     T.add_: torch.add, T.__iadd__: torch.add, T.sub_: torch.sub, T.__isub__: torch.sub,
     T.mul_: torch.mul, T.__imul__: torch.mul, T.div_: torch.div, T.__itruediv__: torch.div,
 }
+
+# In-place writes without a rule: refused with a hint.
+_OTHER_WRITES = {"scatter_", "scatter_add_", "scatter_reduce_", "index_add_", "index_copy_",
+                 "index_fill_", "index_reduce_", "masked_scatter_", "put_"}
 
 
 def _out_of_place(func):
@@ -961,6 +1786,9 @@ def supported_ops() -> dict[str, list[str]]:
     fam: dict[str, list[str]] = {}
     for f, op in NONLINEAR_OPS.items():
         fam.setdefault(op.family, []).append(_op_name(f))
-    fam["affine"] = [_op_name(f) for f in AFFINE] + [_op_name(f) for f in ADD_LIKE]
-    fam["linear"] = sorted({_op_name(f) for f in STRUCTURAL | MUL_LIKE | DIV_LIKE | DROPOUT})
+    fam.setdefault("select", []).extend(_op_name(f) for f in SELECT)
+    fam["affine"] = ([_op_name(f) for f in AFFINE] + [_op_name(f) for f in ADD_LIKE]
+                     + [_op_name(f) for f in WRITES] + [_op_name(F.bilinear)])
+    fam["linear"] = sorted({_op_name(f) for f in STRUCTURAL | MUL_LIKE | DIV_LIKE | DROPOUT
+                            | MATMUL_LIKE})
     return {k: sorted(set(v)) for k, v in fam.items()}

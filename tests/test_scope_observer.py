@@ -96,3 +96,53 @@ def test_observer_terms_equal_fullgrad_bias_gradients_on_a_relu_network():
     fullgrad = [float((gi * (m.bias.view(1, -1, 1, 1) if gi.dim() == 4 else m.bias)).sum().detach())
                 for gi, m in zip(g, layers)]
     assert len(ours) == 3 and all(abs(a - b) < 1e-12 for a, b in zip(ours, fullgrad)), (ours, fullgrad)
+
+
+class Writes(nn.Module):
+    """Every constant path added for issue 8: a constant written into a probe-carrying tensor,
+    the constant content of a fresh tensor that receives probe-carrying values, where /
+    masked_fill with a constant branch, maximum with a constant, index_put_ / fill_ of
+    constants, F.bilinear's bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 3, 3, padding=1)
+        self.bil = nn.Bilinear(3, 2, 4)
+        self.register_buffer("code", torch.tensor([[0.5, -1.5]]))
+
+    def forward(self, x):
+        h = self.c1(x)
+        h[:, 0, 0] = 0.7                                       # constant into probe data
+        acc = torch.full_like(h, 0.25)                         # fresh constant content ...
+        acc.add_(torch.relu(h))                                # ... receives probe data
+        buf = h.new_zeros(h.shape)
+        buf[:, :, 1:] = h[:, :, :-1]                           # zero content: nothing to observe
+        y = torch.where(torch.arange(h.shape[-1]) > 1, acc + buf, -0.3)
+        y = y.masked_fill(torch.eye(h.shape[-1], dtype=torch.bool), 0.9)
+        y = torch.maximum(y, torch.tensor(0.1, dtype=y.dtype))
+        y.index_put_((torch.arange(h.shape[0])[:, None], torch.tensor([[1]])),
+                     torch.tensor(-2.0, dtype=y.dtype))
+        y[:, 2].fill_(0.05)
+        v = y.mean(dim=(2, 3))
+        return self.bil(v, self.code.expand(v.shape[0], -1))
+
+
+def test_observer_sees_every_constant_of_writes_selections_and_bilinear():
+    torch.manual_seed(3)
+    net = Writes().double().eval()
+    x0 = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    li = LinearInterpreter(net, x0)
+    k = 4
+    obs = Lambdas(k, torch.float64)
+    with LinearScope(net, observer=obs):
+        y = net(torch.cat([x0, torch.zeros(k, *x0.shape[1:], dtype=torch.float64)]))
+    assert torch.allclose(y[0], li.output, atol=1e-13, rtol=0)
+    assert torch.allclose(y[1:], li.residual.expand(k, -1), atol=1e-13, rtol=0)
+    score = y[1:].diagonal().sum()
+    grads = torch.autograd.grad(score, obs.lams)
+    per_score = torch.stack([g.reshape(k) for g in grads]).sum(0)
+    assert torch.allclose(per_score, li.residual, atol=1e-12, rtol=0)
+    kinds = {s.op.rsplit(".", 1)[-1] for s in obs.sites}
+    assert {"__setitem__", "add_", "where", "masked_fill", "maximum", "index_put_", "fill_",
+            "bilinear"} <= kinds, kinds
+    assert li.residual.abs().max() > 0.1
