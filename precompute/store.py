@@ -369,6 +369,29 @@ def _size_on_disk(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+def probing_text(probing: dict) -> str:
+    """``attrs.probing`` in words (docs/FORMAT.md, "Probing")."""
+    parts = []
+    for name in ANALYSES:
+        p = probing.get(name)
+        if p is None:
+            continue
+        if p["method"] == "single":
+            parts.append(f"{name} one impulse per probe")
+        else:
+            how = "compressed" if p["method"] == "compressed" else "read out of columns"
+            parts.append(f"{name} {how} (period {p['period'][0]}×{p['period'][1]} px, blocks of "
+                         f"{p['block']}×{p['block']} tiles)")
+    sup = probing.get("support")
+    if sup:
+        if sup.get("global"):
+            parts.append(f"support global: {sup['global']}")
+        else:
+            parts.append(f"support: rows ≤ {sup['rows'][0]}×{sup['rows'][1]} input px, columns ≤ "
+                         f"{sup['columns'][0]}×{sup['columns'][1]} output px")
+    return "; ".join(parts)
+
+
 def info_text(path: str | os.PathLike) -> str:
     """A human summary of a store (``precompute info``)."""
     st = open_store(path)
@@ -392,6 +415,9 @@ def info_text(path: str | os.PathLike) -> str:
             f"tile {lay.tile}, region {lay.attrs()['region']} stride {lay.selection.stride}, "
             f"batch {a['analyses'][name].get('batch')}: {state}"
         )
+    probing = a.get("probing")
+    if probing:
+        lines.append("probing   " + probing_text(probing))
     if "residual" in st.group:
         r = st.group["residual"][...]
         lines.append(f"residual  max |r| = {np.abs(r).max():.3g}")

@@ -169,20 +169,14 @@ class SupportMode:
         return out
 
     def _note_spread(self, func, out, inputs) -> None:
-        def cover(t: Tensor) -> float:
-            if t.dim() < 4:
-                return 1.0
-            nz = t.detach().abs().flatten(0, -3).amax(0) != 0  # (H, W)
-            rows = nz.any(1).float().mean().item()
-            cols = nz.any(0).float().mean().item()
-            return min(rows, cols)
+        """Remember the first op whose output is non-zero everywhere while its inputs were not
+        (on the single-impulse probe): where one pixel starts to reach every value."""
+        def full(t: Tensor) -> bool:
+            return bool((t.detach()[0] != 0).all())
 
-        ins = [t for t in inputs if isinstance(t, Tensor) and t.dim() >= 4]
+        ins = [t for t in inputs if isinstance(t, Tensor) and t.is_floating_point()]
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor) and t.is_floating_point()]
-        if not ins or not outs:
-            return
-        flattened = any(t.dim() < 3 for t in outs)
-        if flattened or (min(cover(t) for t in outs) == 1.0 and max(cover(t) for t in ins) < 0.5):
+        if ins and outs and any(full(t) for t in outs) and not any(full(t) for t in ins):
             self.spread = _Spread(_scope._op_name(func), self.path)
 
     # -- dispatch --------------------------------------------------------------------------------
@@ -527,11 +521,9 @@ def analyse(model: nn.Module, in_shape, dtype: torch.dtype, device: torch.device
             rows = torch.nonzero(nz.any(1)).flatten()
             cols = torch.nonzero(nz.any(0)).flatten()
             if len(rows) == ho and len(cols) == wo and (h > 2 or w > 2):
-                if mode.spread.op:
-                    raise GlobalSupport(f"`{mode.spread.op}` in module `{mode.spread.path or '(root)'}`"
-                                        " spreads one pixel over the whole image")
-                raise GlobalSupport(f"the support of one pixel covers the whole {h}×{w} image (a "
-                                    "receptive field larger than the image)")
+                where = (f" (everywhere from `{mode.spread.op}` in module "
+                         f"`{mode.spread.path or '(root)'}` on)" if mode.spread.op else "")
+                raise GlobalSupport(f"one pixel reaches the whole {h}×{w} image{where}")
             guess = []
             for n, n_o, idx in ((h, ho, rows), (w, wo, cols)):
                 span = (int(idx.max() - idx.min()) + 1) if len(idx) else 1
