@@ -352,10 +352,16 @@ def _decode_rows_from_columns(buf: BlockBuffer, geo: Geometry, lat, y: np.ndarra
 
 
 def block_arrays(engine, support, lay, block: P.Block, plan: ProbingPlan, geo: Geometry, k: int,
-                 np_dtype, on_pass: Callable[[int, int], None] | None = None) -> BlockBuffer:
+                 np_dtype, on_pass: Callable[[int, int], None] | None = None,
+                 stats: dict | None = None) -> BlockBuffer:
     """Compute one block: its probes in passes of ``k`` (fixed), decoded into its windows.
 
-    ``on_pass(done, total)`` is called after every pass with the probes done so far."""
+    ``on_pass(done, total)`` is called after every pass with the probes done so far; ``stats``
+    (optional) accumulates seconds in ``passes`` (the engine, including the copy to the host)
+    and ``decode``."""
+    import time
+
+    stats = {} if stats is None else stats
     probes = block_probes(lay, plan, support, block)
     lat = _lattices(lay, plan)
     buf = BlockBuffer(lay, block, geo, np_dtype)
@@ -364,14 +370,19 @@ def block_arrays(engine, support, lay, block: P.Block, plan: ProbingPlan, geo: G
     shape = engine.in_shape if kind == "columns" else engine.out_shape
     done = 0
     for group in P.passes(probes, k):
+        t0 = time.perf_counter()
         out = engine.run(list(group), kind,
                          lambda part: _build(part, shape, engine.dtype, engine.device))
         if not torch.isfinite(out).all():
             raise UserError(f"the interpreter produced NaN/Inf in a compressed {lay.name} probe "
                             f"(block {block.by}, {block.bx}); nothing of this block was stored")
         y = out.detach().cpu().numpy()
+        t1 = time.perf_counter()
         for n, pr in enumerate(group):
             decode(buf, geo, lat, y[n], pr)
+        t2 = time.perf_counter()
+        stats["passes"] = stats.get("passes", 0.0) + t1 - t0
+        stats["decode"] = stats.get("decode", 0.0) + t2 - t1
         done += len(group)
         if on_pass is not None:
             on_pass(done, len(probes))

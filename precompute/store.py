@@ -26,6 +26,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from precompute import probes as P
+from precompute import shards
 from precompute.config import UserError
 
 FORMAT_VERSION = 1
@@ -190,7 +191,19 @@ def write_tile(group: zarr.Group, lay: Layout, tile: P.Tile, block: np.ndarray,
     ys, xs = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
     group[f"{lay.name}_origin"][ys, xs] = origin
     group[f"{lay.name}_outside"][ys, xs] = outside
-    group[lay.name][ys, xs] = block
+    arr = group[lay.name]
+    level = shards.fast_path(arr)
+    root = getattr(group.store, "root", None)
+    if level is None or root is None:
+        arr[ys, xs] = block
+        return
+    # the same bytes zarr would write, without its per-chunk overhead (precompute/shards.py)
+    full = np.full(arr.metadata.chunk_grid.chunk_shape, np.nan, dtype=arr.dtype.to_native_dtype()
+                   if hasattr(arr.dtype, "to_native_dtype") else arr.dtype)
+    full[:block.shape[0], :block.shape[1]] = block
+    inner = arr.metadata.codecs[0].chunk_shape
+    shards.write_shard(shard_file(Path(root), arr, lay.name, tile),
+                       shards.encode_shard(full, tuple(inner), level))
 
 
 def tile_done(path: Path, group: zarr.Group, lay: Layout, tile: P.Tile) -> bool:
