@@ -21,6 +21,7 @@ results); progress is the set of tile shards on disk (docs/FORMAT.md).
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import importlib
 import math
@@ -164,6 +165,10 @@ def whole_f_analyses(rp: "RunPlan") -> list[tuple[str, object, object]]:
 # Stage 1: the plan.
 
 
+#: structural supports found in this process (model, input shape, dtype, device, rule)
+_SUPPORTS: dict = {}
+
+
 @dataclass
 class RunPlan:
     """Everything decided before any work: what the store holds and what is left to do."""
@@ -226,18 +231,26 @@ class RunPlan:
         return self.engine
 
     def get_support(self):
-        """The structural support of the model at this input size (computed once)."""
+        """The structural support of the model at this input size (computed once per model,
+        size, dtype and rule in a process: several images of one config share it)."""
         if self.support is None:
-            from precompute.support import analyse
+            import json
 
-            from precompute.support import cross_check
+            from precompute.support import analyse, cross_check
 
-            batch = 64 if self.device.type == "cuda" else 16
-            sup = analyse(self.prep.spec.module, self.in_shape, self.prep.dtype, self.device,
-                          rule=self.res.config.interpreter, batch=batch)
+            key = (json.dumps(self.prep.model_attrs, sort_keys=True, default=str), self.in_shape,
+                   str(self.prep.dtype), self.device.type, self.res.config.interpreter)
+            sup = _SUPPORTS.get(key)
+            if sup is None:
+                batch = 64 if self.device.type == "cuda" else 16
+                sup = analyse(self.prep.spec.module, self.in_shape, self.prep.dtype, self.device,
+                              rule=self.res.config.interpreter, batch=batch)
+            # the cross-check is data-dependent (this x0's columns): run it for every image
             eng = self.get_engine(max(self.batches.values(), default=16))
             eps = 1e-12 if self.prep.dtype == torch.float64 else 1e-5
-            self.support = cross_check(sup, lambda flat: eng.probe(flat, "columns"),
+            if not sup.is_global:
+                _SUPPORTS[key] = sup
+            self.support = cross_check(copy.copy(sup), lambda flat: eng.probe(flat, "columns"),
                                        self.in_shape, eps)
         return self.support
 
@@ -677,7 +690,7 @@ def finish(rp: RunPlan, timings: dict[str, float]) -> None:
 
 def run_image(res: Resolved, image: Path, opts: Options) -> str:
     """Plan, create or resume, and sweep one store. Returns a one-line summary."""
-    from precompute.sweep import sweep_analysis
+    from precompute.sweep import open_writer, sweep_analysis
 
     rp = plan(res, image, opts)
     shard_n = rp.shard[1]
@@ -693,9 +706,18 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
                 f"{' of this shard' if shard_n > 1 else ''} are on disk)")
     create(rp)
     timings: dict[str, float] = {}
-    for lay in rp.layouts:
-        if rp.todo[lay.name]:
-            timings[lay.name] = sweep_analysis(rp, lay)
+    if any(rp.todo.values()):
+        writer = open_writer(rp)
+        try:
+            for lay in rp.layouts:
+                if rp.todo[lay.name]:
+                    timings[lay.name] = sweep_analysis(rp, lay, writer)
+        finally:
+            t0 = time.perf_counter()
+            writer.close()  # finish queued tiles even on Ctrl-C: nothing computed is lost
+            last = rp.layouts[-1].name
+            if last in timings:
+                timings[last] += time.perf_counter() - t0
     for name, mod, acfg in whole:
         if not mod.done(rp, acfg):
             timings[name] = mod.run(rp, acfg)

@@ -71,18 +71,29 @@ def encode_shard(block: np.ndarray, chunk_shape: tuple[int, ...], level: int) ->
     setting, off by default), an inner chunk that is entirely NaN (the fill value: pixels off
     the selection, or outside the array at its edges) is left out of the shard and reads as NaN.
     A computed filter is never all NaN, so a tile with a computed pixel always has its shard."""
-    block = np.asarray(block)
-    dt = block.dtype.newbyteorder("<")
+    dt = np.asarray(block).dtype.newbyteorder("<")
+    block = np.ascontiguousarray(block, dtype=dt)
     cps = tuple(s // c for s, c in zip(block.shape, chunk_shape))
     index = np.full(cps + (2,), MAX_UINT_64, dtype="<u8")
     zstd = _zstd(level)
+    # our inner chunks are whole trailing axes (1, 1, C, C', wh, ww): each is one contiguous run
+    # of the C-ordered block, so no copy per chunk; the fill-value test is vectorised
+    per_chunk = block.size // max(1, int(np.prod(cps)))
+    whole = all(c == 1 for c in chunk_shape[:2]) and tuple(chunk_shape[2:]) == block.shape[2:]
+    if whole:
+        flat = block.reshape(cps[:2] + (per_chunk,))
+        empty = np.isnan(flat).all(-1) if block.dtype.kind == "f" else np.zeros(cps[:2], bool)
     parts, pos = [], 0
     for coords in _order(cps):
-        sl = tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunk_shape))
-        chunk = block[sl]
-        if np.isnan(chunk).all():
-            continue
-        raw = np.ascontiguousarray(chunk, dtype=dt).tobytes()
+        if whole:
+            if empty[coords[:2]]:
+                continue
+            raw = flat[coords[:2]]
+        else:
+            chunk = block[tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunk_shape))]
+            if chunk.dtype.kind == "f" and np.isnan(chunk).all():
+                continue
+            raw = np.ascontiguousarray(chunk)
         comp = bytes(zstd.encode(raw))
         data = comp + _crc(comp)
         index[coords] = (pos, len(data))

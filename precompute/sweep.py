@@ -31,19 +31,36 @@ class _Progress:
         self.shown = now
 
 
-def sweep_analysis(rp, lay: S.Layout) -> float:
-    """Compute and write every tile of ``lay`` left in ``rp.todo``; return the seconds spent."""
+def open_writer(rp) -> Writer:
+    """One writer for every analysis of a run, so that writing one analysis's last tiles
+    overlaps computing the next. Its queue holds up to 8 tiles (≤ 1 GiB) beyond a whole block of
+    compressed probing (whose windows are in memory anyway)."""
     import zarr
-    from tqdm import tqdm
 
     group = zarr.open_group(str(rp.path), mode="r+")
+    itemsize = rp.np_dtype.itemsize
+    depth = 1
+    for lay in rp.layouts:
+        tile_bytes = lay.tile * lay.tile * lay.bytes_per_pixel(itemsize)
+        d = int(max(1, min(8, (1 << 30) // max(tile_bytes, 1))))
+        blocks = rp.todo_blocks.get(lay.name) or []
+        d += max((len(b.tiles) for b in blocks), default=0)
+        depth = max(depth, d)
+    return Writer(group, rp.opts.writer_threads, depth)
+
+
+def sweep_analysis(rp, lay: S.Layout, writer: Writer | None = None) -> float:
+    """Compute and write every tile of ``lay`` left in ``rp.todo``; return the seconds spent
+    (with ``writer``, the caller closes it: tiles may still be in its queue)."""
+    from tqdm import tqdm
+
     eng = rp.get_engine(max(rp.batches.values(), default=1))
     np_dtype = rp.np_dtype
     k = rp.batches[lay.name]
     plan = rp.probing[lay.name]
-    tile_bytes = lay.tile * lay.tile * lay.bytes_per_pixel(np_dtype.itemsize)
-    depth = int(max(1, min(8, (1 << 30) // max(tile_bytes, 1))))
-    writer = Writer(group, rp.opts.writer_threads, depth)
+    own = writer is None
+    if own:
+        writer = open_writer(rp)
     bar = tqdm(total=rp.filters_todo[lay.name], desc=lay.name, unit="filter", dynamic_ncols=True,
                disable=rp.opts.quiet, smoothing=0.1)
     t0 = time.perf_counter()
@@ -64,5 +81,6 @@ def sweep_analysis(rp, lay: S.Layout) -> float:
                     writer.put((lay, t, *buf.tile(t, np_dtype)))
     finally:
         bar.close()
-        writer.close()  # finish queued tiles even on Ctrl-C: nothing computed is lost
+        if own:
+            writer.close()  # finish queued tiles even on Ctrl-C: nothing computed is lost
     return time.perf_counter() - t0
