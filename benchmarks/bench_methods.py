@@ -350,7 +350,7 @@ def windowed_err(got: dict, oracle_full: torch.Tensor, idx: list, lay) -> float:
         vals, (oy, ox) = got[flat]
         ref = oracle_full[n][:, oy:oy + wh, ox:ox + ww].numpy()
         worst = max(worst, float(np.abs(vals - ref).max()))
-        top = max(top, float(np.abs(oracle_full[n]).max()))
+        top = max(top, float(oracle_full[n].abs().max()))
     return worst / max(top, 1e-300)
 
 

@@ -402,7 +402,7 @@ def block_budget() -> int:
     return int(min(1 << 30, mem_available() // 4))
 
 
-def _choose_probing(rp: RunPlan, attrs: dict | None) -> None:
+def _choose_probing(rp: RunPlan, attrs: dict | None, notes: bool = True) -> None:
     """The probing method of every analysis: the store's (a resumed run with ``probing: auto``
     repeats it, so the result is bitwise identical), or the cheapest exact one now."""
     c = rp.res.config
@@ -417,8 +417,10 @@ def _choose_probing(rp: RunPlan, attrs: dict | None) -> None:
         if st is not None:
             plan = Cm.ProbingPlan.from_attrs(lay.name, st)
             if c.probing == "single" and plan.method != "single":
-                say(f"note: probing: single differs from the store's {plan.method} {lay.name}: "
-                    "tiles computed now may differ from an uninterrupted run in the last bits")
+                if notes:
+                    say(f"note: probing: single differs from the store's {plan.method} "
+                        f"{lay.name}: tiles computed now may differ from an uninterrupted run in "
+                        "the last bits")
                 plan = Cm.ProbingPlan(lay.name, "single")
         elif c.probing == "single":
             plan = Cm.ProbingPlan(lay.name, "single")
@@ -434,11 +436,6 @@ def _choose_batches(rp: RunPlan, attrs: dict | None) -> None:
     c = rp.res.config
     for lay in rp.layouts:
         plan = rp.probing[lay.name]
-        if plan.method == "single":
-            per_unit = lay.tile * lay.tile * lay.probe_shape[0]
-        else:
-            per_unit = max(1, max((Cm.count_probes(lay, plan, rp.get_support(), [b])
-                                   for b in P.blocks(lay.tiles(), plan.block)), default=1))
         stored = (attrs or {}).get("analyses", {}).get(lay.name, {}).get("batch")
         if c.batch != "auto":
             rp.batches[lay.name] = int(c.batch)
@@ -448,6 +445,11 @@ def _choose_batches(rp: RunPlan, attrs: dict | None) -> None:
         elif stored is not None:
             rp.batches[lay.name] = int(stored)
         else:
+            if plan.method == "single":
+                per_unit = lay.tile * lay.tile * lay.probe_shape[0]
+            else:  # at most the probes of a block
+                per_unit = max(1, max((Cm.count_probes(lay, plan, rp.get_support(), [b])
+                                       for b in P.blocks(lay.tiles(), plan.block)), default=1))
             rp.batches[lay.name] = choose_batch(rp.get_engine(GPU_MAX_BATCH), plan.kind, per_unit,
                                                 rp.prep.spec.module, rp.prep.x0)
 
@@ -648,7 +650,7 @@ def create(rp: RunPlan) -> None:
         g = zarr.open_group(str(rp.path), mode="r")
         # the store's method, blocks and batches win (another --shard process may have made it)
         stored = dict(g.attrs)
-        _choose_probing(rp, stored)
+        _choose_probing(rp, stored, notes=False)
         if c.batch == "auto":
             for lay in rp.layouts:
                 rp.batches[lay.name] = int(g.attrs["analyses"][lay.name].get("batch",

@@ -96,7 +96,8 @@ class SupportMode:
         self.model = model
         self.rule = rule
         self.overrides = dict(overrides or {})
-        self.spread = _Spread()
+        self.spread = _Spread()   # where one pixel first reaches every value
+        self.reduced = _Spread()  # where the image first became a vector (no spatial axes)
         self._track = False
         self._batch: int | None = None
         self._names = {id(m): n for n, m in model.named_modules()}
@@ -164,7 +165,7 @@ class SupportMode:
             return b
 
         out = tree_map(fix, out)
-        if self._track and self.spread.op is None:
+        if self._track and (self.spread.op is None or self.reduced.op is None):
             self._note_spread(func, out, inputs)
         return out
 
@@ -178,6 +179,12 @@ class SupportMode:
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor) and t.is_floating_point()]
         if ins and outs and any(full(t) for t in outs) and not any(full(t) for t in ins):
             self.spread = _Spread(_scope._op_name(func), self.path)
+        if self.reduced.op is None and ins and outs:
+            def image(t: Tensor) -> bool:
+                return t.dim() >= 4 and t.shape[-1] * t.shape[-2] > 1
+
+            if any(image(t) for t in ins) and not any(image(t) for t in outs):
+                self.reduced = _Spread(_scope._op_name(func), self.path)
 
     # -- dispatch --------------------------------------------------------------------------------
     def _dispatch(self, func, args, kwargs):
@@ -514,7 +521,9 @@ def analyse(model: nn.Module, in_shape, dtype: torch.dtype, device: torch.device
             y = mode.run(centre, track=True)
             run.count += 1
             if y.dim() != 4:
-                raise GlobalSupport("the output is not an image (C', H', W')")
+                where = (f": `{mode.reduced.op}` in module `{mode.reduced.path or '(root)'}` "
+                         "reduces the image to a vector" if mode.reduced.op else "")
+                raise GlobalSupport(f"the output is not an image (C', H', W'){where}")
             ho, wo = y.shape[2:]
             sup.out_hw = (int(ho), int(wo))
             nz = y[0].amax(0) != 0
