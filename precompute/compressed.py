@@ -351,6 +351,57 @@ def _decode_rows_from_columns(buf: BlockBuffer, geo: Geometry, lat, y: np.ndarra
                    ex[vi][None, :]] = sub[:, ui][:, :, vi].transpose(1, 2, 0)
 
 
+@dataclass
+class Target:
+    """One block of one analysis decoded from a list of probes."""
+
+    lay: object
+    plan: ProbingPlan
+    geo: Geometry
+    block: P.Block
+    buf: BlockBuffer | None = None
+
+
+def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target], k: int,
+               np_dtype, on_pass: Callable[[int, int], None] | None = None,
+               stats: dict | None = None) -> list[Target]:
+    """Run ``probes`` in passes of ``k`` (fixed) and decode every pass into every target's
+    block (several targets share passes when their probes are the same: a columns block and the
+    rows block read out of the same columns)."""
+    import time
+
+    stats = {} if stats is None else stats
+    kind = targets[0].plan.kind
+    shape = engine.in_shape if kind == "columns" else engine.out_shape
+    decoders = []
+    for t in targets:
+        t.buf = BlockBuffer(t.lay, t.block, t.geo, np_dtype)
+        decoders.append((_decode_rows_from_columns if t.plan.method == "from_columns"
+                         else _decode_own, t, _lattices(t.lay, t.plan)))
+    done = 0
+    for group in P.passes(probes, k):
+        t0 = time.perf_counter()
+        out = engine.run(list(group), kind,
+                         lambda part: _build(part, shape, engine.dtype, engine.device))
+        if not torch.isfinite(out).all():
+            b = targets[0].block
+            raise UserError(f"the interpreter produced NaN/Inf in a compressed "
+                            f"{targets[0].lay.name} probe (block {b.by}, {b.bx}); nothing of "
+                            "this block was stored")
+        y = out.detach().cpu().numpy()
+        t1 = time.perf_counter()
+        for n, pr in enumerate(group):
+            for decode, t, lat in decoders:
+                decode(t.buf, t.geo, lat, y[n], pr)
+        t2 = time.perf_counter()
+        stats["passes"] = stats.get("passes", 0.0) + t1 - t0
+        stats["decode"] = stats.get("decode", 0.0) + t2 - t1
+        done += len(group)
+        if on_pass is not None:
+            on_pass(done, len(probes))
+    return targets
+
+
 def block_arrays(engine, support, lay, block: P.Block, plan: ProbingPlan, geo: Geometry, k: int,
                  np_dtype, on_pass: Callable[[int, int], None] | None = None,
                  stats: dict | None = None) -> BlockBuffer:
@@ -359,34 +410,10 @@ def block_arrays(engine, support, lay, block: P.Block, plan: ProbingPlan, geo: G
     ``on_pass(done, total)`` is called after every pass with the probes done so far; ``stats``
     (optional) accumulates seconds in ``passes`` (the engine, including the copy to the host)
     and ``decode``."""
-    import time
-
-    stats = {} if stats is None else stats
     probes = block_probes(lay, plan, support, block)
-    lat = _lattices(lay, plan)
-    buf = BlockBuffer(lay, block, geo, np_dtype)
-    decode = _decode_rows_from_columns if plan.method == "from_columns" else _decode_own
-    kind = plan.kind
-    shape = engine.in_shape if kind == "columns" else engine.out_shape
-    done = 0
-    for group in P.passes(probes, k):
-        t0 = time.perf_counter()
-        out = engine.run(list(group), kind,
-                         lambda part: _build(part, shape, engine.dtype, engine.device))
-        if not torch.isfinite(out).all():
-            raise UserError(f"the interpreter produced NaN/Inf in a compressed {lay.name} probe "
-                            f"(block {block.by}, {block.bx}); nothing of this block was stored")
-        y = out.detach().cpu().numpy()
-        t1 = time.perf_counter()
-        for n, pr in enumerate(group):
-            decode(buf, geo, lat, y[n], pr)
-        t2 = time.perf_counter()
-        stats["passes"] = stats.get("passes", 0.0) + t1 - t0
-        stats["decode"] = stats.get("decode", 0.0) + t2 - t1
-        done += len(group)
-        if on_pass is not None:
-            on_pass(done, len(probes))
-    return buf
+    (t,) = run_probes(engine, support, probes, [Target(lay, plan, geo, block)], k, np_dtype,
+                      on_pass, stats)
+    return t.buf
 
 
 def filters(lay, tiles) -> int:

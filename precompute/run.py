@@ -452,6 +452,12 @@ def _choose_batches(rp: RunPlan, attrs: dict | None) -> None:
                                        for b in P.blocks(lay.tiles(), plan.block)), default=1))
             rp.batches[lay.name] = choose_batch(rp.get_engine(GPU_MAX_BATCH), plan.kind, per_unit,
                                                 rp.prep.spec.module, rp.prep.x0)
+    # rows read out of compressed columns: the same passes as the columns (precompute.sweep
+    # shares them when the probes are the same), so the same batch
+    cols, rows = rp.probing.get("columns"), rp.probing.get("rows")
+    if (c.batch == "auto" and cols and rows and cols.method == "compressed"
+            and rows.method == "from_columns" and not (attrs or {}).get("analyses")):
+        rp.batches["columns"] = rp.batches["rows"] = max(rp.batches["columns"], rp.batches["rows"])
 
 
 def _schedule(rp: RunPlan, group) -> None:
@@ -692,7 +698,7 @@ def finish(rp: RunPlan, timings: dict[str, float]) -> None:
 
 def run_image(res: Resolved, image: Path, opts: Options) -> str:
     """Plan, create or resume, and sweep one store. Returns a one-line summary."""
-    from precompute.sweep import open_writer, sweep_analysis
+    from precompute.sweep import open_writer, sweep
 
     rp = plan(res, image, opts)
     shard_n = rp.shard[1]
@@ -711,9 +717,7 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
     if any(rp.todo.values()):
         writer = open_writer(rp)
         try:
-            for lay in rp.layouts:
-                if rp.todo[lay.name]:
-                    timings[lay.name] = sweep_analysis(rp, lay, writer)
+            timings.update(sweep(rp, writer))
         finally:
             t0 = time.perf_counter()
             writer.close()  # finish queued tiles even on Ctrl-C: nothing computed is lost
