@@ -2,12 +2,13 @@
 
 Which pixels are computed, how they are cut into tiles (one tile = one shard of the store),
 which probes share a pass, and where each stored window lies. The execution lives in
-:mod:`precompute.sweep`; keeping the plan pure lets later work change the probes (e.g. one probe
-carrying many impulses: compressed probing) without touching execution or storage.
+:mod:`precompute.engine` and :mod:`precompute.sweep`.
 
 A *probe* here is one impulse δ_k (paper §3, "Residual and Columns" / "Transposed System and
 Rows"): for columns an impulse at input entry (a, i, j) fed as x1 (eq. 5, column = F·δ_k), for
-rows an impulse at output entry (b, p, q) fed as y2 (eq. 6, row = Fᵀ·δ_k).
+rows an impulse at output entry (b, p, q) fed as y2 (eq. 6, row = Fᵀ·δ_k). Compressed probing
+(:mod:`precompute.compressed`) lets one probe carry every impulse of a colour class: its plan —
+blocks of tiles and the lattice colours of one axis — is at the end of this module.
 """
 
 from __future__ import annotations
