@@ -301,7 +301,7 @@ def compressed(spec, x0, device, k, windows, cols, rows, profile=False):
     for name, win in (("columns", windows[0]), ("rows", windows[1])):
         lay = S.make_layout(name, win, "auto", P.Selection(), in_shape, out_shape, spec.scale,
                             spec.offset, itemsize)
-        plan, _ = Cm.choose(lay, sup, itemsize, budget, True)
+        plan, _ = Cm.choose(lay, sup, itemsize, budget)
         out["plans"][name] = plan
         stats: dict = {}
         t0 = time.perf_counter()

@@ -130,8 +130,7 @@ def _lattices(lay, plan: ProbingPlan) -> tuple[P.Lattice, P.Lattice]:
     return P.Lattice(plan.period[0], sy, dy), P.Lattice(plan.period[1], sx, dx)
 
 
-def _impulse_range(lay, plan: ProbingPlan, geo: Geometry | None, support, axis: int,
-                   b0: int, b1: int) -> tuple[int, int]:
+def _impulse_range(lay, plan: ProbingPlan, support, axis: int, b0: int, b1: int) -> tuple[int, int]:
     """Probe-domain pixels [lo, hi) along ``axis`` that carry impulses for block range [b0, b1).
 
     ``compressed``: the block's selected pixels. ``from_columns``: the input pixels reaching the
@@ -149,15 +148,15 @@ def _impulse_range(lay, plan: ProbingPlan, geo: Geometry | None, support, axis: 
 
 
 def _axis_keys(lay, plan, support, axis: int, b0: int, b1: int, lat: P.Lattice) -> list[int]:
-    lo, hi = _impulse_range(lay, plan, None, support, axis, b0, b1)
+    lo, hi = _impulse_range(lay, plan, support, axis, b0, b1)
     return lat.keys(lo, hi) if hi > lo else []
 
 
 def block_probes(lay, plan: ProbingPlan, support, block: P.Block) -> list[BlockProbe]:
     """The probes of one block, in a fixed order: colour (y, x), then channel."""
     lat = _lattices(lay, plan)
-    ranges = [_impulse_range(lay, plan, None, support, 0, block.y0, block.y1),
-              _impulse_range(lay, plan, None, support, 1, block.x0, block.x1)]
+    ranges = [_impulse_range(lay, plan, support, 0, block.y0, block.y1),
+              _impulse_range(lay, plan, support, 1, block.x0, block.x1)]
     channels = lay.other_shape[0] if plan.method == "from_columns" else lay.probe_shape[0]
     out = []
     for ky in (lat[0].keys(*ranges[0]) if ranges[0][1] > ranges[0][0] else []):
@@ -196,13 +195,15 @@ def block_bytes(lay, g: int, itemsize: int) -> int:
     return side * side * per_pixel
 
 
-def choose(lay, support, itemsize: int, budget: int, columns_requested: bool) -> tuple[
-        ProbingPlan, dict[str, float]]:
+def choose(lay, support, itemsize: int, budget: int) -> tuple[ProbingPlan, dict[str, float]]:
     """The cheapest exact way to probe ``lay`` given the support (None or global: single).
 
     Cost = forward probes + ``BACKWARD_COST`` × backward probes, over the planned tiles; the
-    block side is the one that minimises it within ``budget`` bytes per block. Returns the plan
-    and the cost of every candidate method (for the plan paragraph)."""
+    block side is the one that minimises it within ``budget`` bytes per block. For rows this
+    compares reading them out of forward probes (whether or not columns are stored: the columns
+    are decoded internally, over their whole support) with compressed backward passes, which win
+    only for networks that shrink the image. Returns the plan and the cost of every candidate
+    method (for the plan paragraph)."""
     tiles = lay.tiles()
     n_single = sum(len(P.tile_pixels(t, lay.selection)) for t in tiles) * lay.probe_shape[0]
     costs = {"single": n_single * (1.0 if lay.name == "columns" else BACKWARD_COST)}

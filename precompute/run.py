@@ -409,7 +409,6 @@ def _choose_probing(rp: RunPlan, attrs: dict | None, notes: bool = True) -> None
     stored = (attrs or {}).get("probing") or {}
     rp.probing, rp.probing_costs = {}, {}
     rp.block_budget = block_budget()
-    columns_requested = any(lay.name == "columns" for lay in rp.layouts)
     for lay in rp.layouts:
         st = stored.get(lay.name)
         if st is None and attrs is not None:
@@ -426,7 +425,7 @@ def _choose_probing(rp: RunPlan, attrs: dict | None, notes: bool = True) -> None
             plan = Cm.ProbingPlan(lay.name, "single")
         else:
             plan, rp.probing_costs[lay.name] = Cm.choose(
-                lay, rp.get_support(), rp.np_dtype.itemsize, rp.block_budget, columns_requested)
+                lay, rp.get_support(), rp.np_dtype.itemsize, rp.block_budget)
         rp.probing[lay.name] = plan
 
 
