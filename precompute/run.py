@@ -251,7 +251,8 @@ class RunPlan:
             if not sup.is_global:
                 _SUPPORTS[key] = sup
             self.support = cross_check(copy.copy(sup), lambda flat: eng.probe(flat, "columns"),
-                                       self.in_shape, eps)
+                                       self.in_shape, eps, lambda flat: eng.probe(flat, "rows"),
+                                       self.out_shape)
         return self.support
 
 

@@ -559,26 +559,31 @@ def analyse(model: nn.Module, in_shape, dtype: torch.dtype, device: torch.device
     return sup
 
 
-def cross_check(support: Support, columns, in_shape, dtype_eps: float) -> Support:
-    """Fail closed on an analysis that missed a path: the real columns of three pixels (corner,
-    centre, opposite corner; channel 0), computed by ``columns(flat_indices) -> (K, C', H', W')``,
-    must vanish outside the predicted footprints (up to ``dtype_eps`` relative: fast convolution
+def cross_check(support: Support, columns, in_shape, dtype_eps: float, rows=None,
+                out_shape=None) -> Support:
+    """Fail closed on an analysis that missed a path, in both directions: the real columns of
+    three input pixels (corner, centre, opposite corner; channel 0), computed by
+    ``columns(flat_indices) -> (K, C', H', W')``, must vanish outside their predicted footprints,
+    and the real rows of three output pixels (``rows(flat) -> (K, C, H, W)``, backward passes),
+    outside their predicted row supports — up to ``dtype_eps`` relative (fast convolution
     algorithms may leave round-off where the exact value is 0). Returns ``support``, made global
-    when the check fails."""
+    when a check fails."""
     if support.is_global:
         return support
-    _, h, w = in_shape
-    pixels = [(0, 0), (h // 2, w // 2), (h - 1, w - 1)]
-    cols = columns([i * w + j for i, j in pixels]).detach().abs().amax(1).cpu().numpy()
-    for (i, j), col in zip(pixels, cols):
-        box = np.zeros(col.shape, dtype=bool)
-        (ly, lx), (hy, hx) = ((support.col_lo[0][i], support.col_lo[1][j]),
-                              (support.col_hi[0][i], support.col_hi[1][j]))
-        box[ly:hy + 1, lx:hx + 1] = True
-        outside = float(col[~box].max(initial=0.0))
-        if outside > dtype_eps * max(float(col.max(initial=0.0)), 1e-300):
-            support.global_reason = (
-                f"internal check failed: the column of pixel ({i}, {j}) reaches beyond the "
-                "structural support found (please report this model); one impulse per probe")
-            break
+    checks = [(columns, in_shape, support.col_lo, support.col_hi, "column of input")]
+    if rows is not None and out_shape is not None:
+        checks.append((rows, out_shape, support.row_lo, support.row_hi, "row of output"))
+    for fn, shape, lo, hi, what in checks:
+        _, h, w = shape
+        pixels = [(0, 0), (h // 2, w // 2), (h - 1, w - 1)]
+        filt = fn([i * w + j for i, j in pixels]).detach().abs().amax(1).cpu().numpy()
+        for (i, j), f in zip(pixels, filt):
+            box = np.zeros(f.shape, dtype=bool)
+            box[lo[0][i]:hi[0][i] + 1, lo[1][j]:hi[1][j] + 1] = True
+            outside = float(f[~box].max(initial=0.0))
+            if outside > dtype_eps * max(float(f.max(initial=0.0)), 1e-300):
+                support.global_reason = (
+                    f"internal check failed: the {what} pixel ({i}, {j}) reaches beyond the "
+                    "structural support found (please report this model); one impulse per probe")
+                return support
     return support

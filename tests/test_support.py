@@ -247,8 +247,20 @@ def test_cross_check_turns_a_missed_path_into_global():
         li = LinearInterpreter(net, torch.rand(1, 3, 9, 9, dtype=torch.float64))
         return li.columns(flat)
 
-    assert not cross_check(sup, columns, (3, 9, 9), 1e-12).is_global
+    def rows(flat):
+        from precompute.interpreter import LinearInterpreter
+
+        li = LinearInterpreter(net, torch.rand(1, 3, 9, 9, dtype=torch.float64))
+        return li.rows(flat)
+
+    assert not cross_check(sup, columns, (3, 9, 9), 1e-12, rows, (3, 9, 9)).is_global
     # a support that forgot one row of every footprint must be caught
     broken = analyse(net, (3, 9, 9), torch.float64, CPU)
     broken.col_hi = (broken.col_hi[0] - 1, broken.col_hi[1])
-    assert "internal check failed" in cross_check(broken, columns, (3, 9, 9), 1e-12).global_reason
+    assert "internal check failed: the column" in cross_check(broken, columns, (3, 9, 9),
+                                                              1e-12).global_reason
+    # … and one that forgot an input row of every row support, by the backward direction
+    broken = analyse(net, (3, 9, 9), torch.float64, CPU)
+    broken.row_lo = (broken.row_lo[0] + 1, broken.row_lo[1])
+    assert "internal check failed: the row" in cross_check(broken, columns, (3, 9, 9), 1e-12,
+                                                           rows, (3, 9, 9)).global_reason
