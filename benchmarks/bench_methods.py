@@ -282,46 +282,55 @@ def batched(spec, x0, cols, rows, device, k):
     return c, tc, w, tr, {}
 
 
-def compressed(spec, x0, device, k, windows, cols, rows, profile=False):
-    """Every column and row of the image with compressed probing (the code `precompute run`
-    uses: support analysis, blocks, decoding into stored windows); returns the sampled filters'
-    windows with their geometry, times and a breakdown."""
+def compressed(spec, x0, device, k, windows, cols, rows):
+    """Every column and row of the image with compressed probing, through the code `precompute
+    run` uses (support analysis and its cross-check, method choice, blocks, shared passes when a
+    columns block and a rows block have the same probes, decoding into stored windows, no
+    writing); returns the sampled filters' windows, times and a breakdown."""
     li = LinearInterpreter(spec.module, x0, batch=k)
     eng = Engine(li, device, x0.dtype)
     in_shape, out_shape = tuple(li.in_shape), tuple(li.out_shape)
+    eps = 1e-12 if x0.dtype == torch.float64 else 1e-5
     (sup, t_sup) = timed(lambda: cross_check(
         analyse(spec.module, in_shape, x0.dtype, device, batch=16),
-        lambda flat: eng.probe(flat, "columns"), in_shape,
-        1e-12 if x0.dtype == torch.float64 else 1e-5), device)
+        lambda flat: eng.probe(flat, "columns"), in_shape, eps,
+        lambda flat: eng.probe(flat, "rows"), out_shape), device)
     itemsize = torch.finfo(x0.dtype).bits // 8
+    np_dtype = np.dtype(str(x0.dtype).split(".")[1])
     budget = int(min(1 << 30, _rss_avail() // 4))
-    out = {"support": sup, "t_support": t_sup, "stats": {}, "plans": {}}
+    out = {"support": sup, "t_support": t_sup, "stats": {}, "plans": {}, "t": {}}
     samples = {"columns": set(cols), "rows": set(rows)}
     got = {"columns": {}, "rows": {}}
+    units = []  # (probes or None, targets)
     for name, win in (("columns", windows[0]), ("rows", windows[1])):
         lay = S.make_layout(name, win, "auto", P.Selection(), in_shape, out_shape, spec.scale,
                             spec.offset, itemsize)
         plan, _ = Cm.choose(lay, sup, itemsize, budget)
-        out["plans"][name] = plan
-        stats: dict = {}
-        t0 = time.perf_counter()
+        out["plans"][name], out[f"lay_{name}"] = plan, lay
         if plan.method == "single":
-            from precompute.assemble import tile_arrays
-
-            for t in lay.tiles():
-                block, _, _ = tile_arrays(eng, lay, t, k, np.dtype(str(x0.dtype).split(".")[1]))
-                _keep(got[name], samples[name], lay, t.y0, t.y1, t.x0, t.x1, block)
-        else:
-            geo = Cm.geometry(lay, sup, plan)
-            np_dtype = np.dtype(str(x0.dtype).split(".")[1])
-            for b in P.blocks(lay.tiles(), plan.block):
-                buf = Cm.block_arrays(eng, sup, lay, b, plan, geo, k, np_dtype, stats=stats)
-                _keep(got[name], samples[name], lay, b.y0, b.y1, b.x0, b.x1, buf.values)
+            continue  # one impulse per probe: method 4's rate (not run again over the image)
+        geo = Cm.geometry(lay, sup, plan)
+        for b in P.blocks(lay.tiles(), plan.block):
+            probes = Cm.block_probes(lay, plan, sup, b)
+            target = Cm.Target(lay, plan, geo, b)
+            shared = next((u for u in units if u[0] == probes and plan.method == "from_columns"),
+                          None)
+            if shared is not None:  # the same passes as a columns block: decoded together
+                shared[1].append(target)
+            else:
+                units.append((probes, [target]))
+    for probes, targets in units:
+        t0 = time.perf_counter()
+        stats = out["stats"].setdefault("+".join(t.lay.name for t in targets), {})
+        Cm.run_probes(eng, sup, probes, targets, k, np_dtype, stats=stats)
+        for t in targets:
+            _keep(got[t.lay.name], samples[t.lay.name], t.lay, t.block.y0, t.block.y1,
+                  t.block.x0, t.block.x1, t.buf.values)
+            t.buf = None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        out[f"t_{name}"] = time.perf_counter() - t0
-        out["stats"][name] = stats
-        out[f"lay_{name}"] = lay
+        key = "+".join(dict.fromkeys(t.lay.name for t in targets))
+        out["t"][key] = out["t"].get(key, 0.0) + time.perf_counter() - t0
     out["got"] = got
     return out
 
@@ -381,7 +390,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="pixelshuffle", choices=["pixelshuffle", "edsr-baseline"])
     ap.add_argument("--size", type=int, nargs="+", default=[64, 128, 256])
-    ap.add_argument("--sample", type=int, default=16, help="sampled columns and rows per method")
+    ap.add_argument("--sample", type=int, default=64,
+                    help="sampled columns and rows per method (≥ --batch for method 4)")
     ap.add_argument("--batch", type=int, default=CPU_MAX_BATCH, help="probes per pass (4, 5)")
     ap.add_argument("--chunk", type=int, default=CPU_MAX_BATCH, help="torch.func vmap chunk")
     ap.add_argument("--device", default="cpu")
@@ -439,27 +449,39 @@ def main() -> None:
             res = compressed(spec, x0, device, args.batch, WINDOWS[args.model], cols, rows)
         if prof is not None:
             prof.__exit__(None, None, None)
-        ec = windowed_err(res["got"]["columns"], ref_c, cols, res["lay_columns"])
-        er = windowed_err(res["got"]["rows"], ref_r, rows, res["lay_rows"])
-        sup = res["support"]
-        t_c = res["t_columns"] + res["t_support"]
-        pl = res["plans"]
+        sup, pl, tt = res["support"], res["plans"], res["t"]
+        errs, single = [], []
+        for name, ref, idx in (("columns", ref_c, cols), ("rows", ref_r, rows)):
+            if pl[name].method == "single":  # falls back: method 4's numbers
+                single.append(name)
+            else:
+                errs.append(windowed_err(res["got"][name], ref, idx, res[f"lay_{name}"]))
+        r4 = rates["4."]
+        shared = tt.get("columns+rows", 0.0)
+        t_c = res["t_support"] + (n_in / r4[0] if "columns" in single
+                                  else tt.get("columns", 0.0) + shared)
+        t_r = n_out / r4[1] if "rows" in single else tt.get("rows", 0.0) + shared
+        if single:
+            tt["single (method 4, extrapolated)"] = (t_c - res["t_support"] if "columns" in single
+                                                     else 0.0) + (t_r if "rows" in single else 0.0)
+        err_text = f"{max(errs):.1e}" if errs else "(as 4)"
         note = (f"support {'global' if sup.is_global else sup.period_in}; columns "
-                f"{pl['columns'].method}, rows {pl['rows'].method}; support analysis "
-                f"{res['t_support']:.1f} s (counted with the columns)")
+                f"{pl['columns'].method}, rows {pl['rows'].method}"
+                + ("; columns and rows from the same passes (both rates count them)" if shared else "")
+                + (f"; {' and '.join(single)} fall back to one impulse per probe (method 4's rate"
+                   f"{': ' + sup.global_reason if sup.is_global else ''})" if single else "")
+                + f"; support analysis {res['t_support']:.1f} s (counted with the columns)")
         print(f"| 5. LinearScope compressed, rows from columns | {n_in / t_c:,.1f} | "
-              f"{n_out / res['t_rows']:,.1f} | {mb(pk.peak)} | {max(ec, er):.1e} | {note} |",
-              flush=True)
+              f"{n_out / t_r:,.1f} | {mb(pk.peak)} | {err_text} | {note} |", flush=True)
         total = {m: n_in / rates[m][0] + n_out / rates[m][1] for m in rates}
-        ours = t_c + res["t_rows"]
+        ours = res["t_support"] + sum(tt.values())
         print(f"\nAll {n_in:,} columns + {n_out:,} rows: paper {total['1.']:,.0f} s (extrapolated), "
               f"DFV {total['2.']:,.0f} s, torch.func {total['3.']:,.0f} s, batched "
               f"{total['4.']:,.0f} s, compressed {ours:,.1f} s in memory "
               f"({total['1.'] / ours:,.0f}× the paper's method, {total['3.'] / ours:,.1f}× torch.func).")
-        for name in ("columns", "rows"):
-            s = res["stats"][name]
-            if s:
-                print(f"  compressed {name}: passes {s['passes']:.1f} s, decoding {s['decode']:.1f} s")
+        for name, st in res["stats"].items():
+            if st:
+                print(f"  compressed {name}: passes {st['passes']:.1f} s, decoding {st['decode']:.1f} s")
         if prof is not None:
             print("\nTop ops of the compressed method (torch profiler, self CPU time):\n")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
