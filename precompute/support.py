@@ -518,8 +518,8 @@ def analyse(model: nn.Module, in_shape, dtype: torch.dtype, device: torch.device
         with mode:
             centre = torch.zeros((1, c, h, w), dtype=dtype, device=device)
             centre[0, :, h // 2, w // 2] = 1
-            y = mode.run(centre, track=True)
             run.count += 1
+            y = mode.run(centre, track=True)
             if y.dim() != 4:
                 where = (f": `{mode.reduced.op}` in module `{mode.reduced.path or '(root)'}` "
                          "reduces the image to a vector" if mode.reduced.op else "")
