@@ -128,7 +128,8 @@ def test_shipped_pixelshuffle(tmp_path):
 @pytest.mark.slow
 def test_edsr_baseline_architecture(tmp_path):
     # the zoo's EDSR module (mean shift, residual block, global skip, ×2 upsampler), 1 block
-    an = {"residual": True, "columns": {"window": 10, "tile": 8}, "rows": {"window": 6, "tile": 8}}
+    an = {"residual": True, "columns": {"window": 10, "tile": 8},
+          "rows": {"window": 6, "tile": 8, "pixels": {"region": [0, 0, 32, 30], "stride": 2}}}
     comp, _ = _run(tmp_path, "edsr_tiny", (16, 15), an)
     single, _ = _run(tmp_path, "edsr_tiny", (16, 15), an, probing="single")
     assert _methods(comp) == {"columns": "compressed", "rows": "from_columns"}
