@@ -8,6 +8,7 @@ SVD and the classifier analyses share; :func:`choose_batch` sizes passes from fr
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -30,9 +31,10 @@ def is_oom(e: BaseException) -> bool:
 class Engine:
     """Batched probes of one linear interpreter with out-of-memory back-off.
 
-    ``columns(flat)`` returns F·δ for input impulses (eq. 5 with x1 = δ_k, the bias-free probe
-    branch, so no y1 − r cancellation), ``rows(flat)`` Fᵀ·δ for output impulses (eq. 6). One call
-    with K ≤ batch probes is one pass. On out-of-memory a pass is split in halves (and later
+    ``probe(flat, "columns")`` returns F·δ for input impulses (eq. 5 with x1 = δ_k, the bias-free
+    probe branch, so no y1 − r cancellation), ``probe(flat, "rows")`` Fᵀ·δ for output impulses
+    (eq. 6); ``run(items, kind, build)`` the same for any probes (compressed probing carries many
+    impulses per probe, :mod:`precompute.compressed`). One call with K ≤ batch probes is one pass. On out-of-memory a pass is split in halves (and later
     passes pre-split to the size that worked); each split is counted in ``oom_splits``.
     """
 
@@ -49,35 +51,39 @@ class Engine:
         v[torch.arange(len(flat), device=self.device), torch.as_tensor(flat, device=self.device)] = 1
         return v.view(len(flat), *shape)
 
-    def _run(self, flat: list[int], kind: str) -> torch.Tensor:
-        if kind == "columns":
-            return self.li.apply(self._impulses(flat, self.in_shape))
-        u = self._impulses(flat, self.out_shape)
-        return self.li.apply_transpose(u)
+    def _apply(self, v: torch.Tensor, kind: str) -> torch.Tensor:
+        return self.li.apply(v) if kind == "columns" else self.li.apply_transpose(v)
 
     def probe(self, flat: list[int], kind: str) -> torch.Tensor:
         """F·δ (columns) or Fᵀ·δ (rows) for the impulses ``flat``: (K, *other_shape)."""
-        if self.max_k is not None and len(flat) > self.max_k:
+        shape = self.in_shape if kind == "columns" else self.out_shape
+        return self.run(list(flat), kind, lambda part: self._impulses(part, shape))
+
+    def run(self, items: list, kind: str, build: Callable[[list], torch.Tensor]) -> torch.Tensor:
+        """F·v (``columns``) or Fᵀ·v (``rows``) for the probes ``build(items)`` — one pass, with
+        out-of-memory back-off over ``items`` (single impulses or compressed probes)."""
+        if self.max_k is not None and len(items) > self.max_k:
             self.oom_splits += 1
             k = self.max_k
-            return torch.cat([self.probe(flat[s:s + k], kind) for s in range(0, len(flat), k)])
+            return torch.cat([self.run(items[s:s + k], kind, build)
+                              for s in range(0, len(items), k)])
         try:
-            return self._run(flat, kind)
+            return self._apply(build(items), kind)
         except Exception as e:
             if not is_oom(e):
                 raise
         # Out of memory: the exception is gone, its frames released; retry in halves.
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        if len(flat) == 1:
+        if len(items) == 1:
             raise UserError(
                 f"out of memory with a single probe on {self.device}: the model is too large for "
                 "this device at this image size (crop the image or use another device)"
             )
-        half = (len(flat) + 1) // 2
+        half = (len(items) + 1) // 2
         self.max_k = half
         self.oom_splits += 1
-        return torch.cat([self.probe(flat[:half], kind), self.probe(flat[half:], kind)])
+        return torch.cat([self.run(items[:half], kind, build), self.run(items[half:], kind, build)])
 
 
 def activation_bytes(module: torch.nn.Module, x0: torch.Tensor) -> int:

@@ -2,12 +2,13 @@
 
 Which pixels are computed, how they are cut into tiles (one tile = one shard of the store),
 which probes share a pass, and where each stored window lies. The execution lives in
-:mod:`precompute.sweep`; keeping the plan pure lets later work change the probes (e.g. one probe
-carrying many impulses: compressed probing) without touching execution or storage.
+:mod:`precompute.engine` and :mod:`precompute.sweep`.
 
 A *probe* here is one impulse δ_k (paper §3, "Residual and Columns" / "Transposed System and
 Rows"): for columns an impulse at input entry (a, i, j) fed as x1 (eq. 5, column = F·δ_k), for
-rows an impulse at output entry (b, p, q) fed as y2 (eq. 6, row = Fᵀ·δ_k).
+rows an impulse at output entry (b, p, q) fed as y2 (eq. 6, row = Fᵀ·δ_k). Compressed probing
+(:mod:`precompute.compressed`) lets one probe carry every impulse of a colour class: its plan —
+blocks of tiles and the lattice colours of one axis — is at the end of this module.
 """
 
 from __future__ import annotations
@@ -179,3 +180,78 @@ def auto_tile(bytes_per_pixel: int, height: int, width: int, limit: int = SHARD_
     while t > 1 and (t * t * bytes_per_pixel > limit or (t // 2 >= max(height, width))):
         t //= 2
     return t
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed probing (docs/FORMAT.md, "Probing"): blocks of tiles, lattice colours.
+
+
+@dataclass(frozen=True)
+class Block:
+    """``g × g`` tiles computed together (one colouring); (by, bx) is its index in the block grid.
+
+    Pixels [y0, y1) × [x0, x1) of the probed domain; ``tiles`` are its planned tiles, row-major.
+    Blocks are the unit of work of compressed probing, as tiles are of single probing: a block is
+    always computed whole (the same passes however much of it is already on disk), so a resumed
+    run repeats exactly the passes of an uninterrupted one.
+    """
+
+    by: int
+    bx: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    tiles: tuple[Tile, ...]
+
+
+def blocks(planned: Sequence[Tile], g: int) -> list[Block]:
+    """Group planned tiles into blocks of ``g × g`` tiles (row-major; only non-empty blocks)."""
+    groups: dict[tuple[int, int], list[Tile]] = {}
+    for t in planned:
+        groups.setdefault((t.ty // g, t.tx // g), []).append(t)
+    out = []
+    for (by, bx), ts in sorted(groups.items()):
+        out.append(Block(by, bx, min(t.y0 for t in ts), max(t.y1 for t in ts),
+                         min(t.x0 for t in ts), max(t.x1 for t in ts), tuple(ts)))
+    return out
+
+
+def axis_selection(sel: Selection, axis: int, size: int) -> tuple[int, int, int]:
+    """(start, stop, step) of the selected pixels along ``axis`` (0: y, 1: x)."""
+    if sel.region is None:
+        return 0, size, sel.stride
+    start, extent = sel.region[axis], sel.region[axis + 2]
+    return start, start + extent, sel.stride
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Colours of one axis: the pixel ``start + step·k`` has colour ``k mod q`` with
+    ``q = ceil(period / step)``, so two pixels of one colour are at least ``period`` apart —
+    further than any support (``period``): their footprints never meet."""
+
+    period: int
+    start: int = 0
+    step: int = 1
+
+    @property
+    def q(self) -> int:
+        return max(1, -(-self.period // self.step))
+
+    def _k_range(self, lo: int, hi: int) -> tuple[int, int]:
+        """Lattice indices k with lo ≤ start + step·k < hi (and k ≥ 0)."""
+        k0 = max(0, -((self.start - lo) // self.step))
+        k1 = -((self.start - hi) // self.step)
+        return k0, max(k0, k1)
+
+    def keys(self, lo: int, hi: int) -> list[int]:
+        """Sorted colours of the lattice pixels in [lo, hi)."""
+        k0, k1 = self._k_range(lo, hi)
+        return sorted({k % self.q for k in range(k0, min(k1, k0 + self.q))})
+
+    def members(self, lo: int, hi: int, key: int) -> list[int]:
+        """Lattice pixels of colour ``key`` in [lo, hi)."""
+        k0, k1 = self._k_range(lo, hi)
+        first = k0 + (key - k0) % self.q
+        return [self.start + self.step * k for k in range(first, k1, self.q)]

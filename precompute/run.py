@@ -21,6 +21,7 @@ results); progress is the set of tile shards on disk (docs/FORMAT.md).
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import importlib
 import math
@@ -34,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from precompute import compressed as Cm
 from precompute import probes as P
 from precompute import store as S
 from precompute.config import VALUE_KEYS, Resolved, UserError
-from precompute.engine import GPU_MAX_BATCH, Engine, choose_batch
+from precompute.engine import GPU_MAX_BATCH, Engine, choose_batch, mem_available
 from precompute.inputs import (Prepared, check_images, check_memory, describe_device,
                                forward_checked, prepare, resolve_device, say, set_precision,
                                first_line)
@@ -192,6 +194,10 @@ def whole_f_analyses(rp: "RunPlan") -> list[tuple[str, object, object]]:
 # Stage 1: the plan.
 
 
+#: structural supports found in this process (model, input shape, dtype, device, rule)
+_SUPPORTS: dict = {}
+
+
 @dataclass
 class RunPlan:
     """Everything decided before any work: what the store holds and what is left to do."""
@@ -223,6 +229,13 @@ class RunPlan:
     li: object = None              # the LinearInterpreter, built on first use
     engine: Engine | None = None
     checks: dict | None = None     # the gate's measured identities (stored as `checks`)
+    # probing (precompute.compressed): method per analysis, the structural support, blocks
+    probing: dict[str, Cm.ProbingPlan] = field(default_factory=dict)
+    probing_costs: dict[str, dict[str, float]] = field(default_factory=dict)
+    support: object = None         # precompute.support.Support, computed on first use
+    block_budget: int = 0
+    todo_blocks: dict[str, list[P.Block]] = field(default_factory=dict)
+    filters_todo: dict[str, int] = field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
@@ -246,6 +259,31 @@ class RunPlan:
                                         batch=k, exact=c.precision == "ieee")
             self.engine = Engine(self.li, self.device, self.prep.dtype)
         return self.engine
+
+    def get_support(self):
+        """The structural support of the model at this input size (computed once per model,
+        size, dtype and rule in a process: several images of one config share it)."""
+        if self.support is None:
+            import json
+
+            from precompute.support import analyse, cross_check
+
+            key = (json.dumps(self.prep.model_attrs, sort_keys=True, default=str), self.in_shape,
+                   str(self.prep.dtype), self.device.type, self.res.config.interpreter)
+            sup = _SUPPORTS.get(key)
+            if sup is None:
+                batch = 64 if self.device.type == "cuda" else 16
+                sup = analyse(self.prep.spec.module, self.in_shape, self.prep.dtype, self.device,
+                              rule=self.res.config.interpreter, batch=batch)
+            # the cross-check is data-dependent (this x0's columns): run it for every image
+            eng = self.get_engine(max(self.batches.values(), default=16))
+            eps = 1e-12 if self.prep.dtype == torch.float64 else 1e-5
+            if not sup.is_global:
+                _SUPPORTS[key] = sup
+            self.support = cross_check(copy.copy(sup), lambda flat: eng.probe(flat, "columns"),
+                                       self.in_shape, eps, lambda flat: eng.probe(flat, "rows"),
+                                       self.out_shape)
+        return self.support
 
 
 def _layouts(c, a, spec, in_shape, out_shape, scale, offset, np_dtype) -> list[S.Layout]:
@@ -329,45 +367,19 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
                  y0=y0, vector=vector, in_shape=in_shape, out_shape=out_shape, scale=scale,
                  offset=offset, layouts=layouts, attrs=attrs)
 
-    # batch sizes: the user's, the store's (same passes as before: bitwise-identical resume), or
-    # chosen from free memory
-    for lay in layouts:
-        per_tile = lay.tile * lay.tile * lay.probe_shape[0]
-        stored = (attrs or {}).get("analyses", {}).get(lay.name, {}).get("batch")
-        if c.batch != "auto":
-            rp.batches[lay.name] = int(c.batch)
-            if stored is not None and stored != c.batch:
-                say(f"note: batch {c.batch} differs from the store's {stored}: tiles computed now "
-                    "may differ from an uninterrupted run in the last bits (different passes)")
-        elif stored is not None:
-            rp.batches[lay.name] = int(stored)
-        else:
-            rp.batches[lay.name] = choose_batch(rp.get_engine(GPU_MAX_BATCH), lay.name, per_tile,
-                                                spec.module, prep.x0)
-
-    # the tiles of this process that are not on disk yet
-    rp.planned = {lay.name: lay.tiles() for lay in layouts}
-    rp.mine = {n: P.share(t, shard_i, shard_n) for n, t in rp.planned.items()}
+    _choose_probing(rp, attrs)
+    _choose_batches(rp, attrs)
     arrays = None
     if rp.exists:
         import zarr
 
         arrays = S.tiled_arrays(zarr.open_group(str(path), mode="r"))
-    for lay in layouts:
-        mine = rp.mine[lay.name]
-        rp.todo[lay.name] = ([t for t in mine if not S.tile_done(path, arrays, lay, t)]
-                             if arrays is not None else list(mine))
+    _schedule(rp, arrays)
     for lay in layouts:
         bpp = lay.bytes_per_pixel(np_dtype.itemsize) + (2 * 4 + lay.probe_shape[0] * np_dtype.itemsize)
-        npr = nps = 0
         for t in rp.todo[lay.name]:
             th, tw = t.shape
             rp.bytes_todo += th * tw * bpp
-            pr = P.tile_probes(t, lay.probe_shape[0], lay.probe_shape[1], lay.probe_shape[2],
-                               lay.selection)
-            npr += len(pr)
-            nps += -(-len(pr) // rp.batches[lay.name])
-        rp.probes_todo[lay.name], rp.passes_todo[lay.name] = npr, nps
     if not rp.exists:
         rp.bytes_todo += (2 * math.prod(out_shape) + math.prod(in_shape)) * np_dtype.itemsize
     rp.free = S.free_disk_bytes(path.parent)
@@ -399,24 +411,157 @@ def gate(rp: RunPlan) -> dict:
         raise UserError(f"the interpreter's self-check failed: {first_line(e)}") from None
 
 
+#: probes of the timed pass of the estimate (a few: the whole job may be only a few passes)
+ESTIMATE_PROBES = 8
+
+
 def _estimate(rp: RunPlan) -> None:
-    """Time one pass of each analysis (after a warm-up pass) and extrapolate."""
+    """Time a short pass of each analysis (after a one-probe warm-up) and extrapolate."""
     k_max = max(rp.batches.values(), default=1)
     for lay in rp.layouts:
         if not rp.todo[lay.name]:
             continue
         eng = rp.get_engine(k_max)
-        first = P.passes(P.tile_probes(rp.todo[lay.name][0], *lay.probe_shape, lay.selection),
-                         rp.batches[lay.name])[0]
-        flat = [pr.flat for pr in first]
-        eng.probe(flat, lay.name)  # warm-up (kernel selection, allocator)
+        plan = rp.probing[lay.name]
+        k = rp.batches[lay.name]
+        if plan.method == "single":
+            first = P.tile_probes(rp.todo[lay.name][0], *lay.probe_shape, lay.selection)
+            items, kind = [pr.flat for pr in first], lay.name
+            shape = eng.in_shape if kind == "columns" else eng.out_shape
+            build = lambda part, shape=shape: eng._impulses(part, shape)  # noqa: E731
+        else:
+            items = Cm.block_probes(lay, plan, rp.get_support(), rp.todo_blocks[lay.name][0])
+            kind = plan.kind
+            shape = eng.in_shape if kind == "columns" else eng.out_shape
+            build = lambda part, shape=shape: Cm._build(part, shape, eng.dtype, eng.device)  # noqa: E731
+        n = min(k, ESTIMATE_PROBES, len(items))
+        eng.run(items[:1], kind, build)  # warm-up (kernel selection, allocator)
         if rp.device.type == "cuda":
             torch.cuda.synchronize(rp.device)
         t0 = time.perf_counter()
-        eng.probe(flat, lay.name)
+        eng.run(items[:n], kind, build)
         if rp.device.type == "cuda":
             torch.cuda.synchronize(rp.device)
-        rp.estimate[lay.name] = (time.perf_counter() - t0) * rp.passes_todo[lay.name]
+        per_probe = (time.perf_counter() - t0) / n
+        rp.estimate[lay.name] = per_probe * rp.probes_todo[lay.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Probing: how each analysis is probed (precompute.compressed), its batch, its units of work.
+
+
+def block_budget() -> int:
+    """Bytes one block of compressed probing may hold (windows + norms): a quarter of the free
+    RAM, at most 1 GiB (``LINEARSCOPE_BLOCK_BYTES`` overrides it). Recorded per store."""
+    env = os.environ.get("LINEARSCOPE_BLOCK_BYTES")
+    if env:
+        return int(env)
+    return int(min(1 << 30, mem_available() // 4))
+
+
+def _choose_probing(rp: RunPlan, attrs: dict | None, notes: bool = True) -> None:
+    """The probing method of every analysis: the store's (a resumed run with ``probing: auto``
+    repeats it, so the result is bitwise identical), or the cheapest exact one now."""
+    c = rp.res.config
+    stored = (attrs or {}).get("probing") or {}
+    rp.probing, rp.probing_costs = {}, {}
+    rp.block_budget = block_budget()
+    for lay in rp.layouts:
+        st = stored.get(lay.name)
+        if st is None and attrs is not None:
+            st = {"method": "single"}  # stores made before compressed probing
+        if st is not None:
+            plan = Cm.ProbingPlan.from_attrs(lay.name, st)
+            if c.probing == "single" and plan.method != "single":
+                if notes:
+                    say(f"note: probing: single differs from the store's {plan.method} "
+                        f"{lay.name}: tiles computed now may differ from an uninterrupted run in "
+                        "the last bits")
+                plan = Cm.ProbingPlan(lay.name, "single")
+        elif c.probing == "single":
+            plan = Cm.ProbingPlan(lay.name, "single")
+        else:
+            plan, rp.probing_costs[lay.name] = Cm.choose(
+                lay, rp.get_support(), rp.np_dtype.itemsize, rp.block_budget)
+        rp.probing[lay.name] = plan
+
+
+def _choose_batches(rp: RunPlan, attrs: dict | None) -> None:
+    """Probes per pass: the user's, the store's (same passes as before: bitwise-identical
+    resume), or chosen from free memory for the kind of pass the method runs."""
+    c = rp.res.config
+    for lay in rp.layouts:
+        plan = rp.probing[lay.name]
+        stored = (attrs or {}).get("analyses", {}).get(lay.name, {}).get("batch")
+        if c.batch != "auto":
+            rp.batches[lay.name] = int(c.batch)
+            if stored is not None and stored != c.batch:
+                say(f"note: batch {c.batch} differs from the store's {stored}: tiles computed now "
+                    "may differ from an uninterrupted run in the last bits (different passes)")
+        elif stored is not None:
+            rp.batches[lay.name] = int(stored)
+        else:
+            if plan.method == "single":
+                per_unit = lay.tile * lay.tile * lay.probe_shape[0]
+            else:  # at most the probes of a block
+                per_unit = max(1, max((Cm.count_probes(lay, plan, rp.get_support(), [b])
+                                       for b in P.blocks(lay.tiles(), plan.block)), default=1))
+            rp.batches[lay.name] = choose_batch(rp.get_engine(GPU_MAX_BATCH), plan.kind, per_unit,
+                                                rp.prep.spec.module, rp.prep.x0)
+    # rows read out of compressed columns: the same passes as the columns (precompute.sweep
+    # shares them when the probes are the same), so the same batch
+    cols, rows = rp.probing.get("columns"), rp.probing.get("rows")
+    if (c.batch == "auto" and cols and rows and cols.method == "compressed"
+            and rows.method == "from_columns" and not (attrs or {}).get("analyses")):
+        rp.batches["columns"] = rp.batches["rows"] = max(rp.batches["columns"], rp.batches["rows"])
+
+
+def _schedule(rp: RunPlan, group, candidates: dict[str, list[P.Tile]] | None = None) -> None:
+    """This process's share (tiles; blocks of tiles for compressed probing: a block is never
+    split between processes), what is left of it, and its probes, passes and filters.
+
+    ``group``: the store's tiled arrays (``S.tiled_arrays``), None for a new store. With
+    ``candidates`` (the plan's tiles to do), only those are checked again: a tile the plan found
+    done and intact stays done (its integrity was checked once)."""
+    shard_i, shard_n = rp.shard
+    for lay in rp.layouts:
+        plan = rp.probing[lay.name]
+        planned = lay.tiles()
+        rp.planned[lay.name] = planned
+        if plan.method == "single":
+            mine = P.share(planned, shard_i, shard_n)
+        else:
+            mine = [t for b in P.share(P.blocks(planned, plan.block), shard_i, shard_n)
+                    for t in b.tiles]
+        rp.mine[lay.name] = mine
+        if candidates is not None:
+            keep = {(t.ty, t.tx) for t in candidates.get(lay.name, [])}
+            mine_left = [t for t in mine if (t.ty, t.tx) in keep]
+        else:
+            mine_left = mine
+        todo = ([t for t in mine_left if not S.tile_done(rp.path, group, lay, t)]
+                if group is not None else list(mine_left))
+        rp.todo[lay.name] = todo
+        k = rp.batches[lay.name]
+        rp.filters_todo[lay.name] = Cm.filters(lay, todo)
+        if plan.method == "single":
+            rp.todo_blocks[lay.name] = []
+            counts = [len(P.tile_pixels(t, lay.selection)) * lay.probe_shape[0] for t in todo]
+        else:
+            left = {(t.ty, t.tx) for t in todo}
+            rp.todo_blocks[lay.name] = [b for b in P.blocks(planned, plan.block)
+                                        if any((t.ty, t.tx) in left for t in b.tiles)]
+            sup = rp.get_support() if rp.todo_blocks[lay.name] else None
+            if sup is not None and not Cm.valid(plan, sup):
+                # (a store started by a version whose analysis found a smaller support)
+                say(f"note: the structural support found now does not allow the store's "
+                    f"{plan.method} {lay.name} (period {plan.period[0]}×{plan.period[1]}); the "
+                    "remaining tiles use one impulse per probe")
+                rp.probing[lay.name] = Cm.ProbingPlan(lay.name, "single")
+                return _schedule(rp, group, candidates)
+            counts = [Cm.count_probes(lay, plan, sup, [b]) for b in rp.todo_blocks[lay.name]]
+        rp.probes_todo[lay.name] = sum(counts)
+        rp.passes_todo[lay.name] = sum(Cm.passes_of(n, k) for n in counts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,14 +581,15 @@ def describe(rp: RunPlan) -> str:
         + f" {c.interpreter} interpreter, {c.dtype} on {describe_device(rp.device)}"
         + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else "") + "."
     ]
+    if rp.layouts:
+        lines.append(_describe_support(rp))
     for lay in rp.layouts:
         n_pl = len(rp.planned[lay.name])
         lines.append(
             f"{lay.name}: window {lay.window[0]}×{lay.window[1]}{' (full)' if lay.full else ''}, "
             f"{len(rp.todo[lay.name])} of {n_pl} tiles of {lay.tile}×{lay.tile} px to do"
             + (f" (this process's share: {len(rp.mine[lay.name])})" if shard_n > 1 else "")
-            + f", {rp.probes_todo[lay.name]} probes in {rp.passes_todo[lay.name]} passes of ≤ "
-            f"{rp.batches[lay.name]}"
+            + f", {rp.filters_todo[lay.name]:,} filters: " + _describe_method(rp, lay)
             + (f", about {fmt_time(rp.estimate[lay.name])}" if lay.name in rp.estimate else "")
             + "."
         )
@@ -454,6 +600,41 @@ def describe(rp: RunPlan) -> str:
         f"estimated compute time {fmt_time(sum(rp.estimate.values()))}."
     )
     return " ".join(lines)
+
+
+def _describe_support(rp: RunPlan) -> str:
+    if rp.res.config.probing == "single" and rp.support is None:
+        return "Probing: one impulse per probe (probing: single)."
+    sup = rp.support
+    if sup is None:
+        return "Probing: as recorded in the store."
+    found = f"(found with {sup.probes} line probes in {fmt_time(sup.seconds)})"
+    if sup.is_global:
+        return (f"Probing: one impulse per probe, the structural support is global {found}: "
+                f"{sup.global_reason}.")
+    (ry, rx), (cy, cx) = sup.period_in, sup.period_out
+    return (f"Structural support {found}: a row reaches at most {ry}×{rx} input px, a column "
+            f"{cy}×{cx} output px.")
+
+
+def _describe_method(rp: RunPlan, lay: S.Layout) -> str:
+    plan = rp.probing[lay.name]
+    k, probes, passes = rp.batches[lay.name], rp.probes_todo[lay.name], rp.passes_todo[lay.name]
+    costs = rp.probing_costs.get(lay.name, {})
+    direction = "forward" if plan.kind == "columns" else "backward"
+    if plan.method == "single":
+        how = f"one impulse per probe, {probes:,} {direction} probes"
+    else:
+        what = ("compressed probes" if plan.method == "compressed"
+                else "read out of columns (no backward pass)")
+        how = (f"{what}, period {plan.period[0]}×{plan.period[1]} px, blocks of "
+               f"{plan.block}×{plan.block} tiles ({len(rp.todo_blocks[lay.name])} to do): "
+               f"{probes:,} {direction} probes")
+    how += f" in {passes:,} passes of ≤ {k}"
+    if plan.method != "single" and "single" in costs:
+        n_single = int(costs["single"] / (1 if lay.name == "columns" else Cm.BACKWARD_COST))
+        how += f" (one impulse per probe: {n_single:,} {lay.name[:-1]} probes)"
+    return how
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,12 +657,22 @@ def _new_attrs(rp: RunPlan, checks: dict, seconds: float) -> dict:
         "analyses": ({"residual": True} if a.residual else {})
         | {lay.name: lay.attrs(rp.batches[lay.name]) for lay in rp.layouts}
         | {name: mod.planned(rp, acfg) for name, mod, acfg in whole_f_analyses(rp)},
+        "probing": _probing_attrs(rp),
         "timings": {"residual": seconds, "columns": 0.0, "rows": 0.0},
         "versions": versions(),
         "device": describe_device(rp.device),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "oom_splits": 0,
     }
+
+
+def _probing_attrs(rp: RunPlan) -> dict:
+    """``attrs.probing`` (docs/FORMAT.md, "Probing"): the support found and each analysis's
+    method, lattice period and block side."""
+    d: dict = {"requested": rp.res.config.probing,
+               "support": rp.support.attrs() if rp.support is not None else None}
+    d.update({name: plan.attrs() for name, plan in rp.probing.items()})
+    return d
 
 
 def create(rp: RunPlan) -> None:
@@ -527,14 +718,16 @@ def create(rp: RunPlan) -> None:
                 layouts=rp.layouts,
             )
         g = zarr.open_group(str(rp.path), mode="r")
+        # the store's method, blocks and batches win (another --shard process may have made it)
+        stored = dict(g.attrs)
+        _choose_probing(rp, stored, notes=False)
         if c.batch == "auto":
             for lay in rp.layouts:
                 rp.batches[lay.name] = int(g.attrs["analyses"][lay.name].get("batch",
                                                                              rp.batches[lay.name]))
         # tiles done since the plan (another process); a tile found done by the plan stays done
         arrays = S.tiled_arrays(g)
-        rp.todo = {lay.name: [t for t in (rp.mine if created else rp.todo)[lay.name]
-                              if not S.tile_done(rp.path, arrays, lay, t)] for lay in rp.layouts}
+        _schedule(rp, arrays, None if created else rp.todo)
         damaged = [f for lay in rp.layouts
                    for f in S.clear_damaged(rp.path, arrays, lay, rp.todo[lay.name])]
         if damaged:
@@ -576,7 +769,7 @@ def finish(rp: RunPlan, timings: dict[str, float]) -> None:
 
 def run_image(res: Resolved, image: Path, opts: Options) -> str:
     """Plan, create or resume, and sweep one store. Returns a one-line summary."""
-    from precompute.sweep import sweep_analysis
+    from precompute.sweep import open_writer, sweep
 
     rp = plan(res, image, opts)
     shard_n = rp.shard[1]
@@ -592,9 +785,16 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
                 f"{' of this shard' if shard_n > 1 else ''} are on disk)")
     create(rp)
     timings: dict[str, float] = {}
-    for lay in rp.layouts:
-        if rp.todo[lay.name]:
-            timings[lay.name] = sweep_analysis(rp, lay)
+    if any(rp.todo.values()):
+        writer = open_writer(rp)
+        try:
+            timings.update(sweep(rp, writer))
+        finally:
+            t0 = time.perf_counter()
+            writer.close()  # finish queued tiles even on Ctrl-C: nothing computed is lost
+            last = rp.layouts[-1].name
+            if last in timings:
+                timings[last] += time.perf_counter() - t0
     for name, mod, acfg in whole:
         if not mod.done(rp, acfg):
             timings[name] = mod.run(rp, acfg)

@@ -29,6 +29,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from precompute import integrity
 from precompute import probes as P
+from precompute import shards
 from precompute.config import UserError
 
 FORMAT_VERSION = 1
@@ -204,7 +205,19 @@ def write_tile(group: zarr.Group, lay: Layout, tile: P.Tile, block: np.ndarray,
     ys, xs = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
     group[f"{lay.name}_origin"][ys, xs] = origin
     group[f"{lay.name}_outside"][ys, xs] = outside
-    group[lay.name][ys, xs] = block
+    arr = group[lay.name]
+    level = shards.fast_path(arr)
+    root = getattr(group.store, "root", None)
+    if level is None or root is None:
+        arr[ys, xs] = block
+        return
+    # the same bytes zarr would write, without its per-chunk overhead (precompute/shards.py)
+    full = np.full(arr.metadata.chunk_grid.chunk_shape, np.nan, dtype=arr.dtype.to_native_dtype()
+                   if hasattr(arr.dtype, "to_native_dtype") else arr.dtype)
+    full[:block.shape[0], :block.shape[1]] = block
+    inner = arr.metadata.codecs[0].chunk_shape
+    shards.write_shard(shard_file(Path(root), arr, lay.name, tile),
+                       shards.encode_shard(full, tuple(inner), level))
 
 
 def tiled_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
@@ -524,6 +537,29 @@ def _group_attrs(path: Path) -> dict:
     return attrs if isinstance(attrs, dict) else {}
 
 
+def probing_text(probing: dict) -> str:
+    """``attrs.probing`` in words (docs/FORMAT.md, "Probing")."""
+    parts = []
+    for name in ANALYSES:
+        p = probing.get(name)
+        if p is None:
+            continue
+        if p["method"] == "single":
+            parts.append(f"{name} one impulse per probe")
+        else:
+            how = "compressed" if p["method"] == "compressed" else "read out of columns"
+            parts.append(f"{name} {how} (period {p['period'][0]}×{p['period'][1]} px, blocks of "
+                         f"{p['block']}×{p['block']} tiles)")
+    sup = probing.get("support")
+    if sup:
+        if sup.get("global"):
+            parts.append(f"support global: {sup['global']}")
+        else:
+            parts.append(f"support: rows ≤ {sup['rows'][0]}×{sup['rows'][1]} input px, columns ≤ "
+                         f"{sup['columns'][0]}×{sup['columns'][1]} output px")
+    return "; ".join(parts)
+
+
 def info_text(path: str | os.PathLike) -> str:
     """A human summary of a store (``precompute info``); reads the store, runs nothing from it."""
     from precompute import classify
@@ -569,6 +605,9 @@ def _info_lines(st: Store) -> list[str]:
             f"tile {lay.tile}, region {lay.attrs()['region']} stride {lay.selection.stride}, "
             f"batch {a['analyses'][name].get('batch')}: {state}"
         )
+    probing = a.get("probing")
+    if probing:
+        lines.append("probing   " + probing_text(probing))
     if "residual" in st.group:
         try:
             lines.append(f"residual  max |r| = {np.abs(st.group['residual'][...]).max():.3g}")

@@ -4,6 +4,10 @@ random sample of it from its recorded model and image.
 A store may come from someone else: it names its model, and a ``python:FILE:FUNC`` model is code
 that recomputing would import and run. That needs the user's consent (``trust_code``, the
 ``--trust-code`` flag); ``integrity_only`` checks the store without loading any model.
+
+Every sampled column or row is recomputed with one impulse per probe (the paper's probes, eq. 5
+and 6), whatever method the store used (compressed probing, rows read out of columns), so the
+reported difference checks the compressed method too (0 in float64 up to summation order).
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ def require_consent(st: S.Store, trust_code: bool) -> None:
             f"{st.path} names Python code as its model ({code}); recomputing would import and run "
             "it. Read that code, then run again with --trust-code to allow it (or use "
             "--integrity-only, which runs nothing from the store)")
+
+
+def _how(st: S.Store, name: str) -> str:
+    """How the store computed ``name`` (compressed probing, docs/FORMAT.md "Probing")."""
+    p = (st.attrs.get("probing") or {}).get(name) or {"method": "single"}
+    if p["method"] == "single":
+        return ""
+    what = "compressed probes" if p["method"] == "compressed" else "read out of columns"
+    return f" (stored: {what}, period {p['period'][0]}×{p['period'][1]})"
 
 
 def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto",
@@ -98,7 +111,8 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
             worst_out = max(worst_out, float(np.abs(frac - st.outside(name, int(i), int(j))).max()))
         good = worst_rel <= tol and worst_out <= max(tol, 1e-6)
         ok &= good
-        lines.append(f"{name}: {len(pick)} pixels × {c_probe} channels recomputed, max |Δ| = "
+        lines.append(f"{name}: {len(pick)} pixels × {c_probe} channels recomputed with "
+                     f"single-impulse probes{_how(st, name)}, max |Δ| = "
                      f"{worst:.3g} (relative {worst_rel:.3g}, tolerance {tol:g}), outside "
                      f"fraction max |Δ| = {worst_out:.2g} " + ("OK" if good else "MISMATCH"))
     more, good = verify_lines(st, prep, tol)

@@ -72,7 +72,10 @@ def test_dry_run_info_verify_and_done(tmp_path):
     cfg = _cfg(tmp_path)
     r = cli("run", "--dry-run", cfg)
     assert r.exit_code == 0, r.stderr
-    assert "columns: window 4×4, 9 of 9 tiles of 2×2 px to do, 108 probes" in r.stderr
+    # bicubic ×2 reaches 4×4 input px: 4×4 colours × 3 channels carry the 108 columns
+    assert ("columns: window 4×4, 9 of 9 tiles of 2×2 px to do, 108 filters: compressed probes, "
+            "period 4×4 px") in r.stderr
+    assert "48 forward probes" in r.stderr and "one impulse per probe: 108 column probes" in r.stderr
     assert "To write:" in r.stderr and "estimated compute time" in r.stderr
     assert not (tmp_path / "runs" / "t.zarr").exists()
 

@@ -1,0 +1,437 @@
+"""Compressed probing: one probe carries many impulses, exactly (Curtis–Powell–Reid colouring).
+
+The structural support (:mod:`precompute.support`) bounds, per axis, which input pixels can reach
+each output pixel: ``F[(b, p, q), (a, i, j)] ≠ 0`` only if ``i ∈ [lo_y(p), hi_y(p)]`` and
+``j ∈ [lo_x(q), hi_x(q)]``, intervals at most ``P = (P_y, P_x)`` wide. Impulses on a lattice of
+period P (one lattice per channel, :class:`precompute.probes.Lattice`) therefore never reach a
+common output pixel, and one probe ``Σ δ_(a, i, j)`` over a colour class gives every column of the
+class at once: the value at output pixel (p, q) belongs to the unique impulse of the class inside
+its support box (or is 0). Three methods use this (``attrs.probing.<analysis>.method``):
+
+* ``compressed`` columns: forward probes ``F·Σδ`` (eq. 5), each output pixel decoded to its
+  column (:func:`_decode_own`);
+* ``compressed`` rows: backward probes ``Fᵀ·Σδ`` over output impulses (eq. 6) on the lattice of
+  the column footprints, each input pixel decoded to its row (the same decoder, domains swapped);
+* ``from_columns`` rows: forward probes over the input pixels that reach an output block (its
+  halo included): the same numbers as the columns, read transposed into the rows of every output
+  pixel of the block (:func:`_decode_rows_from_columns`) — no backward pass at all.
+
+Columns are decoded over their whole support even where the stored window is smaller, so the
+``*_outside`` fractions are those of the full filter. Work is cut into blocks of ``g × g`` tiles
+(:class:`precompute.probes.Block`): a block is coloured on its own (for ``from_columns`` with the
+halo of input pixels its rows need), its passes are fixed, its memory is bounded by its windows,
+and its tiles go to the writer when the block is done.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from precompute import probes as P
+from precompute.config import UserError
+
+METHODS = ("single", "compressed", "from_columns")
+#: relative cost of a backward probe (a row pass keeps the forward's activations)
+BACKWARD_COST = 2.0
+
+
+@dataclass(frozen=True)
+class ProbingPlan:
+    """How one analysis (``columns`` or ``rows``) is probed: method, lattice period, block side
+    in tiles and the kind of passes (``columns``: forward F·v, ``rows``: backward Fᵀ·u)."""
+
+    analysis: str
+    method: str
+    period: tuple[int, int] = (1, 1)
+    block: int = 1
+
+    @property
+    def kind(self) -> str:
+        """The engine pass: forward (``columns``) or backward (``rows``)."""
+        if self.method == "single":
+            return self.analysis
+        return "columns" if self.method in ("from_columns",) or self.analysis == "columns" \
+            else "rows"
+
+    def attrs(self) -> dict:
+        d: dict = {"method": self.method}
+        if self.method != "single":
+            d.update(period=list(self.period), block=self.block)
+        return d
+
+    @classmethod
+    def from_attrs(cls, analysis: str, a: dict) -> "ProbingPlan":
+        return cls(analysis, a["method"], tuple(a.get("period", (1, 1))), int(a.get("block", 1)))
+
+
+# --- geometry of one axis ------------------------------------------------------------------
+
+
+def _candidates(lo: np.ndarray, hi: np.ndarray, lat: P.Lattice, key: int) -> np.ndarray:
+    """For every interval [lo[u], hi[u]]: its unique lattice pixel of colour ``key`` (intervals
+    are at most ``lat.period`` wide), else −1."""
+    k = np.maximum(0, -((lat.start - lo) // lat.step))  # first lattice index at or after lo
+    k = k + (key - k) % lat.q
+    i = lat.start + lat.step * k
+    return np.where((i <= hi) & (lo <= hi), i, -1)
+
+
+def _origins(rule, n: int, scale: float, offset: float, w: int, other: int) -> np.ndarray:
+    return np.array([rule(i, scale, offset, w, other) for i in range(n)], dtype=np.int64)
+
+
+@dataclass
+class Geometry:
+    """Per-axis tables of one analysis under one method: decode intervals and window origins."""
+
+    lo: tuple[np.ndarray, np.ndarray]      # per index of the decoded domain: probe-domain interval
+    hi: tuple[np.ndarray, np.ndarray]
+    origin: tuple[np.ndarray, np.ndarray]  # per stored filter index: its window origin
+
+
+def geometry(lay, support, plan: ProbingPlan) -> Geometry:
+    """Decode tables for ``lay`` (a :class:`precompute.store.Layout`) under ``plan``."""
+    rule = P.column_origin if lay.name == "columns" else P.row_origin
+    _, ho, wo = lay.other_shape
+    _, hp, wp = lay.probe_shape
+    origin = (_origins(rule, hp, lay.scale, lay.offset, lay.window[0], ho),
+              _origins(rule, wp, lay.scale, lay.offset, lay.window[1], wo))
+    if plan.method == "compressed" and lay.name == "rows":
+        lo, hi = support.col_lo, support.col_hi  # input pixel → the output impulses reaching it
+    else:
+        lo, hi = support.row_lo, support.row_hi  # output pixel → the input impulses reaching it
+    return Geometry(lo, hi, origin)
+
+
+# --- the probes of a block -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockProbe:
+    """One probe: impulses in ``channel`` at every pixel of ``rows × cols`` (a colour class)."""
+
+    key: tuple[int, int]
+    channel: int
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+
+
+def _lattices(lay, plan: ProbingPlan) -> tuple[P.Lattice, P.Lattice]:
+    _, h, w = lay.probe_shape
+    if plan.method == "from_columns":
+        return P.Lattice(plan.period[0]), P.Lattice(plan.period[1])
+    (sy, _, dy), (sx, _, dx) = (P.axis_selection(lay.selection, 0, h),
+                                P.axis_selection(lay.selection, 1, w))
+    return P.Lattice(plan.period[0], sy, dy), P.Lattice(plan.period[1], sx, dx)
+
+
+def _impulse_range(lay, plan: ProbingPlan, support, axis: int, b0: int, b1: int) -> tuple[int, int]:
+    """Probe-domain pixels [lo, hi) along ``axis`` that carry impulses for block range [b0, b1).
+
+    ``compressed``: the block's selected pixels. ``from_columns``: the input pixels reaching the
+    block's selected output pixels (the halo), from the support."""
+    size = lay.probe_shape[1 + axis]
+    start, stop, step = P.axis_selection(lay.selection, axis, size)
+    if plan.method != "from_columns":
+        return max(b0, start), min(b1, stop)
+    lo, hi = support.row_lo[axis], support.row_hi[axis]
+    us = [u for u in range(max(b0, start), min(b1, stop)) if (u - start) % step == 0]
+    us = [u for u in us if lo[u] <= hi[u]]
+    if not us:
+        return 0, 0
+    return int(min(lo[u] for u in us)), int(max(hi[u] for u in us)) + 1
+
+
+def _axis_keys(lay, plan, support, axis: int, b0: int, b1: int, lat: P.Lattice) -> list[int]:
+    lo, hi = _impulse_range(lay, plan, support, axis, b0, b1)
+    return lat.keys(lo, hi) if hi > lo else []
+
+
+def block_probes(lay, plan: ProbingPlan, support, block: P.Block) -> list[BlockProbe]:
+    """The probes of one block, in a fixed order: colour (y, x), then channel."""
+    lat = _lattices(lay, plan)
+    ranges = [_impulse_range(lay, plan, support, 0, block.y0, block.y1),
+              _impulse_range(lay, plan, support, 1, block.x0, block.x1)]
+    channels = lay.other_shape[0] if plan.method == "from_columns" else lay.probe_shape[0]
+    out = []
+    for ky in (lat[0].keys(*ranges[0]) if ranges[0][1] > ranges[0][0] else []):
+        rows = tuple(lat[0].members(*ranges[0], ky))
+        for kx in (lat[1].keys(*ranges[1]) if ranges[1][1] > ranges[1][0] else []):
+            cols = tuple(lat[1].members(*ranges[1], kx))
+            for a in range(channels):
+                out.append(BlockProbe((ky, kx), a, rows, cols))
+    return out
+
+
+def count_probes(lay, plan: ProbingPlan, support, blocks: list[P.Block]) -> int:
+    """Probes of ``blocks`` without building them (colours per axis × channels)."""
+    lat = _lattices(lay, plan)
+    channels = lay.other_shape[0] if plan.method == "from_columns" else lay.probe_shape[0]
+    n = 0
+    cache: dict = {}
+    for b in blocks:
+        c = []
+        for axis, (b0, b1) in enumerate(((b.y0, b.y1), (b.x0, b.x1))):
+            key = (axis, b0, b1)
+            if key not in cache:
+                cache[key] = len(_axis_keys(lay, plan, support, axis, b0, b1, lat[axis]))
+            c.append(cache[key])
+        n += c[0] * c[1] * channels
+    return n
+
+
+# --- choosing a method ---------------------------------------------------------------------
+
+
+def block_bytes(lay, g: int, itemsize: int) -> int:
+    """Memory of one block of ``g × g`` tiles: windows, origins and float64 norms."""
+    side = g * lay.tile
+    per_pixel = lay.bytes_per_pixel(itemsize) + 8 + 16 * lay.probe_shape[0]
+    return side * side * per_pixel
+
+
+def choose(lay, support, itemsize: int, budget: int) -> tuple[ProbingPlan, dict[str, float]]:
+    """The cheapest exact way to probe ``lay`` given the support (None or global: single).
+
+    Cost = forward probes + ``BACKWARD_COST`` × backward probes, over the planned tiles; the
+    block side is the one that minimises it within ``budget`` bytes per block. For rows this
+    compares reading them out of forward probes (whether or not columns are stored: the columns
+    are decoded internally, over their whole support) with compressed backward passes, which win
+    only for networks that shrink the image. Returns the plan and the cost of every candidate
+    method (for the plan paragraph)."""
+    tiles = lay.tiles()
+    n_single = sum(len(P.tile_pixels(t, lay.selection)) for t in tiles) * lay.probe_shape[0]
+    costs = {"single": n_single * (1.0 if lay.name == "columns" else BACKWARD_COST)}
+    best = ProbingPlan(lay.name, "single")
+    if support is None or support.is_global or not tiles:
+        return best, costs
+    candidates = []
+    if lay.name == "columns":
+        candidates.append(("compressed", support.period_in, 1.0))
+    else:
+        candidates.append(("from_columns", support.period_in, 1.0))
+        candidates.append(("compressed", support.period_out, BACKWARD_COST))
+    nty = max(t.ty for t in tiles) + 1
+    ntx = max(t.tx for t in tiles) + 1
+    g_max = max(nty, ntx)
+    for method, period, weight in candidates:
+        best_g, best_n = None, None
+        for g in range(1, g_max + 1):
+            if g > 1 and block_bytes(lay, g, itemsize) > budget:
+                break
+            plan = ProbingPlan(lay.name, method, tuple(period), g)
+            n = count_probes(lay, plan, support, P.blocks(tiles, g))
+            if best_n is None or n < best_n:
+                best_g, best_n = g, n
+        costs[method] = best_n * weight
+        if costs[method] < costs[best.method]:
+            best = ProbingPlan(lay.name, method, tuple(period), best_g)
+    return best, costs
+
+
+# --- execution -----------------------------------------------------------------------------
+
+
+def _build(probes: list[BlockProbe], shape: tuple, dtype, device) -> torch.Tensor:
+    v = torch.zeros((len(probes),) + tuple(shape), dtype=dtype, device=device)
+    for k, pr in enumerate(probes):
+        r = torch.as_tensor(pr.rows, device=device)
+        c = torch.as_tensor(pr.cols, device=device)
+        v[k, pr.channel, r[:, None], c[None, :]] = 1
+    return v
+
+
+def _selected(n: int, sel: P.Selection, axis: int, b0: int, b1: int) -> np.ndarray:
+    start, stop, step = P.axis_selection(sel, axis, n)
+    idx = np.arange(b0, b1)
+    return (idx >= start) & (idx < stop) & ((idx - start) % step == 0)
+
+
+class BlockBuffer:
+    """The stored windows of one block being decoded, with origins and float64 norms."""
+
+    def __init__(self, lay, block: P.Block, geo: Geometry, np_dtype):
+        self.lay, self.block = lay, block
+        bh, bw = block.y1 - block.y0, block.x1 - block.x0
+        c_probe = lay.probe_shape[0]
+        self.sel_y = _selected(lay.probe_shape[1], lay.selection, 0, block.y0, block.y1)
+        self.sel_x = _selected(lay.probe_shape[2], lay.selection, 1, block.x0, block.x1)
+        sel = self.sel_y[:, None] & self.sel_x[None, :]
+        self.values = np.zeros((bh, bw) + lay.chunk[2:], dtype=np_dtype)
+        self.values[~sel] = np.nan
+        self.origin = np.full((bh, bw, 2), -1, dtype=np.int32)
+        oy = geo.origin[0][block.y0:block.y1]
+        ox = geo.origin[1][block.x0:block.x1]
+        self.origin[..., 0] = np.where(sel, oy[:, None], -1)
+        self.origin[..., 1] = np.where(sel, ox[None, :], -1)
+        self.total = np.zeros((bh, bw, c_probe), dtype=np.float64)
+        self.outside_sq = np.zeros((bh, bw, c_probe), dtype=np.float64)
+        self.selected = sel
+
+    def tile(self, t: P.Tile, np_dtype):
+        """(values, origin, outside) of one tile of the block, as :func:`tile_arrays` returns."""
+        b = self.block
+        ys, xs = slice(t.y0 - b.y0, t.y1 - b.y0), slice(t.x0 - b.x0, t.x1 - b.x0)
+        tot, out = self.total[ys, xs], self.outside_sq[ys, xs]
+        frac = np.where(tot > 0, out / np.where(tot > 0, tot, 1), 0).astype(np_dtype)
+        frac[~self.selected[ys, xs]] = np.nan
+        return self.values[ys, xs], self.origin[ys, xs], frac
+
+
+def _decode_own(buf: BlockBuffer, geo: Geometry, lat, y: np.ndarray, pr: BlockProbe) -> None:
+    """Filters of the probed pixels (columns from forward probes, rows from backward ones).
+
+    ``y`` (C_other, H_o, W_o) is the probe's output; output pixel (u, v) belongs to the impulse
+    (i, j) = (candidate of u, candidate of v) of the probe's colour, if both exist."""
+    b = buf.block
+    wh, ww = buf.lay.window
+    cand = []
+    for axis, (b0, b1) in enumerate(((b.y0, b.y1), (b.x0, b.x1))):
+        c = _candidates(geo.lo[axis], geo.hi[axis], lat[axis], pr.key[axis])
+        sel = (c >= b0) & (c < b1)
+        if sel.any():
+            sel[sel] = (_selected_at(buf, axis, c[sel] - b0))
+        cand.append(np.where(sel, c, -1))
+    us, vs = np.nonzero(cand[0] >= 0)[0], np.nonzero(cand[1] >= 0)[0]
+    if not len(us) or not len(vs):
+        return
+    sub = y[:, us][:, :, vs]                                   # (C_o, nu, nv)
+    sq = np.square(sub, dtype=np.float64).sum(0)               # (nu, nv)
+    bi, bj = cand[0][us] - b.y0, cand[1][vs] - b.x0
+    dy = us - geo.origin[0][cand[0][us]]
+    dx = vs - geo.origin[1][cand[1][vs]]
+    iny, inx = (dy >= 0) & (dy < wh), (dx >= 0) & (dx < ww)
+    bw = b.x1 - b.x0
+    flat = (bi[:, None] * bw + bj[None, :]).ravel()
+    n = buf.total.shape[0] * bw
+    a = pr.channel
+    buf.total[..., a] += np.bincount(flat, sq.ravel(), n).reshape(buf.total.shape[:2])
+    outside = sq * ~(iny[:, None] & inx[None, :])
+    buf.outside_sq[..., a] += np.bincount(flat, outside.ravel(), n).reshape(buf.total.shape[:2])
+    ui, vi = np.nonzero(iny)[0], np.nonzero(inx)[0]
+    if len(ui) and len(vi):
+        buf.values[bi[ui][:, None], bj[vi][None, :], a, :, dy[ui][:, None], dx[vi][None, :]] = \
+            sub[:, ui][:, :, vi].transpose(1, 2, 0)
+
+
+def _selected_at(buf: BlockBuffer, axis: int, local: np.ndarray) -> np.ndarray:
+    return (buf.sel_y if axis == 0 else buf.sel_x)[local]
+
+
+def _decode_rows_from_columns(buf: BlockBuffer, geo: Geometry, lat, y: np.ndarray,
+                              pr: BlockProbe) -> None:
+    """Rows of the block's output pixels from a forward probe: output pixel (u, v) holds
+    ``F[(b, u, v), (a, i, j)]`` for the probe's impulse (i, j) inside its row support."""
+    b = buf.block
+    wh, ww = buf.lay.window
+    cand, local = [], []
+    for axis, (b0, b1) in enumerate(((b.y0, b.y1), (b.x0, b.x1))):
+        c = _candidates(geo.lo[axis][b0:b1], geo.hi[axis][b0:b1], lat[axis], pr.key[axis])
+        c = np.where(buf.sel_y if axis == 0 else buf.sel_x, c, -1)
+        cand.append(c)
+        local.append(np.nonzero(c >= 0)[0])
+    us, vs = local
+    if not len(us) or not len(vs):
+        return
+    sub = y[:, b.y0 + us][:, :, b.x0 + vs]                     # (C', nu, nv)
+    sq = np.square(sub, dtype=np.float64).transpose(1, 2, 0)   # (nu, nv, C')
+    ey = cand[0][us] - geo.origin[0][b.y0 + us]
+    ex = cand[1][vs] - geo.origin[1][b.x0 + vs]
+    iny, inx = (ey >= 0) & (ey < wh), (ex >= 0) & (ex < ww)
+    grid = np.ix_(us, vs)
+    buf.total[grid] += sq
+    buf.outside_sq[grid] += sq * ~(iny[:, None] & inx[None, :])[..., None]
+    ui, vi = np.nonzero(iny)[0], np.nonzero(inx)[0]
+    if len(ui) and len(vi):
+        buf.values[us[ui][:, None], vs[vi][None, :], :, pr.channel, ey[ui][:, None],
+                   ex[vi][None, :]] = sub[:, ui][:, :, vi].transpose(1, 2, 0)
+
+
+@dataclass
+class Target:
+    """One block of one analysis decoded from a list of probes."""
+
+    lay: object
+    plan: ProbingPlan
+    geo: Geometry
+    block: P.Block
+    buf: BlockBuffer | None = None
+
+
+def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target], k: int,
+               np_dtype, on_pass: Callable[[int, int], None] | None = None,
+               stats: dict | None = None) -> list[Target]:
+    """Run ``probes`` in passes of ``k`` (fixed) and decode every pass into every target's
+    block (several targets share passes when their probes are the same: a columns block and the
+    rows block read out of the same columns)."""
+    import time
+
+    stats = {} if stats is None else stats
+    kind = targets[0].plan.kind
+    shape = engine.in_shape if kind == "columns" else engine.out_shape
+    decoders = []
+    for t in targets:
+        t.buf = BlockBuffer(t.lay, t.block, t.geo, np_dtype)
+        decoders.append((_decode_rows_from_columns if t.plan.method == "from_columns"
+                         else _decode_own, t, _lattices(t.lay, t.plan)))
+    done = 0
+    for group in P.passes(probes, k):
+        t0 = time.perf_counter()
+        out = engine.run(list(group), kind,
+                         lambda part: _build(part, shape, engine.dtype, engine.device))
+        if not torch.isfinite(out).all():
+            b = targets[0].block
+            raise UserError(f"the interpreter produced NaN/Inf in a compressed "
+                            f"{targets[0].lay.name} probe (block {b.by}, {b.bx}); nothing of "
+                            "this block was stored")
+        y = out.detach().cpu().numpy()
+        t1 = time.perf_counter()
+        for n, pr in enumerate(group):
+            for decode, t, lat in decoders:
+                decode(t.buf, t.geo, lat, y[n], pr)
+        t2 = time.perf_counter()
+        stats["passes"] = stats.get("passes", 0.0) + t1 - t0
+        stats["decode"] = stats.get("decode", 0.0) + t2 - t1
+        done += len(group)
+        if on_pass is not None:
+            on_pass(done, len(probes))
+    return targets
+
+
+def block_arrays(engine, support, lay, block: P.Block, plan: ProbingPlan, geo: Geometry, k: int,
+                 np_dtype, on_pass: Callable[[int, int], None] | None = None,
+                 stats: dict | None = None) -> BlockBuffer:
+    """Compute one block: its probes in passes of ``k`` (fixed), decoded into its windows.
+
+    ``on_pass(done, total)`` is called after every pass with the probes done so far; ``stats``
+    (optional) accumulates seconds in ``passes`` (the engine, including the copy to the host)
+    and ``decode``."""
+    probes = block_probes(lay, plan, support, block)
+    (t,) = run_probes(engine, support, probes, [Target(lay, plan, geo, block)], k, np_dtype,
+                      on_pass, stats)
+    return t.buf
+
+
+def filters(lay, tiles) -> int:
+    """Filters (pixel × channel of the probed domain) stored by ``tiles``."""
+    return sum(len(P.tile_pixels(t, lay.selection)) for t in tiles) * lay.probe_shape[0]
+
+
+def passes_of(n_probes: int, k: int) -> int:
+    return math.ceil(n_probes / max(k, 1))
+
+
+def valid(plan: ProbingPlan, support) -> bool:
+    """Does ``support`` allow ``plan``'s lattice (for a store started earlier)?"""
+    if plan.method == "single":
+        return True
+    if support is None or support.is_global:
+        return False
+    need = support.period_out if (plan.method == "compressed" and plan.analysis == "rows") \
+        else support.period_in
+    return all(n <= p for n, p in zip(need, plan.period))
