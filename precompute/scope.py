@@ -621,6 +621,14 @@ _BATCH_CHECKS: dict[Callable, Callable] = {
 }
 
 
+def touches_batch(func: Callable, args: tuple, kwargs: dict, ndim: int) -> bool:
+    """Would ``func(*args, **kwargs)`` move, mix, select or fold dimension 0 of an ``ndim``-dim
+    probe-carrying operand? (The checks the scope applies to every op; also used by the
+    structural support analysis, :mod:`precompute.support`.)"""
+    check = _BATCH_CHECKS.get(func)
+    return check is not None and bool(check(args, kwargs, ndim))
+
+
 def _einsum_keeps_batch(equation: str, operands, marked_index: int) -> bool:
     """Does ``einsum(equation, *operands)`` keep dimension 0 of operand ``marked_index`` as
     dimension 0 of its output, without summing over or mixing along it?"""
@@ -1185,8 +1193,7 @@ class LinearScope:
         if func in _REDUCE_WITH_INDICES and isinstance(_arg(args, kwargs, 1, ("other",)), Tensor):
             return self._select(func, _REDUCE_WITH_INDICES[func], args[0],
                                 _arg(args, kwargs, 1, ("other",)))
-        check = _BATCH_CHECKS.get(func)
-        if check is not None and check(args, kwargs, marked[0].dim()):
+        if touches_batch(func, args, kwargs, marked[0].dim()):
             raise self._batch_error(func)
         if kwargs.get("out") is not None:
             return self._out(func, args, kwargs, marked)

@@ -323,10 +323,14 @@ class SupportMode:
     def _structural(self, func, args, kwargs, marked):
         op = _scope._op_name(func)
         first = next((t for t in tree_flatten(args)[0] if self._marked(t)), None)
-        if first is not None and _scope._touches_batch(func, args, kwargs, first.dim()):
+        if first is not None and _scope.touches_batch(func, args, kwargs, first.dim()):
             raise GlobalSupport(f"`{op}` {self._where()} mixes the batch dimension")
         if func in _INTERPOLATE or func in (F.upsample_bilinear, F.upsample_nearest):
             return self._finish(func, self._interpolate(func, args, kwargs), marked)
+        if func is F.grid_sample and _scope._arg(args, kwargs, 2, ("mode",), "bilinear") not in (
+                "bilinear", "nearest"):
+            # bicubic sampling weights change sign: values could cancel and hide support
+            raise GlobalSupport(f"`{op}` {self._where()} with signed (bicubic) weights")
         if func in _scope._DIM_FIRST_ARG:
             # a concatenated constant is off on the probe branch: zeros of its shape
             parts = args[0] if args else kwargs["tensors"]
