@@ -57,27 +57,38 @@ class Engine:
 
     def probe(self, flat: list[int], kind: str) -> torch.Tensor:
         """F·δ (columns) or Fᵀ·δ (rows) for the impulses ``flat``: (K, *other_shape)."""
-        if self.max_k is not None and len(flat) > self.max_k:
+        return self._backoff(flat, lambda part: self._run(part, kind))
+
+    def apply(self, vectors: torch.Tensor, kind: str) -> torch.Tensor:
+        """F·V (``kind="columns"``, vectors ``(K, *in_shape)``) or Fᵀ·U (``"rows"``, vectors
+        ``(K, *out_shape)``) for dense vectors, with the same out-of-memory back-off as
+        :meth:`probe` (the SVD's blocks)."""
+        fn = self.li.apply if kind == "columns" else self.li.apply_transpose
+        return self._backoff(vectors, fn)
+
+    def _backoff(self, items, run):
+        """``run(items)``; on out-of-memory, ``run`` on halves (``items`` is a list or a tensor)."""
+        if self.max_k is not None and len(items) > self.max_k:
             self.oom_splits += 1
             k = self.max_k
-            return torch.cat([self.probe(flat[s:s + k], kind) for s in range(0, len(flat), k)])
+            return torch.cat([self._backoff(items[s:s + k], run) for s in range(0, len(items), k)])
         try:
-            return self._run(flat, kind)
+            return run(items)
         except Exception as e:
             if not is_oom(e):
                 raise
         # Out of memory: the exception is gone, its frames released; retry in halves.
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        if len(flat) == 1:
+        if len(items) == 1:
             raise UserError(
                 f"out of memory with a single probe on {self.device}: the model is too large for "
                 "this device at this image size (crop the image or use another device)"
             )
-        half = (len(flat) + 1) // 2
+        half = (len(items) + 1) // 2
         self.max_k = half
         self.oom_splits += 1
-        return torch.cat([self.probe(flat[:half], kind), self.probe(flat[half:], kind)])
+        return torch.cat([self._backoff(items[:half], run), self._backoff(items[half:], run)])
 
 
 def activation_bytes(module: torch.nn.Module, x0: torch.Tensor) -> int:
