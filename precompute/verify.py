@@ -65,5 +65,10 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
         lines.append(f"{name}: {len(pick)} pixels × {c_probe} channels recomputed, max |Δ| = "
                      f"{worst:.3g} (relative {worst_rel:.3g}, tolerance {tol:g}), outside "
                      f"fraction max |Δ| = {worst_out:.2g} " + ("OK" if good else "MISMATCH"))
+    from precompute.svd import recheck
+
+    svd_lines, svd_ok = recheck(st, eng, samples=max(2, samples // 2), seed=seed)
+    lines += svd_lines
+    ok &= svd_ok
     lines.append("verify: " + ("OK" if ok else "FAILED"))
     return "\n".join(lines), ok
