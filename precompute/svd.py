@@ -776,7 +776,13 @@ def write_result(path: Path, p: Plan, sol: Solution, tri: Triplets, in_shape, ou
         a = g.create_array(name, shape=shape, chunks=chunks, dtype=p.dtype, fill_value=np.nan,
                            compressors=codecs(), overwrite=True)
         a[...] = np.asarray(data, np.float64).reshape(shape).astype(p.dtype)
-    g.attrs.put(attrs | {"complete": True})
+    mark_complete(g, attrs)
+
+
+def mark_complete(group, attrs: dict) -> None:
+    """The last write of a result: its attributes with ``complete: true`` (``svd/zarr.json``,
+    replaced atomically). Readers ignore ``svd/`` until then."""
+    group.attrs.put(attrs | {"complete": True})
 
 
 def run(rp, cfg) -> float:
