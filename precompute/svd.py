@@ -210,19 +210,69 @@ def extend_basis(Q: Tensor | None, W: Tensor, capacity: int, scale: float, seed:
     width = min(w, capacity)
     if width <= 0:
         return W.new_zeros((0, d)), c_old, torch.zeros(w, 0, dtype=torch.float64)
-    _, s, Vh = torch.linalg.svd(W, full_matrices=False)
+    # the directions of W (an SVD of the tall Wᵀ: far faster than of the wide W)
+    left, s, _ = torch.linalg.svd(W.T, full_matrices=False)
     thresh = scale * float(torch.finfo(W.dtype).eps) * math.sqrt(d)
     r = min(int((s > thresh).sum()), width)
-    block = Vh[:r]
+    block = left[:, :r].T
     if r < width:
         block = torch.cat([block, _randn(width - r, d, seed, W.dtype, W.device)])
+    # W ⟂ Q after two passes, but a direction of small s_i can lose that (and random directions
+    # never had it): project once more, and a second time only if the first removed more than
+    # √ε (then one pass leaves ≤ ε; "twice is enough")
     for _ in range(2):
-        if m:
-            block = block - (block @ Q.T) @ Q
-        q, _ = torch.linalg.qr(block.T)
-        block = q.T.contiguous()
+        c = block @ Q.T if m else None
+        if c is not None:
+            block = block - c @ Q
+        block = _orthonormal_rows(block)
+        if c is None or float(c.abs().max()) <= math.sqrt(float(torch.finfo(W.dtype).eps)):
+            break
     c_new = (W @ block.T).double().cpu()
     return block, c_old, c_new
+
+
+def _orthonormal_rows(X: Tensor) -> Tensor:
+    """Orthonormalise the rows of a well-conditioned block (Cholesky QR: one w×w Gram matrix in
+    float64, then a triangular solve; QR when the Gram matrix is not positive definite)."""
+    G = (X @ X.T).double()
+    L, info = torch.linalg.cholesky_ex(G)
+    if int(info) != 0:
+        q, _ = torch.linalg.qr(X.T)
+        return q.T.contiguous()
+    return torch.linalg.solve_triangular(L.to(X.dtype), X, upper=False).contiguous()
+
+
+class Basis:
+    """Orthonormal rows kept contiguous in a buffer whose capacity doubles (no re-concatenation of
+    the whole basis at every iteration), appended block by block."""
+
+    def __init__(self, d: int, dtype: torch.dtype, device: torch.device):
+        self.buf = torch.empty(0, d, dtype=dtype, device=device)
+        self.widths: list[int] = []
+
+    @property
+    def m(self) -> int:
+        return sum(self.widths)
+
+    def __len__(self) -> int:
+        return len(self.widths)
+
+    def rows(self, blocks: int | None = None) -> Tensor:
+        """The rows of the first ``blocks`` blocks (all by default), a view."""
+        return self.buf[:sum(self.widths[:blocks]) if blocks is not None else self.m]
+
+    def block(self, j: int) -> Tensor:
+        start = sum(self.widths[:j])
+        return self.buf[start:start + self.widths[j]]
+
+    def append(self, block: Tensor) -> None:
+        m, w = self.m, block.shape[0]
+        if m + w > self.buf.shape[0]:
+            grown = self.buf.new_empty((max(2 * self.buf.shape[0], m + w), self.buf.shape[1]))
+            grown[:m] = self.buf[:m]
+            self.buf = grown
+        self.buf[m:m + w] = block
+        self.widths.append(w)
 
 
 @dataclass
@@ -234,8 +284,8 @@ class KrylovState:
     (m_V × m_U), float64; ``scale``: the largest ‖F v‖ seen (rank threshold).
     """
 
-    V: list[Tensor]
-    U: list[Tensor]
+    V: Basis
+    U: Basis
     B: Tensor
     G: Tensor
     scale: float = 0.0
@@ -289,36 +339,38 @@ def block_krylov(op: Operator, k: int, *, block: int, tol: float, max_passes: in
     if ks is None:
         V1, _, _ = extend_basis(None, _randn(block, n, _seed(seed, 0), op.dtype, op.device), n,
                                 1.0, _seed(seed, 0, 1))
-        ks = KrylovState(V=[V1], U=[], B=torch.zeros(0, 0, dtype=torch.float64),
+        ks = KrylovState(V=Basis(n, op.dtype, op.device), U=Basis(N, op.dtype, op.device),
+                         B=torch.zeros(0, 0, dtype=torch.float64),
                          G=torch.zeros(V1.shape[0], 0, dtype=torch.float64))
+        ks.V.append(V1)
         if state is not None:
             state.begin_krylov(op, block, max_passes)
     op.passes = dict(ks.passes)
     t0 = time.perf_counter() - ks.seconds
     converged = False
     while True:
-        rz = ritz(ks.B, ks.G, k, floor) if ks.U else None
-        have_k = rz is not None and rz.sigma.numel() >= k
-        if progress is not None and rz is not None:
-            progress(op.total_passes, float(rz.rel.max()) if have_k else float("inf"))
-        if have_k and bool((rz.rel <= tol).all()):
-            converged = True
-            break
         t = ks.iterations
-        Vt = ks.V[t]
+        if t and ritz_due(t, ks.U.m):
+            rz = ritz(ks.B, ks.G, k, floor)
+            have_k = rz.sigma.numel() >= k
+            if progress is not None:
+                progress(op.total_passes, float(rz.rel.max()) if have_k else float("inf"))
+            if have_k and bool((rz.rel <= tol).all()):
+                converged = True
+                break
+        Vt = ks.V.block(t)
         if Vt.shape[0] == 0:  # V spans the whole input space: B holds F exactly
             converged = True
             break
         cost = 2 * -(-Vt.shape[0] // op.pass_size)
         if op.total_passes + cost > max_passes:
             break
-        m_U = sum(b.shape[0] for b in ks.U)
-        m_Vf = sum(b.shape[0] for b in ks.V[:t + 1])
-        m_V = sum(b.shape[0] for b in ks.V)
+        m_U, m_V = ks.U.m, ks.V.m
+        m_Vf = m_V  # after this iteration every V block but the new one has been multiplied
         FV = op.F(Vt)
         ks.scale = max(ks.scale, float(torch.linalg.vector_norm(FV, dim=1).max()))
-        Qu = torch.cat(ks.U) if ks.U else None
-        Ub, c_old, c_new = extend_basis(Qu, FV, N - m_U, ks.scale, _seed(seed, t + 1, 0))
+        Ub, c_old, c_new = extend_basis(ks.U.rows() if m_U else None, FV, N - m_U, ks.scale,
+                                        _seed(seed, t + 1, 0))
         B = _grow(ks.B, m_U + Ub.shape[0], m_Vf)
         B[:m_U, m_Vf - Vt.shape[0]:] = c_old.T
         B[m_U:, m_Vf - Vt.shape[0]:] = c_new.T
@@ -327,7 +379,7 @@ def block_krylov(op: Operator, k: int, *, block: int, tol: float, max_passes: in
         if Ub.shape[0]:
             FtU = op.Ft(Ub)
             ks.scale = max(ks.scale, float(torch.linalg.vector_norm(FtU, dim=1).max()))
-            Vb, d_old, d_new = extend_basis(torch.cat(ks.V), FtU, n - m_V, ks.scale,
+            Vb, d_old, d_new = extend_basis(ks.V.rows(), FtU, n - m_V, ks.scale,
                                             _seed(seed, t + 1, 1))
         else:  # U spans the whole output space: Fᵀ U adds nothing new
             Vb = Vt.new_zeros((0, n))
@@ -344,9 +396,8 @@ def block_krylov(op: Operator, k: int, *, block: int, tol: float, max_passes: in
             state.save_krylov(ks)
     rz = ritz(ks.B, ks.G, k, floor)
     r = rz.sigma.numel()
-    Vf = torch.cat(ks.V[:ks.iterations])
-    v = rz.y.T.to(op.dtype).to(op.device) @ Vf
-    u = rz.x.T.to(op.dtype).to(op.device) @ torch.cat(ks.U)
+    v = rz.y.T.to(op.dtype).to(op.device) @ ks.V.rows(ks.iterations)
+    u = rz.x.T.to(op.dtype).to(op.device) @ ks.U.rows()
     if r < k:  # too few passes for k Ritz vectors: pad (never converged)
         v = torch.cat([v, v.new_zeros((k - r, n))])
         u = torch.cat([u, u.new_zeros((k - r, N))])
@@ -355,8 +406,17 @@ def block_krylov(op: Operator, k: int, *, block: int, tol: float, max_passes: in
     est = torch.cat([rz.rel, torch.full((k - r,), float("inf"), dtype=torch.float64)])
     return Solution(sigma, u, v, converged, "block", iterations=ks.iterations,
                     seconds=time.perf_counter() - t0, resumed=resumed,
-                    extra={"estimates": [float(e) for e in est], "basis": [
-                        sum(b.shape[0] for b in ks.U), sum(b.shape[0] for b in ks.V)]})
+                    extra={"estimates": [float(e) for e in est], "basis": [ks.U.m, ks.V.m]})
+
+
+RITZ_EVERY = 512  # Rayleigh–Ritz (an SVD of B, O(m³)) at every iteration while m_U ≤ this
+
+
+def ritz_due(t: int, m: int) -> bool:
+    """Whether to run Rayleigh–Ritz after iteration t (basis of m): always while it is cheap,
+    then every ⌊t/8⌋ iterations (≤ 12 % more iterations than needed, O(m³) work kept near that
+    of one final SVD). A function of (t, m) only, so resumed runs stop at the same iteration."""
+    return m <= RITZ_EVERY or t % max(1, t // 8) == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,11 +635,10 @@ class State:
             g[name][j] = a
 
         if t == 1:
-            put("v", 0, ks.V[0])
-        put("v", t, ks.V[t])
-        put("u", t - 1, ks.U[t - 1])
-        wu = [x.shape[0] for x in ks.U]
-        wv = [x.shape[0] for x in ks.V]
+            put("v", 0, ks.V.block(0))
+        put("v", t, ks.V.block(t))
+        put("u", t - 1, ks.U.block(t - 1))
+        wu, wv = list(ks.U.widths), list(ks.V.widths)
         m_U, m_Vf, m_V = sum(wu), sum(wv[:t]), sum(wv)
         g["B"][:m_U, m_Vf - wv[t - 1]:m_Vf] = ks.B[:, m_Vf - wv[t - 1]:].numpy()
         g["G"][:m_V, m_U - wu[t - 1]:m_U] = ks.G[:, m_U - wu[t - 1]:].numpy()
@@ -596,8 +655,11 @@ class State:
         def get(name, j, w):
             return torch.from_numpy(np.asarray(g[name][j][:w])).to(op.device)
 
-        V = [get("v", j, w) for j, w in enumerate(p["widths_v"])]
-        U = [get("u", j, w) for j, w in enumerate(p["widths_u"])]
+        V, U = Basis(op.n, op.dtype, op.device), Basis(op.N, op.dtype, op.device)
+        for j, w in enumerate(p["widths_v"]):
+            V.append(get("v", j, w))
+        for j, w in enumerate(p["widths_u"]):
+            U.append(get("u", j, w))
         m_U, m_V = sum(p["widths_u"]), sum(p["widths_v"])
         m_Vf = m_V - p["widths_v"][-1]
         B = torch.from_numpy(np.asarray(g["B"][:m_U, :m_Vf]))
@@ -669,28 +731,48 @@ def default_block(k: int) -> int:
     return min(64, max(32, 2 * k))
 
 
-def resolve(rp, cfg) -> Plan:
-    """`analyses.svd` of the config for this run's shapes and dtype (UserError if impossible)."""
-    n, N = math.prod(rp.in_shape), math.prod(rp.out_shape)
-    if cfg.k > min(n, N):
-        raise UserError(f"analyses.svd.k = {cfg.k} is more than F ({N} × {n}) has singular "
+def make_plan(k: int, n: int, N: int, dtype: str, method: str = "auto", block="auto",
+              tol: float | None = None, max_calls: int | None = None, seed: int = 0) -> Plan:
+    """Resolve ``auto`` method/block, the dtype's default tolerance and the default budgets for
+    an F of N × n (UserError if impossible)."""
+    if k > min(n, N):
+        raise UserError(f"analyses.svd.k = {k} is more than F ({N} × {n}) has singular "
                         f"values; use k ≤ {min(n, N)}")
-    method = cfg.method
     if method == "auto":
         method = "dense" if n * N <= DENSE_LIMIT else "block"
-    block = default_block(cfg.k) if cfg.block == "auto" else int(cfg.block)
-    dtype = rp.res.config.dtype
-    tol = float(cfg.tol) if cfg.tol is not None else DEFAULT_TOL[dtype]
-    max_calls = cfg.max_calls
+    block = default_block(k) if block == "auto" else int(block)
+    tol = float(tol) if tol is not None else DEFAULT_TOL.get(dtype, 1e-3)
     if max_calls is None and method == "block":
         max_calls = BLOCK_MAX_CALLS
     elif max_calls is None and method == "power":
-        max_calls = POWER_CALLS_PER_TRIPLET * cfg.k
-    if method == "power" and max_calls < 2 * cfg.k:
+        max_calls = POWER_CALLS_PER_TRIPLET * k
+    if method == "power" and max_calls < 2 * k:
         raise UserError(f"analyses.svd.max_calls = {max_calls} leaves the power method less than "
-                        f"one step (2 passes) per triplet; use at least {2 * cfg.k}")
-    return Plan(cfg.k, method, block, tol, max_calls if method != "dense" else None, cfg.seed,
-                n, N, dtype)
+                        f"one step (2 passes) per triplet; use at least {2 * k}")
+    return Plan(k, method, block, tol, max_calls if method != "dense" else None, seed, n, N, dtype)
+
+
+def resolve(rp, cfg) -> Plan:
+    """`analyses.svd` of the config for this run's shapes and dtype."""
+    return make_plan(cfg.k, math.prod(rp.in_shape), math.prod(rp.out_shape), rp.res.config.dtype,
+                     cfg.method, cfg.block, cfg.tol, cfg.max_calls, cfg.seed)
+
+
+def top_k(li, k: int = 16, *, method: str = "auto", block="auto", tol: float | None = None,
+          max_calls: int | None = None, seed: int = 0) -> Triplets:
+    """The top-k SVD of a :class:`~precompute.interpreter.LinearInterpreter` in Python, exactly as
+    ``precompute run`` computes it (same methods, defaults and sign convention; no store)."""
+    from precompute.engine import Engine
+
+    dtype = str(li.dtype).removeprefix("torch.")
+    p = make_plan(k, li.n_inputs, li.n_outputs, dtype, method, block, tol, max_calls, seed)
+    old = li.batch
+    li.batch = p.block  # one block per pass
+    try:
+        op = Operator.from_engine(Engine(li, li.device, li.dtype), p.block)
+        return finish(op, solve(op, p))
+    finally:
+        li.batch = old
 
 
 def planned(rp, cfg) -> dict:
