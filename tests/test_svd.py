@@ -19,6 +19,7 @@ import torch
 from scipy.linalg import subspace_angles
 from torch.func import jacrev
 
+from precompute import config as precompute_config
 from precompute import svd as S
 from precompute.engine import Engine
 from precompute.interpreter import LinearInterpreter
@@ -277,3 +278,22 @@ def test_extend_basis_identity_and_completion():
     blk, c_old, c_new = S.extend_basis(full.T, W, 0, 1.0, seed=1)
     assert blk.shape == (0, 20) and c_new.shape == (3, 0)
     np.testing.assert_allclose((c_old @ full.T).numpy(), W.numpy(), atol=1e-13)
+
+
+def test_top_k_in_python_is_the_run_solver():
+    """precompute.svd.top_k(li, k): the same plan (auto → dense for a small F) and conventions
+    as `analyses.svd`, without a store; the interpreter's batch is left as it was."""
+    model = M.SmallClassifier().double().eval()
+    x0 = torch.rand((1, 3, 6, 6), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    li = LinearInterpreter(model, x0, batch=5)
+    tri = S.top_k(li, 3)
+    assert li.batch == 5
+    F = jacrev(model)(x0).reshape(10, 108).detach()
+    s = torch.linalg.svdvals(F)
+    np.testing.assert_allclose(tri.sigma, s[:3].numpy(), rtol=1e-10)
+    assert tri.residual.max() < 1e-12
+    blk = S.top_k(li, 3, method="block", tol=1e-12)
+    np.testing.assert_allclose(blk.sigma, tri.sigma, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(blk.v @ tri.v.T), np.eye(3), atol=1e-8)
+    with pytest.raises(precompute_config.UserError, match="k ≤ 10"):
+        S.top_k(li, 11)
