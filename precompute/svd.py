@@ -100,12 +100,6 @@ class Operator:
                    math.prod(i), math.prod(o), engine.dtype, engine.device,
                    pass_size or engine.li.batch)
 
-    @classmethod
-    def from_matrix(cls, A: Tensor, pass_size: int = 64) -> "Operator":
-        """A dense (N × n) matrix as an operator (tests and benchmarks)."""
-        return cls(lambda V: V @ A.T, lambda U: U @ A, A.shape[1], A.shape[0], A.dtype, A.device,
-                   pass_size)
-
 
 # ---------------------------------------------------------------------------------------------
 # Results.
