@@ -63,6 +63,7 @@ def test_pages_data_and_links(site):
         assert f'href="svd/{rid}.html"' in index
     assert 'href="svd/colsonly-test.html"' not in index
     assert f'href="svd/compare-{GROUP}.html"' in index
+    assert index.count(">svd: computed</li>") == 3 and index.count(">svd: not complete</li>") == 1
     assert 'href="../svd/netA-test.html"' in (out / "explorer" / "netA-test.html").read_text()
     assert f'href="../svd/compare-{GROUP}.html"' in (out / "compare" / f"{GROUP}.html").read_text()
     explorer = (out / "explorer" / "netA-test.html").read_text()
