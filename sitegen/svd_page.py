@@ -43,8 +43,14 @@ def run_meta(st: Store, rid: str, res: SvdResult, precision: str) -> dict:
         "sign": a.get("sign_convention"),
     }
     if st.kind != "image":
-        labels = st.model.get("labels") or []
-        meta["labels"] = [str(x) for x in labels]
+        labels = [str(x) for x in (st.model.get("labels") or [])]
+        meta["labels"] = labels
+        y = np.asarray(st.read("output"), np.float64).reshape(-1)
+        r = (np.asarray(st.read("residual"), np.float64).reshape(-1)
+             if st.has_array("residual") else np.full_like(y, np.nan))
+        top = sorted(range(len(y)), key=lambda j: (-y[j], j))[:5]
+        meta["scores"] = [[labels[j] if j < len(labels) else str(j), f"{y[j]:.6g}",
+                           f"{r[j]:.6g}" if np.isfinite(r[j]) else "not computed"] for j in top]
     return meta
 
 

@@ -159,6 +159,10 @@ class SvdPage:
         assert not self.problems, self.problems
 
 
+def stores_dir(site) -> Path:
+    return site[3]
+
+
 def url(out: Path, rel: str) -> str:
     return (out / rel).as_uri()
 
@@ -266,4 +270,14 @@ def test_classifier_page_bars_escape_labels(site, browser):
     assert [t.split(": ")[0] for t in texts] == [labels[j] for j in order]
     assert pg.locator("ol.eig-bars img").count() == 0
     assert pg.evaluate("window.__pwned === undefined")
+    # f(x0) and r(x0) of the top classes, for reference
+    import zarr
+
+    g = zarr.open_group(str(stores_dir(site) / "clf.zarr"), mode="r")
+    y, res = g["output"][...], g["residual"][...]
+    top = int(np.argmax(y))
+    cells = pg.locator('[data-pane="y0"] table.scores tbody tr').first.locator("td")
+    assert cells.nth(0).inner_text() == labels[top]
+    assert float(cells.nth(1).inner_text()) == pytest.approx(float(y[top]), rel=1e-5)
+    assert float(cells.nth(2).inner_text()) == pytest.approx(float(res[top]), rel=1e-5)
     p.close()
