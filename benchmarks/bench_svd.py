@@ -71,8 +71,8 @@ def main() -> None:
         for k in args.k:
             p = S.make_plan(k, n, N, cfg["dtype"], method, args.block, args.tol, args.max_calls,
                             args.seed)
-            li.batch = p.block
-            op = S.Operator.from_engine(Engine(li, device, prep.dtype), p.block)
+            li.batch = p.pass_size
+            op = S.Operator.from_engine(Engine(li, device, prep.dtype), p.pass_size)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()

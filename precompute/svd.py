@@ -719,6 +719,12 @@ class Plan:
         return {"k": self.k, "method": self.method, "block": self.block, "tol": self.tol,
                 "max_calls": self.max_calls, "seed": self.seed}
 
+    @property
+    def pass_size(self) -> int:
+        """Vectors per pass: one block (block, power), or ≥ 64 impulses (dense, like the sweep's
+        CPU batch)."""
+        return max(self.block, 64) if self.method == "dense" else self.block
+
 
 def default_block(k: int) -> int:
     """Block size of ``block: auto``: 2k between 32 and 64 (what a device runs for ~free)."""
@@ -761,9 +767,9 @@ def top_k(li, k: int = 16, *, method: str = "auto", block="auto", tol: float | N
     dtype = str(li.dtype).removeprefix("torch.")
     p = make_plan(k, li.n_inputs, li.n_outputs, dtype, method, block, tol, max_calls, seed)
     old = li.batch
-    li.batch = p.block  # one block per pass
+    li.batch = p.pass_size
     try:
-        op = Operator.from_engine(Engine(li, li.device, li.dtype), p.block)
+        op = Operator.from_engine(Engine(li, li.device, li.dtype), p.pass_size)
         return finish(op, solve(op, p))
     finally:
         li.batch = old
@@ -777,7 +783,7 @@ def _method_text(p: Plan) -> str:
     if p.method == "dense":
         side, kind = (p.n, "column") if p.n <= p.N else (p.N, "row")
         return (f"the exact SVD of F materialised from {side:,} {kind} impulses "
-                f"({-(-side // p.block)} passes of ≤ {p.block})")
+                f"({-(-side // p.pass_size)} passes of ≤ {p.pass_size})")
     if p.method == "block":
         return f"block Krylov (blocks of {p.block}, at most {p.max_calls} passes)"
     return (f"the paper's Algorithm 1 (power iteration with momentum, deflation of F; at most "
@@ -872,10 +878,10 @@ def run(rp, cfg) -> float:
     p = resolve(rp, cfg)
     c = rp.res.config
     # an interpreter whose passes hold one block (the sweep's may hold a different batch)
-    li = LinearInterpreter(rp.prep.spec.module, rp.prep.x0, rule=c.interpreter, batch=p.block,
-                           exact=c.precision == "ieee")
+    li = LinearInterpreter(rp.prep.spec.module, rp.prep.x0, rule=c.interpreter,
+                           batch=p.pass_size, exact=c.precision == "ieee")
     eng = Engine(li, rp.device, rp.prep.dtype)
-    op = Operator.from_engine(eng, p.block)
+    op = Operator.from_engine(eng, p.pass_size)
     quiet = rp.opts.quiet
     state = State(rp.path / "svd" / "state",
                   p.attrs() | {"dtype": p.dtype, "n": p.n, "N": p.N},

@@ -118,7 +118,7 @@
     return e;
   }
   function buildPlot(host) {
-    var W = 720, Hh = 250, pad = { l: 64, r: 16, t: 12, b: 34 };
+    var W = 720, Hh = 250, pad = { l: 64, r: 16, t: ids.length > 1 ? 28 : 12, b: 34 };
     var K = kmax(), pos = [];
     ids.forEach(function (id) { metas[id].sigma.forEach(function (s) { if (s > 0) pos.push(s); }); });
     var smax = pos.length ? Math.max.apply(null, pos) : 1, smin = pos.length ? Math.min.apply(null, pos) : 1;
@@ -130,7 +130,8 @@
     function Y(s) { var l = s > 0 ? Math.log10(s) : l0; return pad.t + (1 - (l - l0) / (l1 - l0)) * ph; }
     var root_ = svg("svg", { viewBox: "0 0 " + W + " " + Hh, width: W, height: Hh, "class": "svd-svg" }, host);
     svg("rect", { x: pad.l, y: pad.t, width: pw, height: ph, "class": "frame" }, root_);
-    var mant = span <= 2 ? [1, 2, 5] : [1], dstep = Math.max(1, Math.ceil(span / 6));
+    var mant = span < 1 ? [1, 2, 3, 4, 5, 6, 7, 8, 9] : (span <= 2 ? [1, 2, 5] : [1]);
+    var dstep = Math.max(1, Math.ceil(span / 6));
     for (var e = Math.floor(l0); e <= Math.ceil(l1); e += dstep) {
       mant.forEach(function (mm) {
         var v = mm * Math.pow(10, e), lv = Math.log10(v);
@@ -158,10 +159,10 @@
           "class": "pt", "data-run": id, "data-i": i }, root_);
         svg("title", {}, c).textContent = (ids.length > 1 ? id + ": " : "") + "σ_" + (i + 1) + " = " + fmtSigma(s);
       });
-      if (ids.length > 1) {
-        // bottom left: large σ sit top left, small ones bottom right
-        svg("text", { x: pad.l + 8, y: pad.t + ph - 8 - 15 * (ids.length - 1 - r), fill: col, "class": "legend" }, root_)
-          .textContent = id;
+      if (ids.length > 1) {  // a legend row above the plot
+        var lx = pad.l + r * Math.floor(pw / ids.length);
+        svg("circle", { cx: lx + 5, cy: 12, r: 4, fill: col }, root_);
+        svg("text", { x: lx + 14, y: 16, fill: col, "class": "legend" }, root_).textContent = id;
       }
     });
     // hovering anywhere over the plot selects the nearest index
