@@ -785,7 +785,12 @@ def _method_text(p: Plan) -> str:
         return (f"the exact SVD of F materialised from {side:,} {kind} impulses "
                 f"({-(-side // p.pass_size)} passes of ≤ {p.pass_size})")
     if p.method == "block":
-        return f"block Krylov (blocks of {p.block}, at most {p.max_calls} passes)"
+        from precompute.run import fmt_bytes
+
+        iters = max(1, min(p.max_calls // 2, -(-p.n // p.block)))
+        state = iters * p.block * (p.n + p.N) * np.dtype(p.dtype).itemsize
+        return (f"block Krylov (blocks of {p.block}, at most {p.max_calls} passes; its saved "
+                f"state for resuming takes up to {fmt_bytes(state)} on disk while it runs)")
     return (f"the paper's Algorithm 1 (power iteration with momentum, deflation of F; at most "
             f"{p.max_calls} passes)")
 
