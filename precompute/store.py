@@ -396,7 +396,10 @@ def _svd_info(st: Store) -> list[str]:
     head = f"svd       top-{planned['k']} by {planned['method']}"
     if not st.has_svd():
         return [head + ": not complete (run the same command to finish it)"]
-    a, d = st.svd_attrs, st.svd()
+    try:
+        a, d = st.svd_attrs, st.svd()
+    except Exception:  # noqa: BLE001 — a damaged chunk (checksum) or metadata
+        return [head + ": unreadable (damaged; see precompute verify)"]
     sig, res = d["sigma"], d["residual"]
     c, rc = a["calls"], a.get("residual_calls", {})
     return [

@@ -941,15 +941,19 @@ def recheck(st, engine, samples: int = 4, seed: int = 0) -> tuple[list[str], boo
     a = dict(g["svd"].attrs)
     if not a.get("complete"):
         return ["svd: planned but not complete (run the same `precompute run` to finish it)"], True
-    sigma = np.asarray(g["svd/sigma"][...], np.float64)
-    k = len(sigma)
-    rng = np.random.default_rng(seed)
-    pick = sorted({0, k - 1} | set(rng.choice(k, size=min(samples, k), replace=False).tolist()))
-    pick = pick[:max(samples, 2)]
-    dt = st.dtype
+    try:
+        sigma = np.asarray(g["svd/sigma"][...], np.float64)
+        k = len(sigma)
+        rng = np.random.default_rng(seed)
+        pick = sorted({0, k - 1} | set(rng.choice(k, size=min(samples, k), replace=False).tolist()))
+        pick = pick[:max(samples, 2)]
+        dt = st.dtype
+        u = torch.from_numpy(np.stack([g["svd/u"][i] for i in pick]).astype(dt))
+        v = torch.from_numpy(np.stack([g["svd/v"][i] for i in pick]).astype(dt))
+        stored = np.asarray(g["svd/residual"][...], np.float64)[pick]
+    except Exception as e:  # noqa: BLE001 — a damaged chunk (checksum) or metadata
+        return [f"svd: unreadable ({type(e).__name__}; the store is damaged) MISMATCH"], False
     tol = 1e-9 if dt == np.float64 else 1e-4
-    u = torch.from_numpy(np.stack([g["svd/u"][i] for i in pick]).astype(dt))
-    v = torch.from_numpy(np.stack([g["svd/v"][i] for i in pick]).astype(dt))
     op = Operator.from_engine(engine)
     U, V = u.reshape(len(pick), -1).to(op.device), v.reshape(len(pick), -1).to(op.device)
     s = torch.from_numpy(sigma[pick])
@@ -958,7 +962,6 @@ def recheck(st, engine, samples: int = 4, seed: int = 0) -> tuple[list[str], boo
           / den).numpy()
     r2 = (torch.linalg.vector_norm(op.Ft(U).double().cpu() - s[:, None] * V.double().cpu(), dim=1)
           / den).numpy()
-    stored = np.asarray(g["svd/residual"][...], np.float64)[pick]
     worst = float(np.max(np.stack([r1, r2], 1) - stored))
     norms = float(max(np.abs(np.linalg.norm(U.double().cpu().numpy(), axis=1) - 1).max(),
                       np.abs(np.linalg.norm(V.double().cpu().numpy(), axis=1) - 1).max()))

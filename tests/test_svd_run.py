@@ -259,3 +259,17 @@ def test_sigkill_during_block_then_resume(tmp_path):
     assert "resuming block Krylov" in r.stderr
     assert_bitwise_equal(tmp_path / "ref" / "net.zarr", store)
     assert attrs(store)["analyses"]["svd"]["max_calls"] == 16
+
+
+def test_damaged_svd_chunk_is_one_line_in_info_and_a_failed_verify(tmp_path):
+    cfg = config(tmp_path, "out", f"python:{MODELS}:small_classifier", {"k": 3})
+    assert cli("run", "-q", cfg).exit_code == 0
+    store = tmp_path / "out" / "net.zarr"
+    chunk = next(p for p in (store / "svd" / "v" / "c").rglob("*") if p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the crc32c of that chunk no longer matches
+    chunk.write_bytes(bytes(data))
+    info = cli("info", store)
+    assert info.exit_code == 0 and "svd       top-3 by dense: unreadable" in info.output
+    ver = cli("verify", store)
+    assert ver.exit_code == 1 and "svd: unreadable" in ver.output
