@@ -59,6 +59,12 @@ class Engine:
         shape = self.in_shape if kind == "columns" else self.out_shape
         return self.run(list(flat), kind, lambda part: self._impulses(part, shape))
 
+    def apply(self, vectors: torch.Tensor, kind: str) -> torch.Tensor:
+        """F·V (``kind="columns"``, vectors ``(K, *in_shape)``) or Fᵀ·U (``"rows"``, vectors
+        ``(K, *out_shape)``) for dense vectors, with the same out-of-memory back-off (the SVD's
+        blocks)."""
+        return self.run(vectors, kind, lambda part: part)
+
     def run(self, items: list, kind: str, build: Callable[[list], torch.Tensor]) -> torch.Tensor:
         """F·v (``columns``) or Fᵀ·v (``rows``) for the probes ``build(items)`` — one pass, with
         out-of-memory back-off over ``items`` (single impulses or compressed probes)."""

@@ -502,6 +502,25 @@ class Store:
     def is_analysis_complete(self, analysis: str) -> bool:
         return len(self.done_tiles(analysis)) == len(self.planned_tiles(analysis))
 
+    # svd (precompute/svd.py) --------------------------------------------------------------
+    @property
+    def svd_attrs(self) -> dict | None:
+        """Attributes of the ``svd/`` group (method, calls, converged, ...), or None if absent."""
+        return dict(self.group["svd"].attrs) if "svd" in self.group else None
+
+    def has_svd(self) -> bool:
+        """True when the ``svd/`` result is complete (its ``complete`` attribute is written last)."""
+        a = self.svd_attrs
+        return bool(a and a.get("complete"))
+
+    def svd(self) -> dict[str, np.ndarray]:
+        """The complete SVD result: ``sigma`` (k), ``u`` (k, C', H', W') or (k, K), ``v``
+        (k, C, H, W), ``residual`` (k, 2); StoreError if it is absent or incomplete."""
+        if not self.has_svd():
+            raise StoreError(f"{self.path} holds no complete SVD (analyses.svd not run or not "
+                             "finished: run the same `precompute run` to finish it)")
+        return {name: self.group[f"svd/{name}"][...] for name in ("sigma", "u", "v", "residual")}
+
 
 def open_store(path: str | os.PathLike) -> Store:
     """Open a store written by ``precompute run`` read-only (see docs/FORMAT.md)."""
@@ -560,6 +579,32 @@ def probing_text(probing: dict) -> str:
     return "; ".join(parts)
 
 
+def _svd_info(st: Store) -> list[str]:
+    """`precompute info` lines of the SVD (docs/FORMAT.md, section SVD)."""
+    planned = st.attrs.get("analyses", {}).get("svd")
+    if planned is None:
+        return []
+    head = f"svd       top-{planned['k']} by {planned['method']}"
+    if not st.has_svd():
+        return [head + ": not complete (run the same command to finish it)"]
+    try:
+        a, d = st.svd_attrs, st.svd()
+    except Exception:  # noqa: BLE001 — a damaged chunk (checksum) or metadata
+        return [head + ": unreadable (damaged; see precompute verify)"]
+    sig, res = d["sigma"], d["residual"]
+    c, rc = a["calls"], a.get("residual_calls", {})
+    return [
+        head + (f" (blocks of {a['block']})" if a["method"] == "block" else "")
+        + f": σ_1 = {sig[0]:.4g} … σ_{len(sig)} = {sig[-1]:.4g}; "
+        + f"{c['forward']} forward + {c['backward']} backward passes"
+        + (f" (+{rc.get('forward', 0)}+{rc.get('backward', 0)} to measure residuals)" if rc else "")
+        + f", {a['wall_time']:.1f} s; "
+        + ("converged" if a["converged"] else f"NOT converged to tol {a['tol']:g}"),
+        f"          residuals max ‖Fv − σu‖/σ = {res[:, 0].max():.2e}, "
+        f"max ‖Fᵀu − σv‖/σ = {res[:, 1].max():.2e} (tol {a['tol']:g})",
+    ]
+
+
 def info_text(path: str | os.PathLike) -> str:
     """A human summary of a store (``precompute info``); reads the store, runs nothing from it."""
     from precompute import classify
@@ -616,6 +661,7 @@ def _info_lines(st: Store) -> list[str]:
     from precompute import classify  # (imports this module)
 
     lines += classify.info_lines(st.group)
+    lines += _svd_info(st)
     ch = a.get("checks", {})
     lines.append("checks    " + ", ".join(f"{k} {v:.2e}" for k, v in ch.items()))
     t = a.get("timings", {})

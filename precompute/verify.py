@@ -118,6 +118,11 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
     more, good = verify_lines(st, prep, tol)
     lines += more
     ok &= good
+    from precompute.svd import recheck
+
+    svd_lines, svd_ok = recheck(st, eng, samples=max(2, samples // 2), seed=seed)
+    lines += svd_lines
+    ok &= svd_ok
     lines.append("verify: " + ("OK" if ok else "FAILED"))
     return "\n".join(lines), ok
 

@@ -5,6 +5,7 @@ Layout of the output folder (every path relative, so it works from file:// and a
     index.html                     every run, provenance, comparison groups
     explorer/<run>.html            one run: input, output, residual, hover filters
     compare/<group>.html           runs on the same image (same sha256), one cursor
+    svd/<run>.html, svd/compare-<group>.html   SVD pages (sitegen/svd_page.py)
     static/linearscope.{js,css}    the viewer (vanilla, classic script)
     data/<run>/meta.js             LinearScope.run({...}): what the run contains
     data/<run>/{input,output,residual}.png
@@ -33,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import sitegen
-from sitegen import classify_page
+from sitegen import classify_page, svd_page
 from sitegen.reader import (KINDS, Analysis, Store, StoreError, Summary, classify_complete,
                             find_stores, open_store)
 from sitegen.tiles import MODE_TEXT, MODES, PRECISIONS, channel_block, encode_block, tile_script
@@ -583,6 +584,7 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
         C, H, W = st.input_shape
         out_px = int(np.prod(st.output_shape[-2:])) if st.kind == "image" else 0
         estimate += 3 * H * W + 6 * out_px + 40_000  # PNGs (≤ 3 bytes a pixel), pages: roughly
+        estimate += svd_page.estimate(st, opts.precision)
     estimate += 60_000  # static files
     echo(f"sitegen: {len(stores)} run(s), {npix_total} filter(s) to encode "
          f"(channels {opts.mode}, {opts.precision}, tile {opts.tile or 'auto'}); "
@@ -681,6 +683,8 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
                 status.append({"name": name, "title": title,
                                "state": "computed" if ok else "not computed",
                                "detail": "see the classifier page" if ok else ""})
+            elif name == "svd":
+                status.append(svd_page.status(st, title))
             elif name == "residual":
                 ok = "residual" in images
                 status.append({"name": name, "title": title,
@@ -728,6 +732,7 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
               "precision_text": precision_text(opts.precision),
               "version": getattr(sitegen, "__version__", "")}
     datasets = classify_page.write_pages(w, env, runs, summaries, common, opts.precision)
+    svd_page.write(w, env, runs, group_list, opts, common, js_literal)
     for r in runs:
         html = env.get_template("explorer.html").render(
             root="../", run=r, runs=[r], ids_json=js_literal([r["id"]]), **common)

@@ -202,6 +202,50 @@ class Store:
         v = self.checks.get("requirement3_rel")
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
+    # -- svd (docs/FORMAT.md, section "SVD") --------------------------------------------------
+    def svd(self) -> "SvdResult | None":
+        """The complete top-k SVD of the store, or None when there is none (not planned, not
+        finished: ``svd/zarr.json`` lacks ``complete: true``, which is written last)."""
+        zj = self.path / "svd" / "zarr.json"
+        if not zj.is_file():
+            return None
+        try:
+            attrs = json.loads(zj.read_text()).get("attributes") or {}
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{self.path}: unreadable svd/zarr.json ({e})") from None
+        if not attrs.get("complete"):
+            return None
+        sigma = np.asarray(self.read("svd/sigma"), np.float64)
+        k = len(sigma)
+        want = {"u": (k, *self.output_shape), "v": (k, *self.input_shape), "residual": (k, 2)}
+        for name, shape in want.items():
+            got = tuple(self._array(f"svd/{name}").shape)
+            if got != shape:
+                raise StoreError(f"{self.path}: array 'svd/{name}' has shape {got}, expected {shape}")
+        return SvdResult(self, attrs, sigma, np.asarray(self.read("svd/residual"), np.float64))
+
+
+@dataclass(frozen=True)
+class SvdResult:
+    """σ (k), measured residuals (k, 2) and the solver's attributes; eigen-vectors per triplet."""
+
+    store: Store
+    attrs: dict
+    sigma: np.ndarray
+    residual: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return len(self.sigma)
+
+    def u(self, i: int) -> np.ndarray:
+        """Eigen-output i: (C', H', W'), or (K,) for a vector model."""
+        return np.asarray(self.store._array("svd/u")[i])
+
+    def v(self, i: int) -> np.ndarray:
+        """Eigen-input i: (C, H, W)."""
+        return np.asarray(self.store._array("svd/v")[i])
+
 
 def open_store(path: str | Path) -> Store:
     return Store(Path(path))

@@ -26,8 +26,12 @@ def test_shipped_example_runs_verifies_and_builds(tmp_path):
         data = st.group[name][...]
         assert not np.isnan(data).any(), name
         assert float(np.nanmax(st.group[f"{name}_outside"][...])) < 1e-3, name
+    # ...and the top-16 SVD (auto: F is 9,216 × 1,024, small enough for the exact dense SVD)
+    assert st.has_svd() and st.svd_attrs["method"] == "dense" and st.svd_attrs["k"] == 16
+    assert float(st.svd()["residual"].max()) < 1e-4
     verify = cli_subprocess("verify", store_path, "--samples", "4", cwd=tmp_path)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "svd: " in verify.stdout and "triplets recomputed" in verify.stdout
 
     from click.testing import CliRunner
 
@@ -38,3 +42,4 @@ def test_shipped_example_runs_verifies_and_builds(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "explorer" / "astronaut-pixelshuffle-x3.html").is_file()
+    assert (tmp_path / "site" / "svd" / "astronaut-pixelshuffle-x3.html").is_file()
