@@ -10,6 +10,11 @@ is therefore derived from the network, never from the data:
   of its window, a normalisation frozen at x0's statistics → pointwise, weights of convolutions
   and linear layers → all ones, sums → unions (no cancellation: every value is re-binarised to
   {0, 1} after every op), biases and other constants → off (they are not part of F);
+* in-place writes follow the scope's rules (``y[k] = v``, ``copy_``, ``index_put_``,
+  ``masked_fill``, ``where``, ``out=``, ``acc.add_(v)``): a written constant is off, a
+  probe-carrying value written into a fresh tensor makes it (its base and every view of it)
+  probe-carrying, views of probe-carrying tensors stay views so writes through them land, and
+  every write leaves the tensor binary (``neg_`` must not cancel a later sum);
 * anything it does not know — an op without a support rule, a Taylor normalisation, a product of
   two probe-carrying tensors through ``matmul``, max unpooling at x0's indices, reads of values —
   raises :class:`GlobalSupport`: the sweep then falls back to one impulse per probe (fail closed);
@@ -103,6 +108,8 @@ class SupportMode:
         self._names = {id(m): n for n, m in model.named_modules()}
         self._stack: list[str] = []
         self._handles: list = []
+        self._storages: set[int] = set()  # constant tensors that received probe-carrying values
+        self._model_storages: set[int] | None = None
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> "SupportMode":
@@ -135,6 +142,7 @@ class SupportMode:
         """The support of ``model`` applied to the probes ``x`` (K, ...), as {0, 1}."""
         self._batch = x.shape[0]
         self._track = track
+        self._storages.clear()
         x = _binary(x.detach())
         self._mark(x)
         with torch.no_grad(), _Mode(self):  # only the model's own calls are interpreted
@@ -149,17 +157,32 @@ class SupportMode:
         t._linearscope_support = id(self)
 
     def _marked(self, t) -> bool:
-        return isinstance(t, Tensor) and getattr(t, "_linearscope_support", None) == id(self)
+        if not isinstance(t, Tensor):
+            return False
+        if getattr(t, "_linearscope_support", None) == id(self):
+            return True
+        # a view of a constant tensor that received probe-carrying values after it was taken
+        if self._storages and _scope._storage(t) in self._storages:
+            self._mark(t)
+            return True
+        return False
 
     def _finish(self, func, out, inputs):
         """Binarise and mark every floating output (new tensors: views of the inputs stay
         untouched); check the batch; note where a single impulse first spread globally."""
+        stores = {_scope._storage(t) for t in tree_flatten(inputs)[0] if self._marked(t)}
+
         def fix(t):
             if not (isinstance(t, Tensor) and t.is_floating_point()):
                 return t
             if t.dim() == 0 or t.shape[0] != self._batch:
                 raise GlobalSupport(f"`{_scope._op_name(func)}` {self._where()} mixes or drops "
                                     "the batch dimension")
+            if t._is_view() and _scope._storage(t) in stores:
+                # a view of a (binary) probe-carrying tensor stays a view: a later in-place
+                # write through it must reach the tensor it views, as in the model
+                self._mark(t)
+                return t
             b = _binary(t)
             self._mark(b)
             return b
@@ -192,10 +215,23 @@ class SupportMode:
         marked = [t for t in flat if self._marked(t)]
         if not marked:
             return func(*args, **kwargs)  # weights, constants, shape arithmetic
+        if not args:  # torch.relu(input=x): every rule finds the input in args[0]
+            args, kwargs = _scope._positional_input(func, args, kwargs)
         op = _scope._op_name(func)
         name = getattr(func, "__name__", "")
         if name in _scope.VALUE_READS or func in (T.detach, T.detach_, torch.detach):
             raise GlobalSupport(f"`{op}` {self._where()} reads or detaches a probe-carrying tensor")
+        if kwargs.get("out") is not None:
+            return self._out(func, args, kwargs, marked)
+        if func in _scope.WRITES:
+            return self._written(func, args, kwargs)
+        target = args[0] if args else None
+        if (_is_inplace(func, kwargs) and isinstance(target, Tensor) and not self._marked(target)
+                and func not in _scope.NONLINEAR_OPS):
+            if not (func in _scope.ADD_LIKE or func in _scope.MUL_LIKE or func in _scope.DIV_LIKE):
+                raise GlobalSupport(f"`{op}` {self._where()} writes probe-carrying values into a "
+                                    "constant tensor in place (no support rule)")
+            self._adopt(func, target)  # acc = zeros_like(x); acc.add_(v)
         if func in _scope.NONLINEAR_OPS:
             return self._nonlinear(func, _scope.NONLINEAR_OPS[func], args, kwargs, marked)
         if func in _scope.ADD_LIKE or func in _scope.MUL_LIKE:
@@ -212,7 +248,8 @@ class SupportMode:
             return self._positive(func, args, kwargs, marked)
         if func in _scope.AFFINE:
             return self._affine(func, args, kwargs, marked)
-        if func in _scope.CREATION:
+        if func in _scope.CREATION or (func is T.new_tensor and not self._marked(
+                _scope._arg(args, kwargs, 1, ("data",)))):
             return func(*args, **kwargs)
         if func in _scope.DROPOUT:
             return self._finish(func, args[0].clone(), marked)
@@ -249,7 +286,8 @@ class SupportMode:
                 return x
             return self._finish(func, x.clone(), marked)
         if family == "max_pool":
-            p = {k: v for k, v in params.items() if k not in ("_with_indices", "return_indices")}
+            p = {k: v for k, v in params.items()
+                 if not k.startswith("_") and k != "return_indices"}
             y, idx = params["_with_indices"](x, **p)  # max of {0, 1}: the union of each window
             y = self._finish(func, y, marked)
             wants = func in _scope._POOL_RETURNS_INDICES or bool(params.get("return_indices"))
@@ -282,9 +320,119 @@ class SupportMode:
                 parts.append(torch.zeros_like(t))
         y = parts[0] + parts[1] if len(parts) == 2 else parts[0].clone()
         if _is_inplace(func, kwargs) and self._marked(a):
-            a.copy_(y != 0)  # the model may rely on the mutation
+            a.copy_(_binary(y))  # the model may rely on the mutation
             return a
         return self._finish(func, y, marked)
+
+    # -- in-place writes ------------------------------------------------------------------------
+    def _adopt(self, func, target: Tensor) -> None:
+        """A constant tensor receives probe-carrying values (``acc = zeros_like(x); acc += v``,
+        ``y = x.new_zeros(…); y[:, 1:] = x[:, :-1]``): its constant content is off on the probe
+        branch (zeros), and it — with its base and every view of it — carries probes from now on.
+        Only fresh tensors with the batch as dimension 0 qualify (as in the scope)."""
+        op = _scope._op_name(func)
+        if not target.is_floating_point() or target.dim() == 0 or target.shape[0] != self._batch:
+            raise GlobalSupport(f"`{op}` {self._where()} writes probe-carrying values into a "
+                                f"tensor of shape {tuple(target.shape)} without the batch dimension")
+        if self._model_storages is None:
+            self._model_storages = {_scope._storage(t) for t in
+                                    (*self.model.parameters(), *self.model.buffers())}
+        if _scope._storage(target) in self._model_storages:
+            raise GlobalSupport(f"`{op}` {self._where()} writes probe-carrying values into a "
+                                "parameter or buffer of the model")
+        base = _scope._base(target)
+        base.zero_()
+        self._storages.add(_scope._storage(base))
+        self._mark(base)
+        self._mark(target)
+
+    def _off(self, v):
+        """A written value on the probe branch: itself when it carries probes, else zeros."""
+        if self._marked(v):
+            return v
+        return torch.zeros_like(v) if isinstance(v, Tensor) else 0.0
+
+    def _written(self, func, args, kwargs):
+        """Writes (``y[k] = v``, ``copy_``, ``fill_``, ``index_put_``, ``masked_fill``,
+        ``where``) as the scope computes them: a written constant is off (zeros), a
+        probe-carrying value written into a constant tensor makes it probe-carrying; the result
+        stays binary."""
+        op = _scope._op_name(func)
+        T_ = torch.Tensor
+        target = args[0]
+
+        def into(t: Tensor, value_marked: bool, write) -> Tensor:
+            if not self._marked(t):
+                if not value_marked:
+                    raise GlobalSupport(f"`{op}` {self._where()} (no support rule)")
+                self._adopt(func, t)
+            write(t)
+            t.copy_(_binary(t))
+            return t
+
+        if func is T_.__setitem__:
+            key, value = args[1], args[2]
+            keys = key if isinstance(key, tuple) else (key,)
+            if any(self._marked(k) for k in keys):
+                raise GlobalSupport(f"indexing with a probe-carrying index {self._where()}")
+            into(target, self._marked(value), lambda t: t.__setitem__(key, self._off(value)))
+            return None
+        if func is T_.copy_:
+            src = _scope._arg(args, kwargs, 1, ("src",))
+            return into(target, self._marked(src), lambda t: t.copy_(self._off(src)))
+        if func is T_.fill_:
+            if self._marked(_scope._arg(args, kwargs, 1, ("value",))):
+                raise GlobalSupport(f"`{op}` {self._where()} with a probe-carrying value")
+            return into(target, False, lambda t: t.zero_())
+        if func is T_.zero_:
+            return target.zero_()
+        if func in (T_.index_put_, T_.index_put, torch.index_put):
+            p = _scope._bind(("indices", "values", "accumulate"), {"accumulate": False})(args, kwargs)
+            indices = tuple(p["indices"])
+            if any(self._marked(i) for i in indices):
+                raise GlobalSupport(f"indexing with a probe-carrying index {self._where()}")
+            if func is not T_.index_put_:
+                marked, target = self._marked(target), target.clone()
+                if marked:
+                    self._mark(target)
+            values = p["values"]
+            return into(target, self._marked(values),
+                        lambda t: t.index_put_(indices, self._off(values), bool(p["accumulate"])))
+        if func in (T_.masked_fill_, T_.masked_fill, torch.masked_fill):
+            p = _scope._bind(("mask", "value"), {})(args, kwargs)
+            if self._marked(p["mask"]) or self._marked(p["value"]):
+                raise GlobalSupport(f"`{op}` {self._where()} with a probe-carrying mask or value")
+            if func is T_.masked_fill_:
+                return into(target, False, lambda t: t.masked_fill_(p["mask"], 0.0))
+            return self._finish(func, target.masked_fill(p["mask"], 0.0), [target])
+        # where(condition, input, other) / input.where(condition, other)
+        if func is T_.where:
+            cond, a, b = (_scope._arg(args, kwargs, 1, ("condition",)), target,
+                          _scope._arg(args, kwargs, 2, ("other", "y")))
+        else:
+            cond, a, b = (target, _scope._arg(args, kwargs, 1, ("input", "self", "x")),
+                          _scope._arg(args, kwargs, 2, ("other", "y")))
+        if self._marked(cond):
+            raise GlobalSupport(f"`{op}` {self._where()} selects with a probe-carrying condition")
+        a, b = self._off(a), self._off(b)
+        like = a if isinstance(a, Tensor) else b
+        if not isinstance(a, Tensor):
+            a = torch.zeros((), dtype=like.dtype, device=like.device)
+        if not isinstance(b, Tensor):
+            b = torch.zeros((), dtype=like.dtype, device=like.device)
+        return self._finish(func, torch.where(cond, a, b), [like])
+
+    def _out(self, func, args, kwargs, marked):
+        """``op(..., out=t)``: the result, written into ``t`` like ``t.copy_``."""
+        out = kwargs["out"]
+        result = self._dispatch(func, args, {k: v for k, v in kwargs.items() if k != "out"})
+        if not isinstance(out, Tensor) or not isinstance(result, Tensor):
+            raise GlobalSupport(f"`{_scope._op_name(func)}` {self._where()} writes several "
+                                "results through `out=`")
+        if not self._marked(out):
+            self._adopt(func, out)
+        out.copy_(result)
+        return out
 
     def _positive(self, func, args, kwargs, marked):
         """A linear op of a probe-carrying tensor and constants: constants → all ones (every
@@ -342,7 +490,8 @@ class SupportMode:
         out = func(*args, **kwargs)
         if func in _NEG:
             out = out.abs()
-        if out is first:  # in-place structural op (squeeze_, …): already binary
+        if out is first:  # in-place structural op (squeeze_, neg_, …): binary again, in place
+            first.copy_(_binary(first))
             return out
         return self._finish(func, out, marked)
 

@@ -54,22 +54,27 @@ def _billion_laughs(levels: int = 9) -> str:
 
 def test_billion_laughs_is_refused_in_bounded_memory(tmp_path):
     """9 levels of 9 aliases: 387 million strings once expanded; refused before expansion, in a
-    fresh process whose peak memory stays small, with a short line."""
+    fresh process whose peak memory grows little past what its imports took, with a short line.
+
+    The growth, not the absolute peak, is measured: what importing torch costs varies between
+    machines (1.6 GB on CI's, 0.5 GB on a workstation); unguarded, the expansion runs for minutes
+    and grows without bound."""
     cfg = tmp_path / "bomb.yaml"
     cfg.write_text(_billion_laughs())
     code = ("import resource, sys\n"
             "from precompute.cli import main\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "try:\n    main(['run', sys.argv[1]])\n"
             "except SystemExit as e:\n"
-            "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, e.code)\n"
+            "    print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, e.code)\n"
             "    raise\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True,
                        env=env, timeout=120)
-    peak_kb, status = (int(v) for v in r.stdout.split())
+    base_kb, peak_kb, status = (int(v) for v in r.stdout.split())
     line = _one_line(r, "aliases expand to more than 100000 values")
     assert status == 2 and len(line) < 300
-    assert peak_kb < 1_000_000  # < 1 GB (the unguarded loader reached 1.4 GB)
+    assert peak_kb - base_kb < 200_000  # < 200 MB past the imports
 
 
 def test_recursive_alias_is_refused(tmp_path):

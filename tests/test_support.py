@@ -154,6 +154,11 @@ class _Cumsum(nn.Module):
         return torch.cumsum(x, dim=3)
 
 
+class _Maximum(nn.Module):
+    def forward(self, x):
+        return torch.maximum(x, x.flip(-1))  # a selection between two probe-carrying tensors
+
+
 class _Unpool(nn.Module):
     def forward(self, x):
         y, idx = nn.functional.max_pool2d(x, 2, return_indices=True)
@@ -174,7 +179,7 @@ class _TaylorNorm(nn.Module):
     (_Flat(), "freeze", "torch.nn.functional.linear"),
     (fixture("global_mean"), "freeze", "`torch.Tensor.mean` in module `(root)`"),
     (_Attention(), "freeze", "two probe-carrying tensors"),
-    (_Cumsum(), "freeze", "no support rule for `torch.cumsum`"),
+    (_Maximum(), "freeze", "no support rule for `torch.maximum`"),
     (_Unpool(), "freeze", "max-pool indices"),
     (_TaylorNorm(), "taylor", "taylor rule"),
 ])
@@ -182,6 +187,81 @@ def test_global_structures_are_reported_with_the_op(net, rule, words):
     sup = analyse(net.double().eval(), (3, 6, 6), torch.float64, CPU, rule=rule)
     assert sup.is_global and words in sup.global_reason, sup.global_reason
     assert sup.attrs() == {"global": sup.global_reason}
+
+
+def test_cumsum_reaches_every_later_column():
+    net = _Cumsum().double().eval()
+    sup = analyse(net, (3, 6, 6), torch.float64, CPU)
+    assert not sup.is_global, sup.global_reason
+    assert list(sup.row_lo[1]) == [0] * 6 and list(sup.row_hi[1]) == list(range(6))
+    assert list(sup.row_lo[0]) == list(range(6)) == list(sup.row_hi[0])
+    assert_contains(sup, jacobian_pattern(net, (3, 6, 6), seeds=(0,)))
+
+
+# --- in-place writes: every pattern the scope computes exactly must keep its support sound ----
+
+def _write_patterns():
+    from fixtures import hostile_models as H
+
+    class Base(nn.Module):
+        def __init__(self, pattern):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 3, 1)
+            self.pattern = pattern
+
+        def forward(self, x):
+            return self.c2(self.pattern(self.c1(x)))
+
+    def far_write_one_channel(h):  # only channel 2's interior: missed by a 3-pixel spot check
+        y = torch.relu(h)
+        y[:, 2, 4:6, 4:6] = h[:, 1, 0:2, 10:12]
+        return y
+
+    def write_through_view(h):  # a view of a probe-carrying tensor must stay a view
+        y = h.clone()
+        y[:, 3].copy_(h[:, 0].roll(5, -1))
+        y.narrow(1, 1, 1).add_(h[:, :1].flip(-2))
+        return y
+
+    def negate_in_place(h):  # −1 must not cancel a +1 in the support interpretation
+        y = h.roll(4, -1)
+        y.neg_()
+        return y + h
+
+    def accumulate_then_view(h):
+        acc = h.new_zeros(h.shape)
+        part = acc[:, :2]
+        acc.add_(h.roll(6, -2))
+        return part.repeat(1, 2, 1, 1) + h
+
+    models = {name: (H.TWINS.get(name) or H.EXACT[name]) for name in H.EXACT}
+    for fn in (far_write_one_channel, write_through_view, negate_in_place, accumulate_then_view):
+        models[fn.__name__] = (lambda fn=fn: Base(fn))
+    return models
+
+
+_WRITES = _write_patterns()
+
+
+@pytest.mark.parametrize("name", sorted(_WRITES))
+def test_support_is_sound_for_every_pattern_the_scope_computes(name):
+    """The hostile patterns of issue 8 the scope computes exactly (in-place accumulation into
+    fresh tensors, slice writes, index_put_, masks, ``out=``, …) and writes through views: the
+    support found is global or contains every Jacobian dependency (a missed one would make
+    compressed probing silently wrong)."""
+    from fixtures import hostile_models as H
+
+    torch.manual_seed(3)
+    build = _WRITES[name]
+    net = build().double().eval()
+    oracle = (H.TWINS[name]() if name in H.TWINS else net).double().eval()
+    shape = (3, 12, 12)
+    sup = analyse(net, shape, torch.float64, CPU)
+    if name in ("keyword_only_calls", "views_that_keep_the_batch", "bilinear_constant_operand"):
+        assert sup.is_global  # a mean over the image, a pixel flip through bmm, a vector output
+        return
+    assert not sup.is_global, sup.global_reason
+    assert_contains(sup, jacobian_pattern(oracle, shape, seeds=(0, 1)))
 
 
 def test_instance_norm_under_freeze_is_pointwise():
