@@ -64,11 +64,17 @@ def fmt_bytes(n: float) -> str:
 
 
 def fmt_time(s: float) -> str:
+    if s < 1:
+        return "under a second"
     if s < 90:
         return f"{s:.0f} s"
     if s < 5400:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
+
+def _about(s: float) -> str:
+    return fmt_time(s) if s < 1 else f"about {fmt_time(s)}"
 
 
 def versions() -> dict:
@@ -590,14 +596,19 @@ def describe(rp: RunPlan) -> str:
             f"{len(rp.todo[lay.name])} of {n_pl} tiles of {lay.tile}×{lay.tile} px to do"
             + (f" (this process's share: {len(rp.mine[lay.name])})" if shard_n > 1 else "")
             + f", {rp.filters_todo[lay.name]:,} filters: " + _describe_method(rp, lay)
-            + (f", about {fmt_time(rp.estimate[lay.name])}" if lay.name in rp.estimate else "")
+            + (f", {_about(rp.estimate[lay.name])}" if lay.name in rp.estimate else "")
             + "."
         )
-    for _name, mod, acfg in whole_f_analyses(rp):
+    whole = whole_f_analyses(rp)
+    for _name, mod, acfg in whole:
         lines.append(mod.describe(rp, acfg))
+    # the whole-F analyses state their passes above; only the per-pixel sweep is timed ahead
+    what = " of the rows and columns" if whole and rp.layouts else ""
     lines.append(
         f"To write: {fmt_bytes(rp.bytes_todo)} before compression ({fmt_bytes(rp.free)} free); "
-        f"estimated compute time {fmt_time(sum(rp.estimate.values()))}."
+        f"estimated compute time{what} {fmt_time(sum(rp.estimate.values()))}"
+        + (f" (the {', '.join(n for n, _, _ in whole)} passes above come on top)" if what else "")
+        + "."
     )
     return " ".join(lines)
 
@@ -630,7 +641,7 @@ def _describe_method(rp: RunPlan, lay: S.Layout) -> str:
         how = (f"{what}, period {plan.period[0]}×{plan.period[1]} px, blocks of "
                f"{plan.block}×{plan.block} tiles ({len(rp.todo_blocks[lay.name])} to do): "
                f"{probes:,} {direction} probes")
-    how += f" in {passes:,} passes of ≤ {k}"
+    how += f" in {passes:,} pass{'' if passes == 1 else 'es'} of ≤ {k}"
     if plan.method != "single" and "single" in costs:
         n_single = int(costs["single"] / (1 if lay.name == "columns" else Cm.BACKWARD_COST))
         how += f" (one impulse per probe: {n_single:,} {lay.name[:-1]} probes)"
