@@ -232,6 +232,9 @@ class SupportMode:
                 raise GlobalSupport(f"`{op}` {self._where()} writes probe-carrying values into a "
                                     "constant tensor in place (no support rule)")
             self._adopt(func, target)  # acc = zeros_like(x); acc.add_(v)
+        if func in _scope.SELECT or (func in _scope._REDUCE_WITH_INDICES and isinstance(
+                _scope._arg(args, kwargs, 1, ("other",)), Tensor)):
+            return self._union(func, args, kwargs, marked)  # x0 selects one operand per value
         if func in _scope.NONLINEAR_OPS:
             return self._nonlinear(func, _scope.NONLINEAR_OPS[func], args, kwargs, marked)
         if func in _scope.ADD_LIKE or func in _scope.MUL_LIKE:
@@ -303,6 +306,11 @@ class SupportMode:
                                         "probe)")
             # eval batch norm, running-stat or frozen statistics: pointwise in the probe
             return self._finish(func, x.clone(), marked)
+        if family == "reduce_select" and func not in _scope._REDUCE_WITH_INDICES:
+            # amax/amin over dimensions: x0 may select any value of each group (union)
+            dim = params.get("dim", ())
+            y = torch.amax(x, dim=dim, keepdim=bool(params.get("keepdim", False)))
+            return self._finish(func, y, marked)
         raise GlobalSupport(f"no support rule for the `{family}` unit `{op}` {self._where()}")
 
     def _union(self, func, args, kwargs, marked):

@@ -154,9 +154,9 @@ class _Cumsum(nn.Module):
         return torch.cumsum(x, dim=3)
 
 
-class _Maximum(nn.Module):
+class _ChannelMaxWithIndices(nn.Module):
     def forward(self, x):
-        return torch.maximum(x, x.flip(-1))  # a selection between two probe-carrying tensors
+        return x * torch.max(x, dim=1, keepdim=True).values  # indices could be used: no rule
 
 
 class _Unpool(nn.Module):
@@ -179,7 +179,7 @@ class _TaylorNorm(nn.Module):
     (_Flat(), "freeze", "torch.nn.functional.linear"),
     (fixture("global_mean"), "freeze", "`torch.Tensor.mean` in module `(root)`"),
     (_Attention(), "freeze", "two probe-carrying tensors"),
-    (_Maximum(), "freeze", "no support rule for `torch.maximum`"),
+    (_ChannelMaxWithIndices(), "freeze", "no support rule for the `reduce_select` unit `torch.max`"),
     (_Unpool(), "freeze", "max-pool indices"),
     (_TaylorNorm(), "taylor", "taylor rule"),
 ])
@@ -234,8 +234,15 @@ def _write_patterns():
         acc.add_(h.roll(6, -2))
         return part.repeat(1, 2, 1, 1) + h
 
+    def selections(h):  # x0 selects one operand (or one channel) per value: a union
+        right = torch.cat([h[..., :2], h[..., :-2]], -1)  # shifted by two columns, no wrap
+        down = torch.cat([h[..., 1:, :], h[..., -1:, :]], -2)
+        m = torch.maximum(h, right) + torch.minimum(down, torch.zeros_like(h))
+        return m + h.amax(dim=1, keepdim=True) + torch.max(right, down)
+
     models = {name: (H.TWINS.get(name) or H.EXACT[name]) for name in H.EXACT}
-    for fn in (far_write_one_channel, write_through_view, negate_in_place, accumulate_then_view):
+    for fn in (far_write_one_channel, write_through_view, negate_in_place, accumulate_then_view,
+               selections):
         models[fn.__name__] = (lambda fn=fn: Base(fn))
     return models
 
