@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+from precompute import batch_dims as _batch
 from precompute import scope as _scope
 
 T = torch.Tensor
@@ -233,7 +234,7 @@ class SupportMode:
                                     "constant tensor in place (no support rule)")
             self._adopt(func, target)  # acc = zeros_like(x); acc.add_(v)
         if func in _scope.SELECT or (func in _scope._REDUCE_WITH_INDICES and isinstance(
-                _scope._arg(args, kwargs, 1, ("other",)), Tensor)):
+                _batch.arg(args, kwargs, 1, ("other",)), Tensor)):
             return self._union(func, args, kwargs, marked)  # x0 selects one operand per value
         if func in _scope.NONLINEAR_OPS:
             return self._nonlinear(func, _scope.NONLINEAR_OPS[func], args, kwargs, marked)
@@ -252,7 +253,7 @@ class SupportMode:
         if func in _scope.AFFINE:
             return self._affine(func, args, kwargs, marked)
         if func in _scope.CREATION or (func is T.new_tensor and not self._marked(
-                _scope._arg(args, kwargs, 1, ("data",)))):
+                _batch.arg(args, kwargs, 1, ("data",)))):
             return func(*args, **kwargs)
         if func in _scope.DROPOUT:
             return self._finish(func, args[0].clone(), marked)
@@ -386,10 +387,10 @@ class SupportMode:
             into(target, self._marked(value), lambda t: t.__setitem__(key, self._off(value)))
             return None
         if func is T_.copy_:
-            src = _scope._arg(args, kwargs, 1, ("src",))
+            src = _batch.arg(args, kwargs, 1, ("src",))
             return into(target, self._marked(src), lambda t: t.copy_(self._off(src)))
         if func is T_.fill_:
-            if self._marked(_scope._arg(args, kwargs, 1, ("value",))):
+            if self._marked(_batch.arg(args, kwargs, 1, ("value",))):
                 raise GlobalSupport(f"`{op}` {self._where()} with a probe-carrying value")
             return into(target, False, lambda t: t.zero_())
         if func is T_.zero_:
@@ -415,11 +416,11 @@ class SupportMode:
             return self._finish(func, target.masked_fill(p["mask"], 0.0), [target])
         # where(condition, input, other) / input.where(condition, other)
         if func is T_.where:
-            cond, a, b = (_scope._arg(args, kwargs, 1, ("condition",)), target,
-                          _scope._arg(args, kwargs, 2, ("other", "y")))
+            cond, a, b = (_batch.arg(args, kwargs, 1, ("condition",)), target,
+                          _batch.arg(args, kwargs, 2, ("other", "y")))
         else:
-            cond, a, b = (target, _scope._arg(args, kwargs, 1, ("input", "self", "x")),
-                          _scope._arg(args, kwargs, 2, ("other", "y")))
+            cond, a, b = (target, _batch.arg(args, kwargs, 1, ("input", "self", "x")),
+                          _batch.arg(args, kwargs, 2, ("other", "y")))
         if self._marked(cond):
             raise GlobalSupport(f"`{op}` {self._where()} selects with a probe-carrying condition")
         a, b = self._off(a), self._off(b)
@@ -479,15 +480,15 @@ class SupportMode:
     def _structural(self, func, args, kwargs, marked):
         op = _scope._op_name(func)
         first = next((t for t in tree_flatten(args)[0] if self._marked(t)), None)
-        if first is not None and _scope.touches_batch(func, args, kwargs, first.dim()):
+        if first is not None and _batch.touches_batch(func, args, kwargs, first.dim()):
             raise GlobalSupport(f"`{op}` {self._where()} mixes the batch dimension")
         if func in _INTERPOLATE or func in (F.upsample_bilinear, F.upsample_nearest):
             return self._finish(func, self._interpolate(func, args, kwargs), marked)
-        if func is F.grid_sample and _scope._arg(args, kwargs, 2, ("mode",), "bilinear") not in (
+        if func is F.grid_sample and _batch.arg(args, kwargs, 2, ("mode",), "bilinear") not in (
                 "bilinear", "nearest"):
             # bicubic sampling weights change sign: values could cancel and hide support
             raise GlobalSupport(f"`{op}` {self._where()} with signed (bicubic) weights")
-        if func in _scope._DIM_FIRST_ARG:
+        if func in _batch.DIM_FIRST_ARG:
             # a concatenated constant is off on the probe branch: zeros of its shape
             parts = args[0] if args else kwargs["tensors"]
             zeroed = [t if self._marked(t) or not isinstance(t, Tensor) else torch.zeros_like(t)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +79,28 @@ def assert_bitwise_equal(a: Path, b: Path, ignore=("timings", "created", "device
     aa["config"].pop("output", None)
     ab["config"].pop("output", None)
     assert aa == ab
+
+
+def shard_files(store: Path, analysis: str) -> int:
+    """How many finished shard files an analysis of ``store`` holds (``.partial`` ones excluded)."""
+    d = store / analysis / "c"
+    if not d.exists():
+        return 0
+    return sum(1 for f in d.rglob("*") if f.is_file() and not f.name.endswith(".partial"))
+
+
+def run_and_kill(cfg: Path, store: Path, ready) -> bool:
+    """Start ``precompute run -q CFG`` in a process, SIGKILL it as soon as ``ready(store)``; True
+    if it was killed mid-run (False: it finished or hung for 120 s first)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen([sys.executable, "-m", "precompute.cli", "run", "-q", str(cfg)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while p.poll() is None and time.monotonic() < deadline:
+        if ready(store):
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            return True
+        time.sleep(0.01)
+    p.wait()
+    return False

@@ -12,12 +12,11 @@ import re
 import numpy as np
 import pytest
 import zarr
-from playwright.sync_api import sync_playwright
 
 from precompute.models.digits import SHIPPED_WEIGHTS
 from sitegen.build import Options, build
 from sweep_helpers import REPO, cli, write_config
-from test_site_browser import ARGS, Page, url
+from test_site_browser import Page, url
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 IMAGES = REPO / "examples" / "images" / "digits"
@@ -35,14 +34,6 @@ def site(tmp_path_factory):
     assert r.exit_code == 0, r.output
     build([root / "runs"], root / "site", Options(progress=False))
     return root
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def shown(text: str) -> float:

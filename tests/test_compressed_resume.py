@@ -5,16 +5,15 @@ repeats the store's method, and `probing: single` may finish a compressed store.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 import precompute
-from sweep_helpers import REPO, assert_bitwise_equal, cli, cli_subprocess, make_image, write_config
+from sweep_helpers import (REPO, assert_bitwise_equal, cli, cli_subprocess, make_image,
+                           run_and_kill, shard_files, write_config)
 
 FIX = REPO / "tests" / "fixtures" / "support_models.py"
 # blocks of at most 2×2 tiles (4 column blocks, 16 row blocks at tile 4 on 16×16 px)
@@ -37,28 +36,6 @@ def _config(tmp_path, out, probing="auto"):
     )
 
 
-def _shards(store, analysis):
-    d = store / analysis / "c"
-    if not d.exists():
-        return 0
-    return sum(1 for f in d.rglob("*") if f.is_file() and not f.name.endswith(".partial"))
-
-
-def _run_and_kill(cfg, store, ready) -> bool:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen([sys.executable, "-m", "precompute.cli", "run", "-q", str(cfg)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while p.poll() is None and time.monotonic() < deadline:
-        if ready(store):
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            return True
-        time.sleep(0.01)
-    p.wait()
-    return False
-
-
 def _reference(tmp_path, probing="auto"):
     r = cli("run", "-q", _config(tmp_path, f"ref-{probing}", probing))
     assert r.exit_code == 0, r.stderr
@@ -76,11 +53,11 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     store = tmp_path / "killed" / "c.zarr"
     kill_points = [
         lambda s: (s / "zarr.json").exists(),
-        lambda s: _shards(s, "columns") >= 1,
-        lambda s: _shards(s, "columns") >= 9,
-        lambda s: _shards(s, "rows") >= 3,
+        lambda s: shard_files(s, "columns") >= 1,
+        lambda s: shard_files(s, "columns") >= 9,
+        lambda s: shard_files(s, "rows") >= 3,
     ]
-    killed = [_run_and_kill(cfg, store, ready) for ready in kill_points]
+    killed = [run_and_kill(cfg, store, ready) for ready in kill_points]
     assert sum(killed) >= 3, killed
     assert not precompute.open_store(store).is_complete()
     r = cli_subprocess("run", "-q", cfg)

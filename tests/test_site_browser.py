@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import sync_playwright
 
 from site_fixtures import make_suite
 from sitegen.build import Options, build
@@ -19,8 +18,6 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update"]
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +26,6 @@ def site(tmp_path_factory):
     stores = make_suite(root / "stores")
     build([root / "stores"], root / "site", Options(progress=False))
     return root / "site", stores
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 class Page:

@@ -61,19 +61,14 @@ def test_precompute_then_sitegen(tmp_path):
     index = (site / "index.html").read_text()
     assert "bicubic" in index and "freeze" in index
     # and in the browser, from file://: the page's decoded column equals the store's
-    from playwright.sync_api import sync_playwright
+    from browser import chromium
+    from test_site_browser import Page, check_values
 
-    from test_site_browser import ARGS, Page, check_values
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
-        try:
-            p = Page(browser, (site / "explorer/tiny-bicubic.html").as_uri())
-            p.pixel("input", 4, 1)
-            check_values(p.filter("tiny-bicubic", "columns", 4, 1), cols[4, 1])
-            p.pixel("output", 7, 10)
-            check_values(p.filter("tiny-bicubic", "rows", 7, 10), rows[7, 10])
-            p.shot("explorer-e2e-bicubic")
-            p.close()
-        finally:
-            browser.close()
+    with chromium() as browser:
+        p = Page(browser, (site / "explorer/tiny-bicubic.html").as_uri())
+        p.pixel("input", 4, 1)
+        check_values(p.filter("tiny-bicubic", "columns", 4, 1), cols[4, 1])
+        p.pixel("output", 7, 10)
+        check_values(p.filter("tiny-bicubic", "rows", 7, 10), rows[7, 10])
+        p.shot("explorer-e2e-bicubic")
+        p.close()

@@ -114,20 +114,6 @@ def test_size_estimate_covers_svd(site):
 
 # -- the browser ---------------------------------------------------------------------------------
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
 class SvdPage:
     def __init__(self, browser, url):
         self.ctx = browser.new_context(viewport={"width": 1400, "height": 1000})

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 import precompute
-from sweep_helpers import REPO, TINY, assert_bitwise_equal, cli, cli_subprocess, make_image, write_config
+from sweep_helpers import (REPO, TINY, assert_bitwise_equal, cli, cli_subprocess, make_image,
+                           run_and_kill, shard_files, write_config)
 
 
 def _config(tmp_path, out):
@@ -25,29 +24,6 @@ def _config(tmp_path, out):
     )
 
 
-def _shards(store, analysis):
-    d = store / analysis / "c"
-    if not d.exists():
-        return 0
-    return sum(1 for f in d.rglob("*") if f.is_file() and not f.name.endswith(".partial"))
-
-
-def _run_and_kill(cfg, store, ready) -> bool:
-    """Start a run, SIGKILL it as soon as ``ready(store)``; True if it was killed mid-run."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen([sys.executable, "-m", "precompute.cli", "run", "-q", str(cfg)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while p.poll() is None and time.monotonic() < deadline:
-        if ready(store):
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            return True
-        time.sleep(0.01)
-    p.wait()
-    return False
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     ref_cfg = _config(tmp_path, "ref")
@@ -59,11 +35,11 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     store = tmp_path / "killed" / "tiny.zarr"
     kill_points = [
         lambda s: (s / "zarr.json").exists(),  # during creation
-        lambda s: _shards(s, "columns") >= 2,
-        lambda s: _shards(s, "columns") >= 7,
-        lambda s: _shards(s, "rows") >= 4,
+        lambda s: shard_files(s, "columns") >= 2,
+        lambda s: shard_files(s, "columns") >= 7,
+        lambda s: shard_files(s, "rows") >= 4,
     ]
-    killed = [_run_and_kill(cfg, store, ready) for ready in kill_points]
+    killed = [run_and_kill(cfg, store, ready) for ready in kill_points]
     assert sum(killed) >= 3, killed  # the kills really interrupted runs
     # a leftover temporary file of a killed writer (as LocalStore names them) is cleaned up
     stale = store / "rows" / "c" / "2" / "2" / "0" / "0" / "0" / "0.0123456789abcdef.partial"
