@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import torch
@@ -24,27 +23,13 @@ from precompute.contributions import decompose
 from precompute.engine import Engine
 from precompute.interpreter import LinearInterpreter
 from precompute.models import load_model
+from timing import cpu_model, seconds, sync
 
 CASES = {  # name: (zoo id, input side)
     "digits": ("digits", 32),
     "resnet18": ("torchvision:resnet18", 64),
     "vgg19": ("torchvision:vgg19", 64),
 }
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _seconds(fn, repeat, device) -> float:
-    fn()  # warm-up
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - t) / repeat
 
 
 def main() -> None:
@@ -57,8 +42,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     print(f"device: {device} ({name}), torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
     print("| model | input | K | sites | contributions pass s | plain fwd+bwd s | rows/s (votes) "
@@ -75,7 +59,7 @@ def main() -> None:
         K = scores.numel() if args.labels is None else min(args.labels, scores.numel())
         top = top_labels(scores[:K], args.top_k)
         d = decompose(model, x0, top)
-        t_pass = _seconds(lambda: decompose(model, x0, top), args.repeat, device)
+        t_pass = seconds(lambda: decompose(model, x0, top), args.repeat, device)
 
         def plain():
             x = torch.cat([x0, torch.zeros((len(top) + 1, c, side, side), device=device)])
@@ -83,14 +67,14 @@ def main() -> None:
             y = model(x)
             torch.autograd.grad(y[1:, 0].sum(), x)
 
-        t_plain = _seconds(plain, args.repeat, device)
+        t_plain = seconds(plain, args.repeat, device)
         eng = Engine(LinearInterpreter(model, x0, batch=args.batch), device, x0.dtype)
         labels = list(range(min(args.batch, K)))
-        t_rows = _seconds(lambda: eng.probe(labels, "rows"), args.repeat, device)
+        t_rows = seconds(lambda: eng.probe(labels, "rows"), args.repeat, device)
         t0 = time.perf_counter()
         analyse(model, x0, scores[:K] if args.labels else scores, min(args.top_k, K), "freeze",
                 eng, args.batch)
-        _sync(device)
+        sync(device)
         t_all = time.perf_counter() - t0
         print(f"| {arch} | {c}×{side}×{side} | {K} | {len(d.terms)} | {t_pass:.3f} | "
               f"{t_plain:.3f} | {len(labels) / t_rows:.1f} | {t_all:.2f} |")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -54,6 +53,7 @@ from precompute.engine import CPU_MAX_BATCH, Engine
 from precompute.interpreter import LinearInterpreter
 from precompute.models import load_model
 from precompute.support import analyse, cross_check
+from timing import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "examples" / "images" / "astronaut-144.png"
@@ -63,16 +63,6 @@ WINDOWS = {"pixelshuffle": (36, 12), "edsr-baseline": (48, 16)}
 
 
 # --- measuring ----------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _rss() -> int:

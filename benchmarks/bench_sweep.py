@@ -12,7 +12,6 @@ pass per K rows. Writing is not included (it runs in separate threads during a r
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,16 +24,7 @@ from precompute import store as S
 from precompute import engine, inputs
 from precompute.assemble import tile_arrays
 from precompute.config import load_config
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from timing import cpu_model
 
 
 def timed(fn, device) -> float:

@@ -10,13 +10,12 @@ Markdown table; copy them into docs/benchmarks.md with the machine's name.
 from __future__ import annotations
 
 import argparse
-import platform
-import time
 
 import torch
 
 from precompute import LinearInterpreter
 from precompute.models import load_model
+from timing import cpu_model, seconds
 
 CASES = [  # (label, arch, scale, input side)
     ("PixelShuffle ×3, 32×32", "pixelshuffle", 3, 32),
@@ -26,19 +25,8 @@ CASES = [  # (label, arch, scale, input side)
 ]
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _rate(fn, k, repeat, device):
-    fn()  # warm-up
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    _sync(device)
-    return k * repeat / (time.perf_counter() - t)
+    return k / seconds(fn, repeat, device)
 
 
 def main() -> None:
@@ -49,8 +37,7 @@ def main() -> None:
     ap.add_argument("--cases", nargs="*", help="labels' arch ids to run (default: all)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() \
-        or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     print("| model | K | columns/s | plain fwd probes/s | rows/s | plain fwd+bwd probes/s |")
     print("|---|---|---|---|---|---|")

@@ -55,7 +55,8 @@ def _verbose(command):
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Print the plan (probes, passes, bytes, time) and exit.")
 @click.option("--overwrite", is_flag=True,
-              help="Discard an existing store made with a different value-affecting configuration.")
+              help="Discard an existing store made with a different value-affecting configuration "
+                   "(a changed svd/classify: only that analysis).")
 @click.option("--shard", metavar="I/N", default=None,
               help="Compute only share I of N of the tiles (default: RANK/WORLD_SIZE under torchrun).")
 @click.option("--quiet", "-q", is_flag=True, help="No plan paragraph and no progress bars.")

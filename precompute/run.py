@@ -99,14 +99,63 @@ def versions() -> dict:
 
 
 def _value_diff(stored: dict, now: dict) -> list[str]:
-    # stores made before an analysis existed lack its key: absent means "not computed"
+    """The value-affecting keys in which a store's config and the config now differ — for the
+    interpreter and the per-pixel sweep. The whole-F analyses (svd, classify) are compared on
+    their own (:func:`whole_f_changes`): adding one to a finished store, or computing one again
+    with other settings, must not throw away the rows and columns."""
     def norm(cfg: dict, k: str):
         v = cfg.get(k)
         if k == "analyses" and isinstance(v, dict):
-            v = {"svd": None, "classify": None} | v
+            v = {name: a for name, a in v.items() if name not in WHOLE_F}
         return v
 
     return [k for k in VALUE_KEYS if norm(stored, k) != norm(now, k)]
+
+
+def whole_f_changes(attrs: dict, cfg: dict) -> tuple[list[str], list[str]]:
+    """(added, changed): whole-F analyses the config asks for that the store at ``attrs`` does
+    not have, and those it has with other settings. One the config no longer asks for is kept
+    (absent means "not asked this time", not "delete it")."""
+    stored = (attrs.get("config") or {}).get("analyses") or {}
+    now = cfg.get("analyses") or {}
+    added = [n for n in WHOLE_F if now.get(n) is not None and stored.get(n) is None]
+    changed = [n for n in WHOLE_F if now.get(n) is not None and stored.get(n) is not None
+               and stored.get(n) != now.get(n)]
+    return added, changed
+
+
+def adopt_whole_f(rp: "RunPlan") -> None:
+    """Before the whole-F analyses of an existing store run: record the ones the config adds or
+    changes in the store's attributes (``config.analyses.<name>``, ``analyses.<name>``), and
+    delete the old result of a changed one — under the store lock, before any of its work, so
+    that a run killed afterwards resumes the new analysis instead of starting over again."""
+    import zarr
+
+    if rp.attrs is None:
+        return
+    with store_lock(rp.path):
+        attrs = existing_attrs(rp.path)
+        if attrs is None:
+            return
+        added, changed = whole_f_changes(attrs, rp.cfg)
+        if not added and not changed:
+            return
+        g = zarr.open_group(str(rp.path), mode="r+")
+        config = dict(g.attrs["config"])
+        config["analyses"] = dict(config.get("analyses") or {})
+        analyses = dict(g.attrs.get("analyses") or {})
+        for name, mod, acfg in whole_f_analyses(rp):
+            if name in added or name in changed:
+                if (rp.path / name).exists():
+                    shutil.rmtree(rp.path / name)
+                config["analyses"][name] = rp.cfg["analyses"][name]
+                analyses[name] = mod.planned(rp, acfg)
+        g.attrs.update({"config": config, "analyses": analyses})
+    for name in added:
+        say(f"{rp.path}: adding {name} to the finished store (its rows and columns are kept)")
+    for name in changed:
+        say(f"{rp.path}: computing {name} again with the new settings (--overwrite; its rows "
+            "and columns are kept)")
 
 
 def mismatch(attrs: dict, cfg: dict, prep: Prepared) -> list[str]:
@@ -247,6 +296,14 @@ class RunPlan:
     def exists(self) -> bool:
         return self.attrs is not None
 
+    def whole_f_pending(self, name: str) -> bool:
+        """Is the whole-F analysis ``name`` to be added to, or computed again in, the existing
+        store (whatever its old result says)?"""
+        if self.attrs is None:
+            return False
+        added, changed = whole_f_changes(self.attrs, self.cfg)
+        return name in added or name in changed
+
     @property
     def np_dtype(self) -> np.dtype:
         return np.dtype(self.res.config.dtype)
@@ -363,6 +420,12 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
                 f"{path} was made with a different {', '.join(diff)}; resuming would mix two "
                 "interpreters. Use --overwrite to start it again, or give the run another name"
             )
+        _added, changed = whole_f_changes(attrs, cfg)
+        if changed and not diff and not opts.overwrite:
+            raise UserError(
+                f"{path} holds {' and '.join(changed)} computed with other settings; use "
+                f"--overwrite to compute {'them' if len(changed) > 1 else 'it'} again (the rows, "
+                "columns and residual are kept), or give the run another name")
         broken = [] if diff else store_damage(path, attrs)
         if broken and not opts.overwrite:
             raise UserError(f"{path} is damaged ({broken[0]}{' and more' if len(broken) > 1 else ''}"
@@ -791,10 +854,12 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
     # whole-F analyses run in the process of shard 0 only
     whole = [w for w in whole_f_analyses(rp) if rp.shard[0] == 0]
     if rp.exists and all(not t for t in rp.todo.values()) and all(
-            mod.done(rp, acfg) for _n, mod, acfg in whole):
+            not rp.whole_f_pending(n) and mod.done(rp, acfg) for n, mod, acfg in whole):
         return (f"{rp.path}: already done (all planned tiles"
                 f"{' of this shard' if shard_n > 1 else ''} are on disk)")
     create(rp)
+    if whole:
+        adopt_whole_f(rp)
     timings: dict[str, float] = {}
     if any(rp.todo.values()):
         writer = open_writer(rp)

@@ -797,7 +797,8 @@ def _method_text(p: Plan) -> str:
 
 def describe(rp, cfg) -> str:
     p = resolve(rp, cfg)
-    state = "already done" if rp.exists and _complete(rp.path) else f"tolerance {p.tol:g}"
+    finished = rp.exists and _complete(rp.path) and not rp.whole_f_pending("svd")
+    state = "already done" if finished else f"tolerance {p.tol:g}"
     return (f"svd: top-{p.k} singular triplets of F ({p.N:,} × {p.n:,}) by {_method_text(p)}, "
             f"{state}.")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from browser import watched_page
 from site_fixtures import make_suite
 from sitegen.build import Options, build
 
@@ -32,14 +33,7 @@ class Page:
     """A page plus everything that went wrong while it was open."""
 
     def __init__(self, browser, url):
-        self.ctx = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                       accept_downloads=True)
-        self.page = self.ctx.new_page()
-        self.problems: list[str] = []
-        self.page.on("console", lambda m: m.type in ("error", "warning") and
-                     self.problems.append(f"console {m.type}: {m.text}"))
-        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"failed load: {r.url}"))
+        self.ctx, self.page, self.problems = watched_page(browser, accept_downloads=True)
         self.open(url)
 
     def open(self, url):

@@ -116,13 +116,9 @@ def test_size_estimate_covers_svd(site):
 
 class SvdPage:
     def __init__(self, browser, url):
-        self.ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-        self.page = self.ctx.new_page()
-        self.problems: list[str] = []
-        self.page.on("console", lambda m: m.type in ("error", "warning") and
-                     self.problems.append(f"console {m.type}: {m.text}"))
-        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"failed load: {r.url}"))
+        from browser import watched_page
+
+        self.ctx, self.page, self.problems = watched_page(browser)
         self.page.goto(url)
         self.page.wait_for_function("window.__linearscope.svd && window.__linearscope.svd.ready")
 
