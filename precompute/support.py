@@ -721,31 +721,54 @@ def analyse(model: nn.Module, in_shape, dtype: torch.dtype, device: torch.device
     return sup
 
 
+#: input (output) pixels the cross-check probes besides the corners and the centre
+CROSS_CHECK_EXTRA = 5
+#: at most this many probes per direction (every channel of every checked pixel, fewer channels
+#: when there are many)
+CROSS_CHECK_PROBES = 64
+
+
+def _check_pixels(h: int, w: int) -> list[tuple[int, int]]:
+    """Corner, centre, opposite corner, then a few interior pixels from a fixed seed (the same
+    for every run of the same size: resumes and shards check the same ones)."""
+    pixels = [(0, 0), (h // 2, w // 2), (h - 1, w - 1)]
+    rng = np.random.default_rng(h * 100_003 + w)
+    for _ in range(CROSS_CHECK_EXTRA):
+        pixels.append((int(rng.integers(h)), int(rng.integers(w))))
+    return list(dict.fromkeys(pixels))
+
+
 def cross_check(support: Support, columns, in_shape, dtype_eps: float, rows=None,
                 out_shape=None) -> Support:
-    """Fail closed on an analysis that missed a path, in both directions: the real columns of
-    three input pixels (corner, centre, opposite corner; channel 0), computed by
-    ``columns(flat_indices) -> (K, C', H', W')``, must vanish outside their predicted footprints,
-    and the real rows of three output pixels (``rows(flat) -> (K, C, H, W)``, backward passes),
-    outside their predicted row supports — up to ``dtype_eps`` relative (fast convolution
-    algorithms may leave round-off where the exact value is 0). Returns ``support``, made global
-    when a check fails."""
+    """Fail closed on an analysis that missed a path, in both directions: the real columns of a
+    few input pixels (corners, centre and seeded interior pixels; every channel),
+    computed by ``columns(flat_indices) -> (K, C', H', W')``, must vanish outside their predicted
+    footprints, and the real rows of as many output pixels (``rows(flat) -> (K, C, H, W)``,
+    backward passes), outside their predicted row supports — up to ``dtype_eps`` relative (fast
+    convolution algorithms may leave round-off where the exact value is 0). Returns ``support``,
+    made global when a check fails."""
     if support.is_global:
         return support
     checks = [(columns, in_shape, support.col_lo, support.col_hi, "column of input")]
     if rows is not None and out_shape is not None:
         checks.append((rows, out_shape, support.row_lo, support.row_hi, "row of output"))
     for fn, shape, lo, hi, what in checks:
-        _, h, w = shape
-        pixels = [(0, 0), (h // 2, w // 2), (h - 1, w - 1)]
-        filt = fn([i * w + j for i, j in pixels]).detach().abs().amax(1).cpu().numpy()
-        for (i, j), f in zip(pixels, filt):
+        c, h, w = shape
+        pixels = _check_pixels(h, w)
+        n_ch = max(1, min(c, CROSS_CHECK_PROBES // len(pixels)))
+        channels = np.linspace(0, c - 1, n_ch).round().astype(int).tolist()
+        probes = [(a, i, j) for (i, j) in pixels for a in dict.fromkeys(channels)]
+        filt = fn([a * h * w + i * w + j for a, i, j in probes]).detach().abs().amax(1)
+        filt = filt.cpu().numpy()
+        for (a, i, j), f in zip(probes, filt):
             box = np.zeros(f.shape, dtype=bool)
             box[lo[0][i]:hi[0][i] + 1, lo[1][j]:hi[1][j] + 1] = True
             outside = float(f[~box].max(initial=0.0))
             if outside > dtype_eps * max(float(f.max(initial=0.0)), 1e-300):
                 support.global_reason = (
-                    f"internal check failed: the {what} pixel ({i}, {j}) reaches beyond the "
-                    "structural support found (please report this model); one impulse per probe")
+                    f"internal check failed: the {what} pixel ({i}, {j}) (channel {a}) reaches "
+                    "beyond the structural support found (please report this model); one "
+                    "impulse per probe")
                 return support
+    return support
     return support

@@ -8,6 +8,7 @@ known architectures; global structures must be reported as such, naming the op.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -351,3 +352,26 @@ def test_cross_check_turns_a_missed_path_into_global():
     broken.row_lo = (broken.row_lo[0] + 1, broken.row_lo[1])
     assert "internal check failed: the row" in cross_check(broken, columns, (3, 9, 9), 1e-12,
                                                            rows, (3, 9, 9)).global_reason
+
+
+def test_cross_check_probes_every_channel():
+    """A path the analysis missed in the last input channel only (a channel-specific branch)
+    must be caught: the check probes every channel of its pixels, not channel 0 alone."""
+    net = fixture("relu_same")
+    sup = analyse(net, (3, 9, 9), torch.float64, CPU)
+    from precompute.interpreter import LinearInterpreter
+
+    li = LinearInterpreter(net, torch.rand(1, 3, 9, 9, dtype=torch.float64))
+
+    def columns(flat):
+        cols = li.columns(flat).clone()
+        for k, f in enumerate(flat):
+            a, rest = divmod(int(f), 81)
+            i, j = divmod(rest, 9)
+            if a == 2:  # channel 2 also reaches the pixel farthest from it
+                cols[k, 0, 8 - i if i < 4 else 0, 8 - j if j < 4 else 0] += 1.0
+        return cols
+
+    assert not cross_check(copy.copy(sup), li.columns, (3, 9, 9), 1e-12).is_global
+    reason = cross_check(copy.copy(sup), columns, (3, 9, 9), 1e-12).global_reason
+    assert reason is not None and "(channel 2)" in reason
