@@ -451,6 +451,9 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
             rp.bytes_todo += th * tw * bpp
     if not rp.exists:
         rp.bytes_todo += (2 * math.prod(out_shape) + math.prod(in_shape)) * np_dtype.itemsize
+    if rp.shard[0] == 0:  # whole-F analyses run in shard 0's process (svd: its solver state)
+        rp.bytes_todo += sum(mod.disk_bytes(rp, acfg) for _n, mod, acfg in whole_f_analyses(rp)
+                             if hasattr(mod, "disk_bytes"))
     rp.free = S.free_disk_bytes(path.parent)
     check_disk(rp.bytes_todo, rp.free, path.parent)
     _estimate(rp)

@@ -787,12 +787,31 @@ def _method_text(p: Plan) -> str:
     if p.method == "block":
         from precompute.run import fmt_bytes
 
-        iters = max(1, min(p.max_calls // 2, -(-p.n // p.block)))
-        state = iters * p.block * (p.n + p.N) * np.dtype(p.dtype).itemsize
+        state = _state_bytes(p)
         return (f"block Krylov (blocks of {p.block}, at most {p.max_calls} passes; its saved "
                 f"state for resuming takes up to {fmt_bytes(state)} on disk while it runs)")
     return (f"the paper's Algorithm 1 (power iteration with momentum, deflation of F; at most "
             f"{p.max_calls} passes)")
+
+
+def _state_bytes(p: Plan) -> int:
+    """The most disk the resumable solver state takes while it runs (block: every saved block of
+    the Krylov basis, both sides; power: the triplets found so far)."""
+    itemsize = np.dtype(p.dtype).itemsize
+    if p.method == "block":
+        iters = max(1, min(p.max_calls // 2, -(-p.n // p.block)))
+        return iters * p.block * (p.n + p.N) * itemsize
+    if p.method == "power":
+        return p.k * (p.n + p.N) * itemsize
+    return 0
+
+
+def disk_bytes(rp, cfg) -> int:
+    """What this analysis may write (result and solver state), for the run's disk check."""
+    if done(rp, cfg) and not rp.whole_f_pending("svd"):
+        return 0
+    p = resolve(rp, cfg)
+    return _state_bytes(p) + p.k * (p.n + p.N + 3) * np.dtype(p.dtype).itemsize
 
 
 def describe(rp, cfg) -> str:

@@ -128,3 +128,18 @@ def test_classify_added_to_a_classifier_store(tmp_path):
         assert (store / "residual").stat().st_mtime_ns == residual
     assert yaml.safe_load(yaml.safe_dump(attrs(store)["config"]))["analyses"]["classify"][
         "top_k"] == 2
+
+
+def test_svd_state_counts_in_the_disk_check(tmp_path, monkeypatch):
+    """The block solver's resumable state is written while it runs: a disk too small for it is
+    refused before the SVD starts, with the numbers."""
+    cfg = _config(tmp_path, "out", SWEEP)
+    assert cli("run", "-q", cfg).exit_code == 0
+    cfg = _config(tmp_path, "out", SWEEP | {"svd": {"k": 2, "method": "block"}})
+    monkeypatch.setenv("LINEARSCOPE_FREE_BYTES", "4096")  # 108 × 108 F: the state is larger
+    r = cli("run", cfg)
+    assert r.exit_code == 2 and "is free at" in r.stderr, r.output + r.stderr
+    assert not (tmp_path / "out" / "net.zarr" / "svd").exists()
+    monkeypatch.setenv("LINEARSCOPE_FREE_BYTES", str(10**9))
+    assert cli("run", "-q", cfg).exit_code == 0
+    assert precompute.open_store(tmp_path / "out" / "net.zarr").svd()["sigma"].shape == (2,)
