@@ -338,9 +338,9 @@ def _collect(stores: list[Path], group: str) -> dict | None:
             return None
         g = zarr.open_group(str(p / group), mode="r")
         names = list(g.attrs["terms"])
-        contrib = g["contributions"][...]
-        top = g["top"][...]
-        score = g["scores"][...][top[:1]]
+        contrib = S.read_whole(g["contributions"])
+        top = S.read_whole(g["top"])
+        score = S.read_whole(g["scores"])[top[:1]]
         norm = normalised_contributions(contrib[:1], score)[0]
         rows.append((dict(zip(names, norm)), float(g["residual_share"][0]), float(score[0]),
                      int(top[0])))
@@ -445,9 +445,9 @@ def info_lines(group) -> list[str]:
             lines.append(f"{title:9} incomplete (the next run redoes it)")
             continue
         labels = a["labels"]
-        top, scores = g["top"][...], g["scores"][...]
-        share = g["residual_share"][...]
-        votes = g["vote_counts"][...]
+        top, scores = S.read_whole(g["top"]), S.read_whole(g["scores"])
+        share = S.read_whole(g["residual_share"])
+        votes = S.read_whole(g["vote_counts"])
         head = (f"ε = {a['fgsm_eps']:g}, label {labels[a['label']]}: " if name == ADVERSARIAL
                 else "")
         lines.append(f"{title:9} {head}top-{len(top)} " + ", ".join(
@@ -473,7 +473,7 @@ def summary_info(path: Path) -> str:
         b = dict(g["adversarial"].attrs)
         lines.append(f"FGSM      top-1 residual share {100 * b['residual_share_mean']:.1f} % ± "
                      f"{100 * b['residual_share_std']:.1f}")
-    mean, std = g["contributions_mean"][...], g["contributions_std"][...]
+    mean, std = S.read_whole(g["contributions_mean"]), S.read_whole(g["contributions_std"])
     lines.append("terms     " + ", ".join(f"{t} {m:+.3f}±{s:.3f}"
                                          for t, m, s in zip(a["terms"], mean, std)))
     return "\n".join(lines)
@@ -488,7 +488,7 @@ def verify_lines(st, prep, tol: float) -> tuple[list[str], bool]:
         return [], True
     g = st.group[GROUP]
     rule = st.attrs["interpreter"]
-    top = [int(k) for k in g["top"][...]]
+    top = [int(k) for k in S.read_whole(g["top"])]
     li = LinearInterpreter(prep.spec.module, prep.x0, rule=rule, batch=len(top))
     with torch.no_grad():
         scores = prep.spec.module(prep.x0)[0].cpu().numpy()
@@ -496,14 +496,14 @@ def verify_lines(st, prep, tol: float) -> tuple[list[str], bool]:
     d = decompose(prep.spec.module, prep.x0, top, rule=rule)
     contrib = np.concatenate([d.input_term.cpu().numpy()[:, None],
                               d.contributions.cpu().numpy()], 1)
-    stored = g["contributions"][...]
+    stored = S.read_whole(g["contributions"])
 
     def rel(a, b):
         return float(np.abs(a - b).max() / (np.abs(b).max() or 1.0))
 
-    checks = {"scores": rel(scores, g["scores"][...]), "rows": rel(rows, g["rows"][...]),
+    checks = {"scores": rel(scores, S.read_whole(g["scores"])), "rows": rel(rows, S.read_whole(g["rows"])),
               "contributions": rel(contrib, stored),
-              "sum of terms − score": rel(stored.sum(1), g["scores"][...][top])}
+              "sum of terms − score": rel(stored.sum(1), S.read_whole(g["scores"])[top])}
     ok = all(v <= tol for v in checks.values())
     line = ("classify: " + ", ".join(f"{k} {v:.2g}" for k, v in checks.items())
             + f" (relative; tolerance {tol:g}) " + ("OK" if ok else "MISMATCH"))

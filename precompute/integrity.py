@@ -230,6 +230,35 @@ def _tile_of(rel: tuple[str, ...]) -> tuple[str, int, int] | None:
     return None
 
 
+#: arrays written whole up to this size are read whatever they declare; larger ones only with
+#: every chunk on disk (``small`` writes even chunks that equal the fill value)
+WHOLE_ARRAY_TRUSTED_BYTES = 64 << 20
+
+
+def missing_chunks(arr) -> str | None:
+    """Arrays written whole (``input``, ``output``, ``residual``, ``display/*``, ``svd/*``,
+    ``classify/*``) have every chunk on disk: a shape that declares more chunks than there are
+    files (damage, or a store made to blow up whoever reads it) is refused before anything is
+    read. Counting is bounded by the files actually present."""
+    nbytes = math.prod(int(n) for n in arr.shape) * arr.dtype.itemsize
+    if nbytes <= WHOLE_ARRAY_TRUSTED_BYTES:
+        return None  # small enough to read whatever it declares (empty chunks may be absent)
+    grid = arr.shards or arr.chunks
+    expected = math.prod(-(-int(n) // max(int(c), 1)) for n, c in zip(arr.shape, grid))
+    root = Path(arr.store.root) / arr.path / "c"
+    present = 0
+    if root.is_dir():
+        for f in root.rglob("*"):
+            if f.is_file():
+                present += 1
+                if present >= expected:
+                    return None
+    if present >= expected:
+        return None
+    return (f"array '{arr.path}' declares shape {tuple(arr.shape)} ({nbytes / 1e9:.3g} GB in "
+            f"{expected:,} chunks) but only {present:,} of its chunks are on disk")
+
+
 def check_store(root: str | Path) -> Report:
     """Check every metadata and chunk file of the store at ``root`` (read-only), and that every
     tile whose shard exists has its window-origin and outside-fraction chunks."""
@@ -281,6 +310,12 @@ def check_store(root: str | Path) -> Report:
             problem = file_problem(f, arr)
             if problem:
                 damage(frel, problem, tile)
+        parts = meta.parent.relative_to(root).parts
+        if parts and parts[0] not in ANALYSES and _tile_of(parts + ("c", "0", "0")) is None \
+                and parts[:2] != ("svd", "state"):  # written whole (the solver state is not)
+            problem = missing_chunks(arr)
+            if problem:
+                damage(meta.parent.relative_to(root), problem)
     for name in ANALYSES:
         for part in ("_origin", "_outside"):
             if name + part not in present and not (root / (name + part)).is_dir():

@@ -165,7 +165,7 @@ def create_store(path: Path, *, attrs: dict, dtype: str, input: np.ndarray, outp
 
     def small(name, arr, fill):
         a = g.create_array(name, shape=arr.shape, chunks=arr.shape, dtype=arr.dtype,
-                           fill_value=fill, compressors=c)
+                           fill_value=fill, compressors=c, config={"write_empty_chunks": True})
         a[...] = arr
 
     small("input", input.astype(dtype), np.nan)
@@ -267,6 +267,15 @@ def clear_damaged(path: Path, group: zarr.Group, lay: Layout, tiles: list[P.Tile
     return found
 
 
+def read_whole(arr) -> np.ndarray:
+    """``arr[...]`` of an array written whole, once :func:`integrity.missing_chunks` finds nothing wrong
+    (else a one-line :class:`StoreError`)."""
+    problem = integrity.missing_chunks(arr)
+    if problem:
+        raise StoreError(f"{arr.store.root}: {problem}; the store is damaged")
+    return arr[...]
+
+
 def core_damage(path: Path, group: zarr.Group, attrs: dict) -> list[str]:
     """Damage outside the tiles: unreadable array metadata, or a missing or damaged chunk of the
     arrays written at creation (``input``, ``output``, ``residual``, ``display/*``, FORMAT.md).
@@ -285,6 +294,10 @@ def core_damage(path: Path, group: zarr.Group, attrs: dict) -> list[str]:
             continue
         if name in ANALYSES:
             continue  # tiles are checked one by one
+        missing = integrity.missing_chunks(arr)
+        if missing:
+            found.append(missing)
+            continue
         f = Path(path) / name / arr.metadata.encode_chunk_key((0,) * arr.ndim)
         problem = integrity.file_problem(f, arr) if f.exists() or f.is_symlink() else "missing"
         if problem:
@@ -371,6 +384,11 @@ class Store:
         _check_version(self.attrs, self.path)
         try:
             self.group = zarr.open_group(str(self.path), mode="r")
+            for name in ("input", "output"):
+                missing = integrity.missing_chunks(self.group[name])
+                if missing:
+                    raise StoreError(f"{self.path}: {missing}; the store is damaged or not a "
+                                     "LinearScope store")
             self.in_shape = tuple(self.group["input"].shape)
             self.out_shape = tuple(self.group["output"].shape)
             self.layouts: dict[str, Layout] = {}
@@ -383,6 +401,8 @@ class Store:
                                                            geometry)
         except KeyError as e:
             raise StoreError(f"{self.path}: array {e} is missing; the store is damaged") from None
+        except StoreError:
+            raise
         except Exception as e:  # noqa: BLE001 — damaged metadata surfaces as many types
             raise StoreError(f"{self.path}: the store is damaged ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:100] if str(e) else ''})") from None
@@ -407,7 +427,9 @@ class Store:
         return np.dtype(self.attrs["dtype"])
 
     def array(self, name: str) -> np.ndarray:
-        return self.group[name][...]
+        """A whole array (``input``, ``residual``, ``svd/u``, …), read only when its chunks are
+        all on disk."""
+        return read_whole(self.group[name])
 
     # progress -----------------------------------------------------------------------------
     def planned_tiles(self, analysis: str) -> list[P.Tile]:
@@ -479,7 +501,7 @@ class Store:
                 continue
             if lay.selection != P.Selection(None, 1) or not self.is_analysis_complete(name):
                 continue
-            a = self.group[name][...]
+            a = read_whole(self.group[name])
             return np.ascontiguousarray(a.transpose(order)).reshape(math.prod(self.out_shape), n)
         raise StoreError(
             f"{self.path} holds no complete full-window columns or rows of every pixel, so it "
@@ -519,7 +541,8 @@ class Store:
         if not self.has_svd():
             raise StoreError(f"{self.path} holds no complete SVD (analyses.svd not run or not "
                              "finished: run the same `precompute run` to finish it)")
-        return {name: self.group[f"svd/{name}"][...] for name in ("sigma", "u", "v", "residual")}
+        return {name: read_whole(self.group[f"svd/{name}"])
+                for name in ("sigma", "u", "v", "residual")}
 
 
 def open_store(path: str | os.PathLike) -> Store:
@@ -655,7 +678,7 @@ def _info_lines(st: Store) -> list[str]:
         lines.append("probing   " + probing_text(probing))
     if "residual" in st.group:
         try:
-            lines.append(f"residual  max |r| = {np.abs(st.group['residual'][...]).max():.3g}")
+            lines.append(f"residual  max |r| = {np.abs(st.array('residual')).max():.3g}")
         except Exception:  # noqa: BLE001 — a damaged chunk (checksum) or metadata
             lines.append("residual  unreadable (damaged; see precompute verify --integrity-only)")
     from precompute import classify  # (imports this module)

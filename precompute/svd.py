@@ -961,8 +961,15 @@ def recheck(st, engine, samples: int = 4, seed: int = 0) -> tuple[list[str], boo
     a = dict(g["svd"].attrs)
     if not a.get("complete"):
         return ["svd: planned but not complete (run the same `precompute run` to finish it)"], True
+    from precompute.integrity import missing_chunks
+    from precompute.store import read_whole
+
     try:
-        sigma = np.asarray(g["svd/sigma"][...], np.float64)
+        for name in ("svd/u", "svd/v"):
+            problem = missing_chunks(g[name])
+            if problem:
+                return [f"svd: {problem} (the store is damaged) MISMATCH"], False
+        sigma = np.asarray(read_whole(g["svd/sigma"]), np.float64)
         k = len(sigma)
         rng = np.random.default_rng(seed)
         pick = sorted({0, k - 1} | set(rng.choice(k, size=min(samples, k), replace=False).tolist()))
@@ -970,7 +977,7 @@ def recheck(st, engine, samples: int = 4, seed: int = 0) -> tuple[list[str], boo
         dt = st.dtype
         u = torch.from_numpy(np.stack([g["svd/u"][i] for i in pick]).astype(dt))
         v = torch.from_numpy(np.stack([g["svd/v"][i] for i in pick]).astype(dt))
-        stored = np.asarray(g["svd/residual"][...], np.float64)[pick]
+        stored = np.asarray(read_whole(g["svd/residual"]), np.float64)[pick]
     except Exception as e:  # noqa: BLE001 — a damaged chunk (checksum) or metadata
         return [f"svd: unreadable ({type(e).__name__}; the store is damaged) MISMATCH"], False
     tol = 1e-9 if dt == np.float64 else 1e-4

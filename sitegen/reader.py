@@ -20,6 +20,30 @@ FORMAT_VERSION = 1
 KINDS = ("columns", "rows")
 
 
+
+def _whole(arr) -> np.ndarray:
+    """``arr[...]`` of an array a store holds whole, refused (one-line StoreError) when its shape
+    declares more chunks than are on disk: a store must not make us allocate what it does not
+    hold. Counting stops at the files present."""
+    _check_declared(arr)
+    return np.asarray(arr[...])
+
+
+def _check_declared(arr) -> None:
+    if math.prod(int(n) for n in arr.shape) * arr.dtype.itemsize <= 64 << 20:
+        return  # small enough to read whatever it declares (empty chunks may be absent)
+    grid = arr.shards or arr.chunks
+    expected = math.prod(-(-int(n) // max(int(c), 1)) for n, c in zip(arr.shape, grid))
+    root, n = Path(arr.store.root) / arr.path / "c", 0
+    if root.is_dir():
+        for f in root.rglob("*"):
+            n += f.is_file()
+            if n >= expected:
+                break
+    if n < expected:
+        raise StoreError(f"{arr.store.root}: array '{arr.path}' declares shape {tuple(arr.shape)} "
+                         "but not all of its chunks are on disk; the store is damaged")
+
 class StoreError(Exception):
     """A store that cannot be read; the message is shown to the user as is."""
 
@@ -93,6 +117,8 @@ class Store:
         self.kind = self.model.get("kind", "image")
         self.input_shape = tuple(self._array("input").shape)
         self.output_shape = tuple(self._array("output").shape)
+        for name in ("input", "output"):  # every other shape is checked against these
+            _check_declared(self._array(name))
         self.analyses: dict[str, Analysis] = {}
         for kind in KINDS:
             a = self._analysis(kind)
@@ -116,8 +142,11 @@ class Store:
         return (self.path / name / "zarr.json").is_file()
 
     def read(self, name: str) -> np.ndarray:
+        """A whole array; refused when its shape declares more chunks than are on disk (a store
+        that would make us allocate what it does not hold)."""
+        arr = self._array(name)
         try:
-            return np.asarray(self._array(name)[...])
+            return _whole(arr)
         except StoreError:
             raise
         except Exception as e:
@@ -299,7 +328,9 @@ def read_classify(store: Store) -> Classify | None:
         if g is None:
             return None
         try:
-            arrays = {k: np.asarray(a[...]) for k, a in g.arrays()}
+            arrays = {k: _whole(a) for k, a in g.arrays()}
+        except StoreError:
+            raise
         except Exception as e:
             raise StoreError(f"{store.path}: cannot read '{name}' ({e})") from None
         return Classify(dict(g.attrs), arrays)
@@ -331,11 +362,11 @@ class Summary:
             if not isinstance(version, int) or version > FORMAT_VERSION:
                 raise StoreError(f"{self.path} has format_version {version}, not one this "
                                  "sitegen reads: upgrade linearscope")
-            self.arrays = {k: np.asarray(a[...]) for k, a in g.arrays()}
+            self.arrays = {k: _whole(a) for k, a in g.arrays()}
             self.adversarial = None
             if "adversarial" in g:
                 a = g["adversarial"]
-                self.adversarial = (dict(a.attrs), {k: np.asarray(v[...]) for k, v in a.arrays()})
+                self.adversarial = (dict(a.attrs), {k: _whole(v) for k, v in a.arrays()})
         except StoreError:
             raise
         except Exception as e:

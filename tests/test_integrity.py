@@ -200,3 +200,45 @@ def test_index_with_a_valid_checksum_pointing_outside(stores, tmp_path):
     shard.write_bytes(bytes(data))
     rep = check_store(store)
     assert rep.damaged == ["rows tile (0, 1) [rows/c/0/1/0/0/0/0]: inner chunk 0 points outside the file"]
+
+
+def _declare(store, name, shape):
+    """Rewrite an array's declared shape (a store made to blow up whoever reads it)."""
+    zj = store / name / "zarr.json"
+    meta = json.loads(zj.read_text())
+    meta["shape"] = list(shape)
+    zj.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("name, shape", [("input", (3, 100_000, 100_000)),
+                                         ("residual", (3, 60_000, 60_000))])
+def test_a_shape_beyond_the_chunks_on_disk_is_refused_before_reading(stores, tmp_path, name,
+                                                                    shape):
+    """A 120 GB (43 GB) array declared over one 6×6 chunk: no command allocates it (info hung
+    before). run, verify and sitegen refuse it in one line naming the array; info, which reports
+    what it can of a damaged store, says the residual is unreadable (the input is essential)."""
+    import os
+    import subprocess
+    import sys
+
+    from sweep_helpers import REPO, cli_subprocess
+
+    cfg, store = _copy(stores, tmp_path)
+    _declare(store, name, shape)
+    sitegen = subprocess.run([sys.executable, "-m", "sitegen.cli", "build", "--quiet", store, "-o",
+                              tmp_path / "site"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    refused = [cli_subprocess("verify", "--integrity-only", store, timeout=120),
+               cli_subprocess("run", "-q", cfg, timeout=120), sitegen]
+    info = cli_subprocess("info", store, timeout=120)
+    if name == "input":
+        refused.append(info)
+    else:
+        assert info.returncode == 0 and "residual  unreadable (damaged" in info.stdout, info
+    for r in refused:
+        out = (r.stdout + r.stderr).strip()
+        assert r.returncode in (1, 2) and "Traceback" not in out, (r.args, out)
+        assert name in out and ("declares shape" in out or "has shape" in out), (r.args, out)
+        if r.returncode == 2:
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: "), (r.args, r.stderr)
