@@ -294,6 +294,43 @@ def test_zip_bomb_checkpoint_is_refused_before_inflating(tmp_path, monkeypatch):
               "refusing to inflate it (a zip bomb?)")
 
 
+def test_legacy_checkpoint_declaring_a_huge_storage_is_refused_in_bounded_memory(tmp_path):
+    """The published EDSR and CycleGAN files predate the zip format, so legacy (tar-less pickle)
+    checkpoints must load; one whose pickle declares an 8 GB storage over 40 bytes of data is
+    refused in one line by a fresh process whose memory grows little past its imports (PyTorch's
+    legacy reader checks each storage's recorded size before reading it)."""
+    import io
+    import pickle
+
+    torch.save({"w": torch.zeros(10)}, tmp_path / "small.pt",
+               _use_new_zipfile_serialization=False)
+    data = (tmp_path / "small.pt").read_bytes()
+    f = io.BytesIO(data)
+    for _ in range(3):  # magic number, protocol version, system info
+        pickle.load(f)
+    main = f.tell()
+    at = data.index(b"K\x0a", main)  # the storage's numel (BININT1 10) in the persistent id
+    bomb = data[:at] + b"J" + (2**31 - 1).to_bytes(4, "little") + data[at + 2:]
+    (tmp_path / "bomb.pt").write_bytes(bomb)
+    code = ("import resource, sys\n"
+            "from precompute.models.checkpoint import read_state_dict\n"
+            "from precompute.models import ModelError\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n    read_state_dict(sys.argv[1])\nexcept ModelError as e:\n"
+            "    print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+            "    print(str(e).splitlines()[0])\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "bomb.pt")],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    sizes, line = r.stdout.splitlines()[:2]
+    base_kb, peak_kb = (int(v) for v in sizes.split())
+    assert peak_kb - base_kb < 500_000  # < 0.5 GB past the imports (8 GB declared)
+    assert line.startswith("cannot read checkpoint") and "corrupt" in line, line
+    _one_line(cli("run", _base_config(tmp_path, model={"arch": "pixelshuffle",
+                                                       "checkpoint": "bomb.pt"})),
+              "cannot read checkpoint")
+
+
 class _Net:  # a class a pickle refers to (never imported back: the unpickler blocks it)
     pass
 
