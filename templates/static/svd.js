@@ -118,7 +118,7 @@
     return e;
   }
   function buildPlot(host) {
-    var W = 720, Hh = 250, pad = { l: 64, r: 16, t: ids.length > 1 ? 28 : 12, b: 34 };
+    var W = 760, Hh = 250, pad = { l: 64, r: 56, t: ids.length > 1 ? 28 : 12, b: 34 };
     var K = kmax(), pos = [];
     ids.forEach(function (id) { metas[id].sigma.forEach(function (s) { if (s > 0) pos.push(s); }); });
     var smax = pos.length ? Math.max.apply(null, pos) : 1, smin = pos.length ? Math.min.apply(null, pos) : 1;
@@ -131,15 +131,27 @@
     var root_ = svg("svg", { viewBox: "0 0 " + W + " " + Hh, width: W, height: Hh, "class": "svd-svg" }, host);
     svg("rect", { x: pad.l, y: pad.t, width: pw, height: ph, "class": "frame" }, root_);
     var mant = span < 1 ? [1, 2, 3, 4, 5, 6, 7, 8, 9] : (span <= 2 ? [1, 2, 5] : [1]);
-    var dstep = Math.max(1, Math.ceil(span / 6));
+    var dstep = Math.max(1, Math.ceil(span / 6)), ticks = 0;
     for (var e = Math.floor(l0); e <= Math.ceil(l1); e += dstep) {
       mant.forEach(function (mm) {
         var v = mm * Math.pow(10, e), lv = Math.log10(v);
         if (lv < l0 || lv > l1) return;
         var y = Y(v);
+        ticks++;
         svg("line", { x1: pad.l, x2: pad.l + pw, y1: y, y2: y, "class": "grid" }, root_);
         svg("text", { x: pad.l - 6, y: y + 4, "text-anchor": "end", "class": "tick" }, root_).textContent = U.fmt(v);
       });
+    }
+    if (ticks < 2 && pos.length) {  // a narrow spectrum: label its extremes instead
+      if (Y(smin) - Y(smax) < 14) {  // too close for two labels: one, above the points
+        svg("text", { x: pad.l + pw - 4, y: Y(smax) - 10, "text-anchor": "end", "class": "tick" },
+          root_).textContent = "σ in " + fmtSigma(smin) + " … " + fmtSigma(smax);
+      } else {
+        [smin, smax].forEach(function (v) {
+          svg("text", { x: pad.l + pw + 4, y: Y(v) + 4, "text-anchor": "start", "class": "tick" },
+            root_).textContent = fmtSigma(v);
+        });
+      }
     }
     var xt = [0, K - 1];
     for (var q = 1; q < 5; q++) xt.push(Math.round(q * (K - 1) / 5));
