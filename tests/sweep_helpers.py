@@ -104,3 +104,15 @@ def run_and_kill(cfg: Path, store: Path, ready) -> bool:
         time.sleep(0.01)
     p.wait()
     return False
+
+
+def run_shards(cfg: Path, n: int = 2) -> None:
+    """``precompute run -q --shard i/n CFG`` for every i, as n processes at once; each must
+    succeed."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-m", "precompute.cli", "run", "-q", "--shard",
+                               f"{i}/{n}", str(cfg)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(n)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err

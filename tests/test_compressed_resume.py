@@ -4,16 +4,13 @@ repeats the store's method, and `probing: single` may finish a compressed store.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import precompute
 from sweep_helpers import (REPO, assert_bitwise_equal, cli, cli_subprocess, make_image,
-                           run_and_kill, shard_files, write_config)
+                           run_and_kill, run_shards, shard_files, write_config)
 
 FIX = REPO / "tests" / "fixtures" / "support_models.py"
 # blocks of at most 2×2 tiles (4 column blocks, 16 row blocks at tile 4 on 16×16 px)
@@ -70,13 +67,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
 def test_two_shard_processes_at_once_fill_one_compressed_store(tmp_path):
     ref, _ = _reference(tmp_path)
     cfg = _config(tmp_path, "par")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-m", "precompute.cli", "run", "-q", "--shard",
-                               f"{i}/2", str(cfg)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
+    run_shards(cfg)
     store = tmp_path / "par" / "c.zarr"
     assert precompute.open_store(store).is_complete()
     assert_bitwise_equal(ref, store)

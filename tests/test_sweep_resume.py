@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 
 import precompute
-from sweep_helpers import (REPO, TINY, assert_bitwise_equal, cli, cli_subprocess, make_image,
-                           run_and_kill, shard_files, write_config)
+from sweep_helpers import (TINY, assert_bitwise_equal, cli, cli_subprocess, make_image,
+                           run_and_kill, run_shards, shard_files, write_config)
 
 
 def _config(tmp_path, out):
@@ -65,13 +62,7 @@ def test_two_shard_processes_at_once_fill_one_store(tmp_path):
     ref_cfg = _config(tmp_path, "ref")
     assert cli("run", "-q", ref_cfg).exit_code == 0
     cfg = _config(tmp_path, "par")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-m", "precompute.cli", "run", "-q", "--shard",
-                               f"{i}/2", str(cfg)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
+    run_shards(cfg)
     store = tmp_path / "par" / "tiny.zarr"
     assert precompute.open_store(store).is_complete()
     assert_bitwise_equal(tmp_path / "ref" / "tiny.zarr", store)
