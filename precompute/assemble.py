@@ -14,7 +14,7 @@ import torch
 
 from precompute import probes as P
 from precompute import store as S
-from precompute.config import UserError
+from precompute.errors import UserError
 from precompute.engine import Engine
 
 

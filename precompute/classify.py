@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from precompute import store as S
-from precompute.config import ClassifyConfig, UserError
+from precompute.config import ClassifyConfig
+from precompute.errors import UserError
 from precompute.contributions import decompose
 from precompute.discussions import discussions, pixel_votes, row_chunks
 from precompute.engine import CPU_MAX_BATCH, Engine, choose_batch, is_oom
@@ -263,7 +264,7 @@ def done(rp, cfg: ClassifyConfig) -> bool:
 
 def run(rp, cfg: ClassifyConfig) -> float:
     """Compute and write ``classify/`` (and ``classify/adversarial/``); returns seconds."""
-    from precompute.inputs import say
+    from precompute.text import say
 
     t0 = time.perf_counter()
     K, top_k = _check(rp, cfg)

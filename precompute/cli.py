@@ -11,8 +11,7 @@ import sys
 
 import click
 
-from precompute.config import UserError
-from precompute.scope import ScopeError
+from precompute.errors import ScopeError, UserError
 
 
 def _fail(msg: str, verbose: bool = False) -> None:
@@ -82,7 +81,7 @@ def run(config, dry_run, overwrite, shard, quiet):
 @_verbose
 def info(store):
     """Summarise STORE: provenance, checks, progress, size. Runs no code from the store."""
-    from precompute.store import info_text
+    from precompute.report import info_text
 
     click.echo(info_text(store))
 

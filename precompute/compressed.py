@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from precompute import probes as P
-from precompute.config import UserError
+from precompute.errors import UserError
 
 METHODS = ("single", "compressed", "from_columns")
 #: relative cost of a backward probe (a row pass keeps the forward's activations)

@@ -21,8 +21,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 
-class UserError(Exception):
-    """A problem the user can fix (bad config, missing file, ...). The CLI prints it as one line."""
+from precompute.errors import UserError  # noqa: E402  (re-exported: defined in precompute.errors)
 
 
 # --------------------------------------------------------------------------------------------

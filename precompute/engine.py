@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from precompute.config import UserError
+from precompute.errors import UserError
 
 CPU_MAX_BATCH = 64
 GPU_MAX_BATCH = 512

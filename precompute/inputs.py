@@ -9,28 +9,17 @@ unreadable image, crop outside the image, a size the model cannot take) raises
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from precompute.config import UserError
+from precompute.errors import UserError
+from precompute.text import first_line, say, sha256_file  # noqa: F401  (re-exported)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 
@@ -90,9 +79,6 @@ class Prepared:
     image_attrs: dict
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def load_spec(cfg: dict, base_dir: Path | None, random_weights: bool = False):

@@ -30,7 +30,7 @@ import torch
 from torch.utils import _pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from precompute.config import UserError
+from precompute.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def check(est: Estimate | None, *, what: str, device: torch.device, rows: bool, 
 
     ``what`` names the model and input for the message.
     """
-    from precompute.run import fmt_bytes as _fmt
+    from precompute.text import fmt_bytes as _fmt
 
     if est is None:
         return

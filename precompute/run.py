@@ -38,11 +38,13 @@ import torch
 from precompute import compressed as Cm
 from precompute import probes as P
 from precompute import store as S
-from precompute.config import VALUE_KEYS, Resolved, UserError
+from precompute.config import VALUE_KEYS, Resolved
+from precompute.errors import UserError
 from precompute.engine import GPU_MAX_BATCH, Engine, choose_batch, mem_available
 from precompute.inputs import (Prepared, check_images, check_memory, describe_device,
                                forward_checked, prepare, resolve_device, say, set_precision,
                                first_line)
+from precompute.text import fmt_bytes, fmt_time  # noqa: F401  (re-exported: precompute.run.fmt_bytes)
 from precompute.writer import store_lock
 
 
@@ -55,22 +57,6 @@ class Options:
     writer_threads: int = 2
 
 
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def fmt_time(s: float) -> str:
-    if s < 1:
-        return "under a second"
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def _about(s: float) -> str:

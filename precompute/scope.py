@@ -82,12 +82,7 @@ from precompute.batch_dims import (DIM_FIRST_ARG, arg, einsum_keeps_batch, key_t
 from precompute.rules import RULE_NAMES, Call, Frozen, rrelu_eval, rule_for
 
 
-class ScopeError(RuntimeError):
-    """A model the LinearScope cannot interpret faithfully; the message says why and where."""
-
-
-class UnknownOpError(ScopeError):
-    """A non-linear (or unknown) op touched the probe batch and has no rule."""
+from precompute.errors import ScopeError, UnknownOpError  # noqa: E402  (re-exported)
 
 
 # --- the op tables -------------------------------------------------------------------------------

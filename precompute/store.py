@@ -30,15 +30,13 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from precompute import integrity
 from precompute import probes as P
 from precompute import shards
-from precompute.config import UserError
+from precompute.errors import StoreError
 
 FORMAT_VERSION = 1
 ANALYSES = ("columns", "rows")
 CREATING = "linearscope_creating"
 
 
-class StoreError(UserError):
-    """A store that cannot be read or continued (message shown to the user as is)."""
 
 
 def codecs() -> list:
@@ -550,7 +548,7 @@ def open_store(path: str | os.PathLike) -> Store:
     return Store(path)
 
 
-def _size_on_disk(path: Path) -> int:
+def size_on_disk(path: Path) -> int:
     """Bytes of the store's regular files (links are not followed)."""
     total = 0
     for f in Path(path).rglob("*"):
@@ -567,130 +565,3 @@ def model_code(attrs: dict) -> str | None:
     if not isinstance(arch, str):
         return None
     return arch if arch.startswith("python:") else None
-
-
-def _group_attrs(path: Path) -> dict:
-    """The attributes in a group's zarr.json, or {} when there is none or it is unreadable
-    (``open_store`` then says what is wrong, in one line)."""
-    try:
-        attrs = json.loads((path / "zarr.json").read_text()).get("attributes")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return attrs if isinstance(attrs, dict) else {}
-
-
-def probing_text(probing: dict) -> str:
-    """``attrs.probing`` in words (docs/FORMAT.md, "Probing")."""
-    parts = []
-    for name in ANALYSES:
-        p = probing.get(name)
-        if p is None:
-            continue
-        if p["method"] == "single":
-            parts.append(f"{name} one impulse per probe")
-        else:
-            how = "compressed" if p["method"] == "compressed" else "read out of columns"
-            parts.append(f"{name} {how} (period {p['period'][0]}×{p['period'][1]} px, blocks of "
-                         f"{p['block']}×{p['block']} tiles)")
-    sup = probing.get("support")
-    if sup:
-        if sup.get("global"):
-            parts.append(f"support global: {sup['global']}")
-        else:
-            parts.append(f"support: rows ≤ {sup['rows'][0]}×{sup['rows'][1]} input px, columns ≤ "
-                         f"{sup['columns'][0]}×{sup['columns'][1]} output px")
-    return "; ".join(parts)
-
-
-def _svd_info(st: Store) -> list[str]:
-    """`precompute info` lines of the SVD (docs/FORMAT.md, section SVD)."""
-    planned = st.attrs.get("analyses", {}).get("svd")
-    if planned is None:
-        return []
-    head = f"svd       top-{planned['k']} by {planned['method']}"
-    if not st.has_svd():
-        return [head + ": not complete (run the same command to finish it)"]
-    try:
-        a, d = st.svd_attrs, st.svd()
-    except Exception:  # noqa: BLE001 — a damaged chunk (checksum) or metadata
-        return [head + ": unreadable (damaged; see precompute verify)"]
-    sig, res = d["sigma"], d["residual"]
-    c, rc = a["calls"], a.get("residual_calls", {})
-    return [
-        head + (f" (blocks of {a['block']})" if a["method"] == "block" else "")
-        + f": σ_1 = {sig[0]:.4g} … σ_{len(sig)} = {sig[-1]:.4g}; "
-        + f"{c['forward']} forward + {c['backward']} backward passes"
-        + (f" (+{rc.get('forward', 0)}+{rc.get('backward', 0)} to measure residuals)" if rc else "")
-        + f", {a['wall_time']:.1f} s; "
-        + ("converged" if a["converged"] else f"NOT converged to tol {a['tol']:g}"),
-        f"          residuals max ‖Fv − σu‖/σ = {res[:, 0].max():.2e}, "
-        f"max ‖Fᵀu − σv‖/σ = {res[:, 1].max():.2e} (tol {a['tol']:g})",
-    ]
-
-
-def info_text(path: str | os.PathLike) -> str:
-    """A human summary of a store (``precompute info``); reads the store, runs nothing from it."""
-    from precompute import classify
-
-    if _group_attrs(Path(path)).get("kind") == "summary":
-        return classify.summary_info(Path(path))
-    st = open_store(path)
-    try:
-        return "\n".join(_info_lines(st))
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-        raise StoreError(f"{st.path}: its attributes are damaged or incomplete "
-                         f"({type(e).__name__}: {str(e)[:80]})") from None
-
-
-def _info_lines(st: Store) -> list[str]:
-    a = st.attrs
-    m, im = a["model"], a["image"]
-    code = model_code(a)
-    lines = [
-        f"{st.path}  (format_version {a['format_version']}, created {a.get('created')})",
-        f"model     {m['id']}  kind {m['kind']}  scale {m.get('scale')}"
-        + (f"  checkpoint {m['checkpoint']} (sha256 {str(m['checkpoint_sha256'])[:12]}…)"
-           if m.get("checkpoint") else ""),
-    ]
-    if code is not None:
-        lines.append(f"code      the model is Python code: {code}; `precompute verify` imports and "
-                     "runs it only with --trust-code")
-    lines += [
-        f"image     {im['path']}  crop {im['crop']}  size {im['size'][0]}×{im['size'][1]}"
-        f"  sha256 {im['sha256'][:12]}…",
-        f"x0 {'×'.join(map(str, st.in_shape))} → f(x0) {'×'.join(map(str, st.out_shape))}; "
-        f"{a['interpreter']} interpreter, {a['dtype']}, geometry {a.get('geometry')}",
-    ]
-    for name, lay in st.layouts.items():
-        found = [integrity.tile_problem(st.path, st.arrays, name, t.ty, t.tx, full=False)
-                 for t in lay.tiles()]
-        done, planned = found.count(None), len(found)
-        damaged = planned - done - found.count(integrity.MISSING)
-        state = "done" if done == planned else f"{done}/{planned} tiles"
-        state += f" ({damaged} damaged: recomputed by `precompute run`)" if damaged else ""
-        lines.append(
-            f"{name:9} window {lay.window[0]}×{lay.window[1]}{' (full)' if lay.full else ''}, "
-            f"tile {lay.tile}, region {lay.attrs()['region']} stride {lay.selection.stride}, "
-            f"batch {a['analyses'][name].get('batch')}: {state}"
-        )
-    probing = a.get("probing")
-    if probing:
-        lines.append("probing   " + probing_text(probing))
-    if "residual" in st.group:
-        try:
-            lines.append(f"residual  max |r| = {np.abs(st.array('residual')).max():.3g}")
-        except Exception:  # noqa: BLE001 — a damaged chunk (checksum) or metadata
-            lines.append("residual  unreadable (damaged; see precompute verify --integrity-only)")
-    from precompute import classify  # (imports this module)
-
-    lines += classify.info_lines(st.group)
-    lines += _svd_info(st)
-    ch = a.get("checks", {})
-    lines.append("checks    " + ", ".join(f"{k} {v:.2e}" for k, v in ch.items()))
-    t = a.get("timings", {})
-    lines.append("timings   " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items())
-                 + f"; oom_splits {a.get('oom_splits', 0)}; last device {a.get('device')}")
-    lines.append(f"size      {_size_on_disk(st.path) / 1e6:.1f} MB on disk")
-    lines.append("integrity not checked (only that tile shards exist with intact indexes); "
-                 f"`precompute verify --integrity-only {st.path}` checks every chunk's checksum")
-    return lines

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from precompute.config import UserError
+from precompute.errors import UserError
 
 DENSE_LIMIT = 10**7            # auto: dense when N·n ≤ this (F of ≤ 80 MB in float64)
 DEFAULT_TOL = {"float32": 1e-4, "float64": 1e-8}
@@ -785,7 +785,7 @@ def _method_text(p: Plan) -> str:
         return (f"the exact SVD of F materialised from {side:,} {kind} impulses "
                 f"({-(-side // p.pass_size)} passes of ≤ {p.pass_size})")
     if p.method == "block":
-        from precompute.run import fmt_bytes
+        from precompute.text import fmt_bytes
 
         state = _state_bytes(p)
         return (f"block Krylov (blocks of {p.block}, at most {p.max_calls} passes; its saved "
@@ -896,7 +896,7 @@ def run(rp, cfg) -> float:
     """Compute the top-k SVD of the run's interpreter into ``svd/`` (resumably); returns the
     seconds this process spent."""
     from precompute.engine import Engine
-    from precompute.inputs import say
+    from precompute.text import say
     from precompute.interpreter import LinearInterpreter
 
     t_start = time.perf_counter()

@@ -16,7 +16,7 @@ import numpy as np
 
 from precompute import store as S
 from precompute.classify import verify_lines
-from precompute.config import UserError
+from precompute.errors import UserError
 from precompute.engine import Engine
 from precompute.inputs import prepare, resolve_device, set_precision
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from precompute import store as S
-from precompute.config import UserError
+from precompute.errors import UserError
 
 
 

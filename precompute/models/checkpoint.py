@@ -12,7 +12,6 @@ convert a pickled model), which the command line shows with ``--verbose``.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import pickletools
 import re
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from precompute.models.base import ModelError
+from precompute.text import sha256_file  # noqa: F401  (re-exported to the model files)
 
 #: How many key names an error message lists before summarising the rest.
 MAX_LISTED = 8
@@ -37,13 +37,6 @@ CONVERT_HINT = (
 )
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 digest of a file's bytes (recorded as provenance in every store)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _first(e: BaseException) -> str:
