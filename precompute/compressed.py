@@ -35,7 +35,6 @@ import torch
 from precompute import probes as P
 from precompute.errors import UserError
 
-METHODS = ("single", "compressed", "from_columns")
 #: relative cost of a backward probe (a row pass keeps the forward's activations)
 BACKWARD_COST = 2.0
 

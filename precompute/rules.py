@@ -437,5 +437,4 @@ __all__ = [
     "rule_for",
     "rrelu_eval",
     "small_threshold",
-    "F",
 ]

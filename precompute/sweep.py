@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 
 from precompute import compressed as Cm
-from precompute import store as S
 from precompute.assemble import tile_arrays
 from precompute.writer import Writer
 
@@ -114,19 +113,3 @@ def sweep(rp, writer: Writer) -> dict[str, float]:
         for bar in bars.values():
             bar.close()
     return timings
-
-
-def sweep_analysis(rp, lay: S.Layout, writer: Writer | None = None) -> float:
-    """Compute and write every tile of one analysis left in ``rp.todo`` (its own writer unless
-    given); return the seconds spent."""
-    own = writer is None
-    writer = open_writer(rp) if own else writer
-    saved = {n: t for n, t in rp.todo.items() if n != lay.name}
-    try:
-        for n in saved:
-            rp.todo[n] = []
-        return sweep(rp, writer).get(lay.name, 0.0)
-    finally:
-        rp.todo.update(saved)
-        if own:
-            writer.close()  # finish queued tiles even on Ctrl-C: nothing computed is lost
