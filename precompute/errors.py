@@ -26,3 +26,9 @@ class ScopeError(RuntimeError):
 
 class UnknownOpError(ScopeError):
     """A non-linear (or unknown) op touched the probe batch and has no rule."""
+
+
+class GlobalSupport(Exception):
+    """The structural support analysis cannot bound which pixels reach which (global coupling, or
+    an op it cannot prove): the sweep falls back to one impulse per probe. The message names the
+    op and the module path. Not a user error: a reason shown in the plan."""

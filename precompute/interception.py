@@ -142,13 +142,16 @@ class ConstantObserver:
         (1, ...) broadcastable to the probe rows), else None."""
 
 
-class _Mode(TorchFunctionMode):
-    def __init__(self, scope: "Interception"):
+class DispatchMode(TorchFunctionMode):
+    """Routes every PyTorch function call to ``owner._dispatch(func, args, kwargs)``: the one
+    interception point of both value domains (the LinearScope and the support analysis)."""
+
+    def __init__(self, owner):
         super().__init__()
-        self.scope = scope
+        self.owner = owner
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        return self.scope._dispatch(func, args, kwargs or {})
+        return self.owner._dispatch(func, args, kwargs or {})
 
 
 _token_counter = itertools.count()
@@ -166,7 +169,7 @@ class Interception:
         self.audit = audit
         self.records: list[AuditRecord] = []
         self._handles: list = []
-        self._mode: _Mode | None = None
+        self._mode: DispatchMode | None = None
         self._stance = None
         self._switched: list[nn.Module] = []
         self._token = None
@@ -229,7 +232,7 @@ class Interception:
         self._handles.append(self.model.register_forward_hook(self._root_done))
         self._stance = eager()  # compiled submodules and functions run their Python code
         self._stance.__enter__()
-        self._mode = _Mode(self)
+        self._mode = DispatchMode(self)
         self._mode.__enter__()
 
     def _detach(self) -> None:

@@ -49,8 +49,6 @@ STRUCTURAL: set[Callable] = {
     F.upsample_nearest, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.fold, F.unfold, F.channel_shuffle,
     F.native_channel_shuffle,
-    # Linear in the input for given indices; indices of a frozen max pool are x0's.
-    F.max_unpool1d, F.max_unpool2d, F.max_unpool3d,
     # Linear in the input for a grid that does not depend on it (checked).
     F.grid_sample,
 }
@@ -234,6 +232,11 @@ for _pool, _with, _nd in [
     _register([_pool], NonlinearOp("max_pool", _with,
                                    _bind(("output_size", "return_indices"),
                                          {"_with_indices": _with, "_spatial": _nd})))
+# Max unpooling places values at x0's max-pool indices (rules.freeze_max_unpool).
+for _unpool in (F.max_unpool1d, F.max_unpool2d, F.max_unpool3d):
+    _register([_unpool], NonlinearOp("max_unpool", _unpool,
+                                     _bind(("indices", "kernel_size", "stride", "padding",
+                                            "output_size"), {})))
 _POOL_RETURNS_INDICES = {
     F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices,
     F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool2d_with_indices,
@@ -436,3 +439,51 @@ def supported_ops() -> dict[str, list[str]]:
     fam["linear"] = sorted({_op_name(f) for f in STRUCTURAL | MUL_LIKE | DIV_LIKE | DROPOUT
                             | MATMUL_LIKE})
     return {k: sorted(set(v)) for k, v in fam.items()}
+
+
+# --- one classification for both value domains ------------------------------------------------
+
+#: The kinds :func:`op_kind` returns; each value domain maps every kind to a handler (the frozen
+#: interpreter in precompute.scope, the support analysis in precompute.support).
+KINDS = ("value_read", "out", "select_pair", "nonlinear", "add", "mul", "div", "matmul", "affine",
+         "select", "write", "creation", "dropout", "structural", "metadata", "unknown")
+
+
+def op_kind(func: Callable, args: tuple, kwargs: dict, marked: Callable[[Any], bool]) -> str:
+    """The kind of a call that touches a probe-carrying tensor (``marked(t)`` says which do).
+
+    The order below is the precedence: calls decided by their arguments first (``out=`` writes
+    the result of the call without it; ``torch.max(a, b)`` is a pair to select from, not a
+    reduction), then the
+    tables (batch and instance norm are units first: their affine, running-statistics form is
+    decided per call by the domain), then creations (``new_tensor`` of a constant), dropout,
+    structural linear ops and metadata. ``unknown`` is refused by both
+    domains — an error naming the op in the interpreter, global support in the analysis.
+    """
+    if getattr(func, "__name__", "") in VALUE_READS:
+        return "value_read"
+    if kwargs.get("out") is not None:
+        return "out"
+    if func in _REDUCE_WITH_INDICES and isinstance(_arg1(args, kwargs, "other"), Tensor):
+        return "select_pair"
+    for kind, table in _TABLES:
+        if func in table:
+            return kind
+    if func in CREATION or (func is T.new_tensor and not marked(_arg1(args, kwargs, "data"))):
+        return "creation"
+    if func in DROPOUT:
+        return "dropout"
+    if func in STRUCTURAL:
+        return "structural"
+    if func in METADATA:
+        return "metadata"
+    return "unknown"
+
+
+def _arg1(args: tuple, kwargs: dict, name: str):
+    """The second argument of a call (``other`` of ``torch.max(a, other)``), positional or not."""
+    return args[1] if len(args) > 1 else kwargs.get(name)
+
+
+_TABLES = (("nonlinear", NONLINEAR_OPS), ("add", ADD_LIKE), ("mul", MUL_LIKE), ("div", DIV_LIKE),
+           ("matmul", MATMUL_LIKE), ("affine", AFFINE), ("select", SELECT), ("write", WRITES))

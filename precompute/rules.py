@@ -14,9 +14,12 @@ and every rule below states ``A(x0)`` and ``c(x0)`` so that requirement (3) hold
 For piecewise-linear units both coincide. The table at the end (:data:`RULES`) maps an *op family*
 to its two rules; :mod:`precompute.scope` maps the PyTorch functions that implement a family to it.
 
-Adding a non-linearity is one small change: write ``freeze_x``/``taylor_x`` returning a
-:class:`Frozen`, add ``"x": RuleSet(freeze_x, taylor_x)`` to :data:`RULES`, and list its PyTorch
-functions in ``precompute.scope.NONLINEAR_OPS``.
+Adding a non-linearity is one small change in one place: write ``freeze_x``/``taylor_x``
+returning a :class:`Frozen` and ``support_x`` (where it can put non-zero values, on {0, 1} probes),
+add ``"x": RuleSet(freeze_x, taylor_x, support_x)`` to :data:`RULES`, and register its PyTorch
+functions in ``precompute.optable.NONLINEAR_OPS``. Both value domains — the frozen interpreter
+(:mod:`precompute.scope`) and the structural support analysis (:mod:`precompute.support`) — read
+the same entry; a family without ``support`` is global support for the analysis (fail closed).
 
 Conventions: ``call.x0`` is the unit's input restricted to batch element 0 (shape ``(1, ...)``);
 rules return ``Frozen(y0, linear, offset)`` where ``linear(*probe_inputs)`` applies ``A(x0)`` to a
@@ -34,6 +37,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from precompute.errors import GlobalSupport, ScopeError
 
 
 @dataclass
@@ -75,10 +80,30 @@ class Frozen:
     gain: Tensor | None = None
 
 
+@dataclass
+class SupportCall:
+    """One call of a unit in the support domain (:mod:`precompute.support`): ``func`` the unit's
+    out-of-place function, ``x`` a batch of {0, 1} probes (no x0), ``params`` the call's bound
+    parameters, ``rule`` the interpretation in force at the call's module path, ``where`` names
+    the op and module for messages."""
+
+    func: Callable
+    x: Tensor
+    params: dict[str, Any]
+    rule: str
+    where: str
+
+
 @dataclass(frozen=True)
 class RuleSet:
+    """An op family's two interpretations (eq. 2 and eq. 4) and, beside them, its **support**:
+    where a frozen unit can put non-zero values whatever x0 decides, computed on {0, 1} probes
+    (no cancellation; the support domain re-binarises the result). ``support=None`` means no
+    support rule: the analysis answers global support (fail closed), never a guess."""
+
     freeze: Callable[[Call], Frozen]
     taylor: Callable[[Call], Frozen]
+    support: Callable[[SupportCall], Any] | None = None
 
 
 def small_threshold(dtype: torch.dtype) -> float:
@@ -406,15 +431,130 @@ def taylor_product(call: Call) -> Frozen:
     return Frozen(y0, lambda a1, b1: a0 * b1 + a1 * b0, -(a0 * b0))
 
 
-#: op family → its freeze and Taylor rules.
+# --- max unpooling at x0's max-pool indices (SegNet decoders) -----------------------------------
+
+#: attribute the support domain sets on the indices of a max pool: the pool's input plane and
+#: window geometry, so that max unpooling can bound where values land (its only legal source).
+POOL_WINDOW = "_linearscope_pool_window"
+
+
+def freeze_max_unpool(call: Call) -> Frozen:
+    """``max_unpool{1,2,3}d(x, indices, …)``: values placed at x0's max-pool indices.
+
+    The indices are constants of the frozen system (x0's selection, as ``freeze_max_pool`` hands
+    them out, the same for every batch element), so the unit is linear: ``A`` scatters each value
+    to its index and ``c = 0``; freeze and Taylor coincide. Indices that differ between batch
+    elements are not x0's decisions and are refused, and so are repeated indices (overlapping
+    windows), where PyTorch's backward is not the transpose of its forward.
+    """
+    params = dict(call.params)
+    indices = params.pop("indices")
+    if indices.dim() and indices.shape[0] > 1 and not torch.equal(
+            indices[1:], indices[:1].expand_as(indices[1:])):
+        raise ScopeError(f"`{getattr(call.func, '__name__', 'max_unpool')}` with indices that "
+                         "differ between batch elements: only x0's max-pool indices (the same for "
+                         "every probe) are a frozen decision")
+    idx0 = indices[:1]
+    flat = idx0.flatten(2).sort(dim=-1).values
+    if bool((flat[..., 1:] == flat[..., :-1]).any()):
+        # overlapping pool windows chose one element twice: PyTorch's unpooling then keeps one
+        # of the values while its backward hands the gradient to both — rows would not be Fᵀ
+        raise ScopeError(f"`{getattr(call.func, '__name__', 'max_unpool')}` at indices that "
+                         "repeat (overlapping max-pool windows selected the same element twice): "
+                         "its forward keeps one value but its gradient reaches both, so F and Fᵀ "
+                         "would disagree. Use non-overlapping windows (stride ≥ kernel)")
+
+    def linear(x1: Tensor) -> Tensor:
+        return call.func(x1, idx0.expand((x1.shape[0],) + tuple(idx0.shape[1:])), **params)
+
+    return Frozen(linear(call.x0), linear, None, whole_batch=True)
+
+
+def support_max_unpool(call: SupportCall) -> Tensor:
+    """A value of max unpooling lands somewhere in the window of the max pool that chose its
+    index, whichever element x0 selects: the support is the union of those windows (a transposed
+    convolution of the {0, 1} input with a window of ones). Sound only for indices straight from
+    a fixed-window max pool over a plane of the output's size (tagged :data:`POOL_WINDOW` by
+    :func:`support_max_pool`); any other index tensor is global support."""
+    indices = call.params["indices"]
+    window = getattr(indices, POOL_WINDOW, None)
+    out = call.func(call.x, indices, **{k: v for k, v in call.params.items() if k != "indices"})
+    n = out.dim() - 2
+    if window is None or tuple(out.shape[2:]) != window[0] or len(window[0]) != n:
+        raise GlobalSupport(f"{call.where} places values at indices that do not come straight "
+                            "from a fixed-window max pool over a plane of its output's size")
+    plane, kernel, stride, padding, dilation = window
+    c = call.x.shape[1]
+    ones = torch.ones((c, 1) + kernel, dtype=call.x.dtype, device=call.x.device)
+    conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
+    full = conv_t(call.x, ones, stride=stride, dilation=dilation, groups=c)
+    # window positions i·s − p + t·d in the pooled plane's coordinates: crop p, pad the far end
+    grow = [max(0, padding[d] + plane[d] - full.shape[2 + d]) for d in range(n)]
+    full = F.pad(full, [v for d in reversed(range(n)) for v in (0, grow[d])])
+    crop = tuple(slice(padding[d], padding[d] + plane[d]) for d in range(n))
+    return full[(slice(None), slice(None)) + crop]
+
+
+# --- support of the other families (precompute.support) ---------------------------------------
+
+
+def support_pointwise(call: SupportCall) -> Tensor:
+    """A frozen pointwise unit is a diagonal gain: the support passes through unchanged."""
+    return call.x
+
+
+def support_max_pool(call: SupportCall):
+    """The max of {0, 1} values is the union of each window, whichever element x0 selects. The
+    indices (of the probes, not x0's) are tagged with the window geometry: only max unpooling may
+    use them (:func:`support_max_unpool`)."""
+    p = {k: v for k, v in call.params.items() if not k.startswith("_") and k != "return_indices"}
+    y, idx = call.params["_with_indices"](call.x, **p)
+    if "kernel_size" in p and call.x.dim() >= 3:
+        n = call.x.dim() - 2
+
+        def tup(v, default):
+            v = default if v is None else v
+            return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
+
+        kernel = tup(p["kernel_size"], None)
+        setattr(idx, POOL_WINDOW, (tuple(call.x.shape[2:]), kernel,
+                                   tup(p.get("stride") or None, kernel), tup(p.get("padding"), 0),
+                                   tup(p.get("dilation"), 1)))
+    return y, idx
+
+
+def support_norm(call: SupportCall) -> Tensor:
+    """Statistics frozen at x0 make a normalisation pointwise in the probe; under the Taylor rule
+    the statistics move with the probe and couple every value of the group: global support."""
+    if call.rule != "freeze":
+        raise GlobalSupport(f"{call.where} under the taylor rule couples every value of its group "
+                            "(x0's statistics move with the probe)")
+    return call.x
+
+
+def support_reduce_select(call: SupportCall) -> Tensor:
+    """``amax``/``amin`` over dimensions: x0 may select any value of each group (the union).
+    ``max``/``min`` over a dimension return indices the model may consume: no rule (global)."""
+    if call.params.get("_kind") in ("max", "min"):
+        raise GlobalSupport(f"no support rule for the `reduce_select` unit {call.where} (a "
+                            "reduction that returns indices)")
+    return torch.amax(call.x, dim=call.params.get("dim", ()),
+                      keepdim=bool(call.params.get("keepdim", False)))
+
+
+#: op family → its freeze and Taylor rules, and its support (None: global support). Selections
+#: of two tensors and products reach the support domain as unions of their operands instead
+#: (precompute.support), so their families need no support rule here.
 RULES: dict[str, RuleSet] = {
-    "piecewise_linear": RuleSet(freeze_piecewise_linear, freeze_piecewise_linear),
-    "smooth": RuleSet(freeze_smooth, taylor_pointwise),
-    "max_pool": RuleSet(freeze_max_pool, freeze_max_pool),
+    "piecewise_linear": RuleSet(freeze_piecewise_linear, freeze_piecewise_linear,
+                                support_pointwise),
+    "smooth": RuleSet(freeze_smooth, taylor_pointwise, support_pointwise),
+    "max_pool": RuleSet(freeze_max_pool, freeze_max_pool, support_max_pool),
+    "max_unpool": RuleSet(freeze_max_unpool, freeze_max_unpool, support_max_unpool),
     "select": RuleSet(freeze_select, freeze_select),
-    "reduce_select": RuleSet(freeze_reduce_select, freeze_reduce_select),
-    "norm": RuleSet(freeze_norm, taylor_norm),
-    "rms_norm": RuleSet(freeze_rms_norm, taylor_rms_norm),
+    "reduce_select": RuleSet(freeze_reduce_select, freeze_reduce_select, support_reduce_select),
+    "norm": RuleSet(freeze_norm, taylor_norm, support_norm),
+    "rms_norm": RuleSet(freeze_rms_norm, taylor_rms_norm, support_norm),
     "product": RuleSet(freeze_product, taylor_product),
 }
 
@@ -432,6 +572,7 @@ __all__ = [
     "Call",
     "Frozen",
     "RuleSet",
+    "SupportCall",
     "RULES",
     "RULE_NAMES",
     "rule_for",

@@ -72,9 +72,9 @@ from precompute.interception import (AuditRecord, ConstantObserver, Interception
                                      eager, unwrap_model)
 from precompute.optable import (  # noqa: F401  (the op tables, re-exported for precompute.support)
     ADD_LIKE, AFFINE, CREATION, DIV_LIKE, DROPOUT, MATMUL_LIKE, METADATA, MUL_LIKE, NONLINEAR_OPS,
-    RANDOM, SELECT, STRUCTURAL, VALUE_READS, VIEW_LIKE, WRITES, _BIASED_LINEAR, _INPLACE_ADD,
+    KINDS, RANDOM, SELECT, STRUCTURAL, VALUE_READS, VIEW_LIKE, WRITES, _BIASED_LINEAR, _INPLACE_ADD,
     _POOL_RETURNS_INDICES, _REDUCE_WITH_INDICES, NonlinearOp, T, _base, _bind, _is_inplace,
-    _norm_params, _op_name, _positional_input, _rows_equal, _storage, supported_ops)
+    _norm_params, _op_name, _positional_input, _rows_equal, _storage, op_kind, supported_ops)
 from precompute.rules import RULE_NAMES, Call, Frozen, rrelu_eval, rule_for
 from precompute.scope_writes import WriteRules
 
@@ -182,63 +182,57 @@ class LinearScope(WriteRules, Interception):
         return out
 
     def _dispatch_marked(self, func, args, kwargs, marked):
-        name = getattr(func, "__name__", "")
-        if name in VALUE_READS:
-            raise ScopeError(f"`{_op_name(func)}` reads the values of a probe-carrying tensor "
-                             f"{self._where()}: control flow that depends on the input cannot be "
-                             "frozen")
-        if func in _REDUCE_WITH_INDICES and isinstance(arg(args, kwargs, 1, ("other",)), Tensor):
-            return self._select(func, _REDUCE_WITH_INDICES[func], args[0],
-                                arg(args, kwargs, 1, ("other",)))
-        if touches_batch(func, args, kwargs, marked[0].dim()):
+        """Route a probe-carrying call by its kind (:func:`precompute.optable.op_kind`, the
+        classification the support analysis shares) to the frozen linear domain's handler."""
+        kind = op_kind(func, args, kwargs, self._marked)
+        # (``out=`` calls are checked when ``_out`` dispatches the call without it)
+        if kind not in ("value_read", "out", "select_pair") and touches_batch(
+                func, args, kwargs, marked[0].dim()):
             raise self._batch_error(func)
-        if kwargs.get("out") is not None:
-            return self._out(func, args, kwargs, marked)
-        if func in NONLINEAR_OPS:
-            op = NONLINEAR_OPS[func]
-            params = op.bind(args, kwargs)
-            if op.family == "norm" or op.family == "rms_norm":
-                kind, norm_params = _norm_params(func, params) if op.family == "norm" else (
-                    "rms", dict(params, _call={k: params[k] for k in
-                                                ("normalized_shape", "weight", "eps")
-                                                if k in params}))
-                if kind is None:
-                    return self._affine(func, args, kwargs)
-                params = norm_params
-            return self._nonlinear(func, op, args, params)
-        if func in ADD_LIKE:
-            return self._add(func, args, kwargs)
-        if func in MUL_LIKE:
-            return self._mul(func, args, kwargs)
-        if func in DIV_LIKE:
-            return self._div(func, args, kwargs)
-        if func in MATMUL_LIKE:
-            return self._matmul(func, args, kwargs, marked)
-        if func in AFFINE:
-            if func is F.pad and _bind(("pad", "mode", "value"), {})(args, kwargs).get("value") in (
-                    None, 0, 0.0):
-                return self._structural(func, args, kwargs)
-            return self._affine(func, args, kwargs)
-        if func in SELECT:
-            return self._select(func, SELECT[func], args[0], arg(args, kwargs, 1, ("other",)))
-        if func in WRITES:
-            return self._written(func, args, kwargs)
-        if func in CREATION or (func is T.new_tensor and not self._marked(
-                arg(args, kwargs, 1, ("data",)))):
-            return func(*args, **kwargs)
-        if func in DROPOUT:
-            training = _bind(("p", "training", "inplace"), {"training": True})(args, kwargs)[
-                "training"]
-            if training:
-                self._warn_once("dropout", f"LinearScope: functional dropout in training mode "
-                                           f"{self._where()} is treated as the identity (eval)")
-            self._record(func, "linear")
-            return args[0]
-        if func in STRUCTURAL:
+        return _HANDLERS[kind](self, func, args, kwargs, marked)
+
+    def _value_read(self, func, args, kwargs, marked):
+        raise ScopeError(f"`{_op_name(func)}` reads the values of a probe-carrying tensor "
+                         f"{self._where()}: control flow that depends on the input cannot be "
+                         "frozen")
+
+    def _select_pair(self, func, args, kwargs, marked):
+        return self._select(func, _REDUCE_WITH_INDICES[func], args[0],
+                            arg(args, kwargs, 1, ("other",)))
+
+    def _select_table(self, func, args, kwargs, marked):
+        return self._select(func, SELECT[func], args[0], arg(args, kwargs, 1, ("other",)))
+
+    def _nonlinear_call(self, func, args, kwargs, marked):
+        op = NONLINEAR_OPS[func]
+        params = op.bind(args, kwargs)
+        if op.family == "norm" or op.family == "rms_norm":
+            kind, norm_params = _norm_params(func, params) if op.family == "norm" else (
+                "rms", dict(params, _call={k: params[k] for k in
+                                            ("normalized_shape", "weight", "eps")
+                                            if k in params}))
+            if kind is None:
+                return self._affine(func, args, kwargs)
+            params = norm_params
+        return self._nonlinear(func, op, args, params)
+
+    def _affine_call(self, func, args, kwargs, marked):
+        if func is F.pad and _bind(("pad", "mode", "value"), {})(args, kwargs).get("value") in (
+                None, 0, 0.0):
             return self._structural(func, args, kwargs)
-        if func in METADATA:
-            return func(*args, **kwargs)
-        return self._refuse(func, args, kwargs)
+        return self._affine(func, args, kwargs)
+
+    def _passthrough(self, func, args, kwargs, marked):
+        return func(*args, **kwargs)  # creations of constants, metadata (sizes, dims, …)
+
+    def _dropout(self, func, args, kwargs, marked):
+        training = _bind(("p", "training", "inplace"), {"training": True})(args, kwargs)[
+            "training"]
+        if training:
+            self._warn_once("dropout", f"LinearScope: functional dropout in training mode "
+                                       f"{self._where()} is treated as the identity (eval)")
+        self._record(func, "linear")
+        return args[0]
 
     def _structural(self, func, args, kwargs):
         first = next((t for t in tree_flatten(args)[0] if self._marked(t)), None)
@@ -568,3 +562,27 @@ class LinearScope(WriteRules, Interception):
             idx = frozen.extra[0]
             return y, idx.expand((y.shape[0],) + tuple(idx.shape[1:]))
         return y
+
+
+def _without_marked(method: str):
+    """A handler of the table below for a method that takes ``(func, args, kwargs)``."""
+    return lambda scope, func, args, kwargs, marked: getattr(scope, method)(func, args, kwargs)
+
+
+def _with_marked(method: str):
+    return lambda scope, func, args, kwargs, marked: getattr(scope, method)(func, args, kwargs,
+                                                                             marked)
+
+
+#: op kind (precompute.optable.KINDS) → how the frozen linear domain computes it
+_HANDLERS = {
+    "value_read": _with_marked("_value_read"), "select_pair": _with_marked("_select_pair"),
+    "out": _with_marked("_out"), "nonlinear": _with_marked("_nonlinear_call"),
+    "add": _without_marked("_add"), "mul": _without_marked("_mul"),
+    "div": _without_marked("_div"), "matmul": _with_marked("_matmul"),
+    "affine": _with_marked("_affine_call"), "select": _with_marked("_select_table"),
+    "write": _without_marked("_written"), "creation": _with_marked("_passthrough"),
+    "dropout": _with_marked("_dropout"), "structural": _without_marked("_structural"),
+    "metadata": _with_marked("_passthrough"), "unknown": _without_marked("_refuse"),
+}
+assert set(_HANDLERS) == set(KINDS)

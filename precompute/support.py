@@ -39,25 +39,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from precompute import batch_dims as _batch
 from precompute import scope as _scope
+from precompute.errors import GlobalSupport  # (re-exported: precompute.support.GlobalSupport)
+from precompute.interception import DispatchMode
+from precompute.optable import op_kind
+from precompute.rules import RULES, SupportCall
 
 T = torch.Tensor
 
 
-class GlobalSupport(Exception):
-    """The network couples pixels globally (or in a way the analysis cannot bound): the reason
-    names the op and the module path."""
 
 
 # --- the support interpretation ------------------------------------------------------------
 
 _NEG = {T.neg, T.__neg__, torch.neg}
 _INTERPOLATE = {F.interpolate, F.upsample}
-_UNPOOL = {F.max_unpool1d, F.max_unpool2d, F.max_unpool3d}
 _INPLACE_DUNDERS = {T.__iadd__, T.__isub__, T.__imul__, T.__itruediv__}
 
 
@@ -69,15 +68,6 @@ def _is_inplace(func, kwargs) -> bool:
 
 def _binary(t: Tensor) -> Tensor:
     return (t != 0).to(t.dtype)
-
-
-class _Mode(TorchFunctionMode):
-    def __init__(self, owner: "SupportMode"):
-        super().__init__()
-        self.owner = owner
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        return self.owner._dispatch(func, args, kwargs or {})
 
 
 @dataclass
@@ -146,7 +136,7 @@ class SupportMode:
         self._storages.clear()
         x = _binary(x.detach())
         self._mark(x)
-        with torch.no_grad(), _Mode(self):  # only the model's own calls are interpreted
+        with torch.no_grad(), DispatchMode(self):  # only the model's own calls are interpreted
             y = self.model(x)
         if not isinstance(y, Tensor) or not self._marked(y):
             raise GlobalSupport("the model's output does not depend on its input through ops the "
@@ -212,59 +202,28 @@ class SupportMode:
 
     # -- dispatch --------------------------------------------------------------------------------
     def _dispatch(self, func, args, kwargs):
+        """Route a probe-carrying call by its kind — the classification the frozen interpreter
+        uses (:func:`precompute.optable.op_kind`) — to the support domain's handler; a kind
+        without one here is global support (fail closed)."""
         flat = tree_flatten((args, kwargs))[0]
         marked = [t for t in flat if self._marked(t)]
         if not marked:
             return func(*args, **kwargs)  # weights, constants, shape arithmetic
         if not args:  # torch.relu(input=x): every rule finds the input in args[0]
             args, kwargs = _scope._positional_input(func, args, kwargs)
-        op = _scope._op_name(func)
-        name = getattr(func, "__name__", "")
-        if name in _scope.VALUE_READS or func in (T.detach, T.detach_, torch.detach):
-            raise GlobalSupport(f"`{op}` {self._where()} reads or detaches a probe-carrying tensor")
-        if kwargs.get("out") is not None:
-            return self._out(func, args, kwargs, marked)
-        if func in _scope.WRITES:
-            return self._written(func, args, kwargs)
+        kind = op_kind(func, args, kwargs, self._marked)
         target = args[0] if args else None
-        if (_is_inplace(func, kwargs) and isinstance(target, Tensor) and not self._marked(target)
-                and func not in _scope.NONLINEAR_OPS):
-            if not (func in _scope.ADD_LIKE or func in _scope.MUL_LIKE or func in _scope.DIV_LIKE):
-                raise GlobalSupport(f"`{op}` {self._where()} writes probe-carrying values into a "
-                                    "constant tensor in place (no support rule)")
+        if (kind not in ("out", "write", "nonlinear") and _is_inplace(func, kwargs)
+                and isinstance(target, Tensor) and not self._marked(target)):
+            if kind not in ("add", "mul", "div"):
+                raise GlobalSupport(f"`{_scope._op_name(func)}` {self._where()} writes "
+                                    "probe-carrying values into a constant tensor in place (no "
+                                    "support rule)")
             self._adopt(func, target)  # acc = zeros_like(x); acc.add_(v)
-        if func in _scope.SELECT or (func in _scope._REDUCE_WITH_INDICES and isinstance(
-                _batch.arg(args, kwargs, 1, ("other",)), Tensor)):
-            return self._union(func, args, kwargs, marked)  # x0 selects one operand per value
-        if func in _scope.NONLINEAR_OPS:
-            return self._nonlinear(func, _scope.NONLINEAR_OPS[func], args, kwargs, marked)
-        if func in _scope.ADD_LIKE or func in _scope.MUL_LIKE:
-            return self._union(func, args, kwargs, marked)
-        if func in _scope.DIV_LIKE:
-            other = args[1] if len(args) > 1 else kwargs.get("other")
-            if self._marked(other):
-                raise GlobalSupport(f"division by a probe-carrying tensor (`{op}`) {self._where()}")
-            return self._union(func, args, kwargs, marked)
-        if func in _scope.MATMUL_LIKE:
-            if len(marked) > 1:
-                raise GlobalSupport(f"`{op}` of two probe-carrying tensors {self._where()} "
-                                    "(attention-like product)")
-            return self._positive(func, args, kwargs, marked)
-        if func in _scope.AFFINE:
-            return self._affine(func, args, kwargs, marked)
-        if func in _scope.CREATION or (func is T.new_tensor and not self._marked(
-                _batch.arg(args, kwargs, 1, ("data",)))):
-            return func(*args, **kwargs)
-        if func in _scope.DROPOUT:
-            return self._finish(func, args[0].clone(), marked)
-        if func in _UNPOOL:
-            raise GlobalSupport(f"`{op}` {self._where()} places values at x0's max-pool indices")
-        if func in _scope.STRUCTURAL:
-            return self._structural(func, args, kwargs, marked)
-        out = func(*args, **kwargs)
-        if not any(isinstance(t, Tensor) for t in tree_flatten(out)[0]):
-            return out  # metadata: size, dim, ...
-        raise GlobalSupport(f"no support rule for `{op}` {self._where()}")
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            raise GlobalSupport(f"no support rule for `{_scope._op_name(func)}` {self._where()}")
+        return handler(self, func, args, kwargs, marked)
 
     def _rule(self) -> str:
         import fnmatch
@@ -275,7 +234,10 @@ class SupportMode:
                 best, best_len = rule, len(pattern)
         return best
 
-    def _nonlinear(self, func, nop, args, kwargs, marked):
+    def _nonlinear(self, func, args, kwargs, marked):
+        """A unit: its family's support rule (:class:`precompute.rules.RuleSet`), declared beside
+        its freeze and Taylor rules; a family without one is global support."""
+        nop = _scope.NONLINEAR_OPS[func]
         op = _scope._op_name(func)
         x = args[0] if args else None
         if not self._marked(x):
@@ -283,36 +245,23 @@ class SupportMode:
         params = nop.bind(args, kwargs)
         if any(self._marked(v) for v in params.values()):
             raise GlobalSupport(f"`{op}` {self._where()} has a probe-carrying parameter")
-        family = nop.family
-        if family in ("piecewise_linear", "smooth"):
-            # the frozen unit is a pointwise gain: the support passes through unchanged
+        if nop.family == "norm" and _scope._norm_params(func, params)[0] is None:
+            # eval batch norm, running-statistics instance norm: affine, pointwise in the probe
+            return self._finish(func, x.clone(), marked)
+        support = RULES[nop.family].support
+        if support is None:
+            raise GlobalSupport(f"no support rule for the `{nop.family}` unit `{op}` "
+                                f"{self._where()}")
+        y = support(SupportCall(nop.pure, x, params, self._rule(), f"`{op}` {self._where()}"))
+        if y is x:  # the support passes through (pointwise units)
             if nop.inplace or params.get("inplace"):
                 return x
-            return self._finish(func, x.clone(), marked)
-        if family == "max_pool":
-            p = {k: v for k, v in params.items()
-                 if not k.startswith("_") and k != "return_indices"}
-            y, idx = params["_with_indices"](x, **p)  # max of {0, 1}: the union of each window
-            y = self._finish(func, y, marked)
-            wants = func in _scope._POOL_RETURNS_INDICES or bool(params.get("return_indices"))
-            return (y, idx) if wants else y
-        if family in ("norm", "rms_norm"):
-            kind = None
-            if family == "norm":
-                kind, _ = _scope._norm_params(func, params)
-            if kind is not None or family == "rms_norm":
-                if self._rule() != "freeze":
-                    raise GlobalSupport(f"`{op}` {self._where()} under the taylor rule couples "
-                                        "every value of its group (x0's statistics move with the "
-                                        "probe)")
-            # eval batch norm, running-stat or frozen statistics: pointwise in the probe
-            return self._finish(func, x.clone(), marked)
-        if family == "reduce_select" and func not in _scope._REDUCE_WITH_INDICES:
-            # amax/amin over dimensions: x0 may select any value of each group (union)
-            dim = params.get("dim", ())
-            y = torch.amax(x, dim=dim, keepdim=bool(params.get("keepdim", False)))
-            return self._finish(func, y, marked)
-        raise GlobalSupport(f"no support rule for the `{family}` unit `{op}` {self._where()}")
+            y = x.clone()
+        out = self._finish(func, y, marked)
+        if isinstance(out, tuple) and not (func in _scope._POOL_RETURNS_INDICES
+                                           or params.get("return_indices")):
+            return out[0]
+        return out
 
     def _union(self, func, args, kwargs, marked):
         """Sums, products and quotients: the union of the operands' supports (broadcast).
@@ -529,6 +478,46 @@ class SupportMode:
             grown = F.max_pool2d(x, 3, stride=1, padding=1)
             return F.interpolate(grown, mode="bilinear", **call)
         raise GlobalSupport(f"interpolation mode {mode!r} {self._where()} has no support rule")
+
+
+def _value_read(mode: SupportMode, func, args, kwargs, marked):
+    raise GlobalSupport(f"`{_scope._op_name(func)}` {mode._where()} reads the values of a "
+                        "probe-carrying tensor")
+
+
+def _div(mode: SupportMode, func, args, kwargs, marked):
+    if mode._marked(args[1] if len(args) > 1 else kwargs.get("other")):
+        raise GlobalSupport(f"division by a probe-carrying tensor (`{_scope._op_name(func)}`) "
+                            f"{mode._where()}")
+    return mode._union(func, args, kwargs, marked)
+
+
+def _matmul(mode: SupportMode, func, args, kwargs, marked):
+    if len(marked) > 1:
+        raise GlobalSupport(f"`{_scope._op_name(func)}` of two probe-carrying tensors "
+                            f"{mode._where()} (attention-like product)")
+    return mode._positive(func, args, kwargs, marked)
+
+
+def _method(name: str, with_marked: bool = True):
+    if with_marked:
+        return lambda mode, func, args, kwargs, marked: getattr(mode, name)(func, args, kwargs,
+                                                                            marked)
+    return lambda mode, func, args, kwargs, marked: getattr(mode, name)(func, args, kwargs)
+
+
+#: op kind (precompute.optable.KINDS) → how the support domain computes it. A kind missing here
+#: ("unknown") is global support.
+_HANDLERS = {
+    "value_read": _value_read, "select_pair": _method("_union"), "out": _method("_out"),
+    "nonlinear": _method("_nonlinear"), "add": _method("_union"), "mul": _method("_union"),
+    "div": _div, "matmul": _matmul, "affine": _method("_affine"), "select": _method("_union"),
+    "write": _method("_written", with_marked=False),
+    "creation": lambda mode, func, args, kwargs, marked: func(*args, **kwargs),
+    "dropout": lambda mode, func, args, kwargs, marked: mode._finish(func, args[0].clone(), marked),
+    "structural": _method("_structural"),
+    "metadata": lambda mode, func, args, kwargs, marked: func(*args, **kwargs),
+}
 
 
 # --- per-axis support from line probes --------------------------------------------------------
