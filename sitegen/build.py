@@ -19,10 +19,8 @@ does not are removed (listed in ``.linearscope-build.json``; nothing else is eve
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import re
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +28,6 @@ from pathlib import Path
 
 import jinja2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 import sitegen
@@ -38,6 +35,8 @@ from sitegen import classify_page, svd_page
 from sitegen.reader import (KINDS, Analysis, Store, StoreError, Summary, classify_complete,
                             find_stores, open_store)
 from sitegen.tiles import MODE_TEXT, MODES, PRECISIONS, channel_block, encode_block, tile_script
+from sitegen.util import (BuildError, atomic_write, fmt_float, human, js_literal, nice_number,
+                          png_bytes, residual_rgb, slug)
 
 MANIFEST = ".linearscope-build.json"
 TEMPLATES = Path(sitegen.__file__).resolve().parents[1] / "templates"
@@ -51,10 +50,6 @@ ANALYSES = [
     ("svd", "SVD bases"),
     ("classify", "Classifier analyses: scores, contributions, discussions, votes"),
 ]
-
-
-class BuildError(Exception):
-    """A build that cannot go ahead; the message is shown to the user as is."""
 
 
 @dataclass
@@ -92,14 +87,6 @@ class BuildResult:
     removed: int
     files: int
     runs: list = field(default_factory=list)
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 class SiteWriter:
@@ -204,18 +191,6 @@ class SiteWriter:
     @property
     def total(self) -> int:
         return sum(self.files.values())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` (a name in a real folder) through a fresh hidden temporary file and a
-    rename: a link or leftover at the temporary name is removed, never written through, and
-    the rename replaces a link at ``path`` itself, not its target."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def read_manifest(out: Path) -> list[str]:
@@ -387,39 +362,7 @@ def save_cache(out: Path, tiles: dict) -> None:
     atomic_write(path, data)
 
 
-# -- images ------------------------------------------------------------------------------------
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    rgb = np.asarray(rgb)
-    if rgb.ndim == 2:
-        rgb = rgb[..., None]
-    if rgb.shape[-1] == 1:
-        rgb = np.repeat(rgb, 3, axis=-1)
-    rgb = rgb[..., :3]  # RGB only (notes §1: no alpha)
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").save(
-        buf, format="PNG", compress_level=9)
-    return buf.getvalue()
-
-
-def residual_rgb(r: np.ndarray) -> tuple[np.ndarray, float]:
-    """r (C', H', W') → mid-grey-centred RGB scaled by max|r|; returns the image and max|r|."""
-    r = np.nan_to_num(np.asarray(r, np.float64))
-    if r.ndim != 3:
-        return np.zeros((1, 1, 3), np.uint8), 0.0
-    if r.shape[0] != 3:
-        r = np.repeat(r.mean(axis=0, keepdims=True), 3, axis=0)
-    m = float(np.abs(r).max())
-    img = 127.5 + (127.5 * r / m if m > 0 else 0 * r)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8).transpose(1, 2, 0), m
-
-
 # -- runs ----------------------------------------------------------------------------------------
-
-def slug(text: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-    return s or "run"
-
 
 def run_ids(stores: list[Store]) -> list[str]:
     ids, seen = [], {}
@@ -429,22 +372,6 @@ def run_ids(stores: list[Store]) -> list[str]:
         seen[base] = n + 1
         ids.append(base if n == 0 else f"{base}-{n + 1}")
     return ids
-
-
-def fmt_float(v) -> str:
-    if v is None:
-        return "not measured"
-    try:
-        return f"{float(v):.2e}"
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def nice_number(v):
-    """3.0 → 3 (scales are written as floats), anything else unchanged."""
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
 
 
 def provenance(st: Store) -> dict:
@@ -529,12 +456,6 @@ def _env() -> jinja2.Environment:
                              autoescape=jinja2.select_autoescape(["html"]),
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     return env
-
-
-def js_literal(obj) -> str:
-    """JSON safe to embed in a <script> element."""
-    s = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return s.replace("</", "<\\/")
 
 
 def build(sources: list[str | Path], out: str | Path, opts: Options | None = None,

@@ -24,6 +24,7 @@ from markupsafe import Markup, escape
 
 from sitegen.reader import Classify, Summary, read_classify
 from sitegen.tiles import encode_block
+from sitegen.util import js_literal, png_bytes, slug
 
 #: Largest number of term names written under the bars (hover shows every name).
 MAX_TICKS = 24
@@ -194,8 +195,6 @@ def _panel(c: Classify, labels: list[str], key: str, title: str, image: str,
 
 def run_page(st, rid: str, c: Classify, precision: str, write) -> dict:
     """Write the data of one run's classifier page; returns the template's view of it."""
-    from sitegen.build import js_literal, png_bytes
-
     labels = [str(v) for v in (c.attrs.get("labels") or st.model.get("labels") or [])]
     if not labels:
         labels = [str(k) for k in range(len(c.arrays["scores"]))]
@@ -261,8 +260,6 @@ def _label(labels: list[str], k: int) -> str:
 
 
 def slug_summary(s: Summary) -> str:
-    from sitegen.build import slug
-
     return slug(s.path.name.removesuffix(".zarr"))
 
 
