@@ -11,7 +11,7 @@ For every run whose store holds a complete ``svd/`` (docs/FORMAT.md)::
                                        (encode_block: float16 display copy or float32)
 
 σ and the measured residuals are written exactly (the store's values as JSON numbers); the eigen-
-vectors travel in the site's precision. :func:`write` is the one call build.py makes.
+vectors travel in the site's precision. :class:`SvdPage` is its entry in the page registry (sitegen/pages.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from sitegen.reader import Store, SvdResult
+from sitegen.page import Page, Site
 from sitegen.tiles import encode_block
+from sitegen.util import js_literal
 
 TITLE = "SVD: eigen-inputs, eigen-outputs and singular values"
 
@@ -54,7 +56,7 @@ def run_meta(st: Store, rid: str, res: SvdResult, precision: str) -> dict:
     return meta
 
 
-def triplet_script(rid: str, i: int, res: SvdResult, precision: str, js_literal) -> bytes:
+def triplet_script(rid: str, i: int, res: SvdResult, precision: str) -> bytes:
     blobs = {}
     for name, vec in (("v", res.v(i)), ("u", res.u(i))):
         scale, blob = encode_block(np.nan_to_num(np.asarray(vec, np.float64)), precision)
@@ -86,12 +88,41 @@ def status(st: Store, title: str) -> dict:
             "state": "not complete" if plan else "not computed", "detail": ""}
 
 
-def write(w, env, runs: list[dict], groups: list[dict], opts, common: dict, js_literal) -> None:
-    """Data, run pages and compare pages of every run with a complete SVD.
+class SvdPage(Page):
+    """The SVD page of every run with a complete SVD, and a compare page per image with two."""
 
-    Annotates ``runs`` (``r["svd"]``: the page's meta or None) and ``groups``
-    (``g["svd_compare"]``: runs with an SVD, when there are two or more) for the other templates.
-    """
+    name = "svd"
+    analyses = ("svd",)
+
+    def estimate(self, st: Store, opts) -> int:
+        return estimate(st, opts.precision)
+
+    def status(self, site: Site, run: dict, name: str, title: str) -> dict:
+        return status(run["store"], title)
+
+    def write(self, site: Site) -> None:
+        """Data, run pages and compare pages of every run with a complete SVD.
+
+        Annotates the runs (``r["svd"]``: the page's meta or None) and the groups
+        (``g["svd_compare"]``: runs with an SVD, when there are two or more) for the other pages.
+        """
+        write_data(site.w, site.runs, site.opts.precision)
+        for g in site.groups:
+            members = [r for r in g["runs"] if r["svd"] is not None]
+            g["svd_compare"] = members if len(members) > 1 else None
+        for r in site.runs:
+            if r["svd"] is not None:
+                site.render("svd.html", f"svd/{r['id']}.html", root="../", run=r, runs=[r],
+                            ids_json=js_literal([r["id"]]), title=TITLE)
+        for g in site.groups:
+            if g["svd_compare"]:
+                site.render("svd_compare.html", f"svd/compare-{g['id']}.html", root="../",
+                            group=g, runs=g["svd_compare"],
+                            ids_json=js_literal([r["id"] for r in g["svd_compare"]]), title=TITLE)
+
+
+def write_data(w, runs: list[dict], precision: str) -> None:
+    """``meta.js`` and one script per triplet of every run with a complete SVD; sets ``r["svd"]``."""
     for r in runs:
         st: Store = r["store"]
         res = st.svd()
@@ -99,24 +130,8 @@ def write(w, env, runs: list[dict], groups: list[dict], opts, common: dict, js_l
         if res is None:
             continue
         rid = r["id"]
-        meta = run_meta(st, rid, res, opts.precision)
+        meta = run_meta(st, rid, res, precision)
         w.write(f"data/{rid}/svd/meta.js", f"LinearScope.svdRun({js_literal(meta)});\n".encode())
         for i in range(res.k):
-            w.write(f"data/{rid}/svd/{i}.js", triplet_script(rid, i, res, opts.precision, js_literal))
+            w.write(f"data/{rid}/svd/{i}.js", triplet_script(rid, i, res, precision))
         r["svd"] = meta
-    for g in groups:
-        members = [r for r in g["runs"] if r["svd"] is not None]
-        g["svd_compare"] = members if len(members) > 1 else None
-    for r in runs:
-        if r["svd"] is None:
-            continue
-        html = env.get_template("svd.html").render(
-            root="../", run=r, runs=[r], ids_json=js_literal([r["id"]]), title=TITLE, **common)
-        w.write(f"svd/{r['id']}.html", html.encode())
-    for g in groups:
-        if not g["svd_compare"]:
-            continue
-        html = env.get_template("svd_compare.html").render(
-            root="../", group=g, runs=g["svd_compare"],
-            ids_json=js_literal([r["id"] for r in g["svd_compare"]]), title=TITLE, **common)
-        w.write(f"svd/compare-{g['id']}.html", html.encode())
