@@ -9,6 +9,7 @@ For every run whose store holds a complete ``svd/`` (docs/FORMAT.md)::
     data/<run>/svd/<i>.js              LinearScope.svdTriplet(run, i, {v, u}): one triplet, loaded
                                        when shown; each vector is one blob of sitegen/tiles.py
                                        (encode_block: float16 display copy or float32)
+    data/<run>/svd-thumbs/{v,u}<i>.png the gallery's thumbnails (sitegen/svd_gallery.py)
 
 σ and the measured residuals are written exactly (the store's values as JSON numbers); the eigen-
 vectors travel in the site's precision. :class:`SvdPage` is its entry in the page registry (sitegen/pages.py).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from sitegen.reader import Store, SvdResult
+from sitegen import svd_gallery
 from sitegen.page import Page, Site
 from sitegen.tiles import encode_block
 from sitegen.util import js_literal
@@ -56,9 +58,9 @@ def run_meta(st: Store, rid: str, res: SvdResult, precision: str) -> dict:
     return meta
 
 
-def triplet_script(rid: str, i: int, res: SvdResult, precision: str) -> bytes:
+def triplet_script(rid: str, i: int, v: np.ndarray, u: np.ndarray, precision: str) -> bytes:
     blobs = {}
-    for name, vec in (("v", res.v(i)), ("u", res.u(i))):
+    for name, vec in (("v", v), ("u", u)):
         scale, blob = encode_block(np.nan_to_num(np.asarray(vec, np.float64)), precision)
         blobs[name] = [scale, blob]
     head = js_literal([rid, int(i)])[1:-1]
@@ -72,7 +74,9 @@ def estimate(st: Store, precision: str) -> int:
         return 0
     per = 2 if precision == "float16" else 4
     n = int(np.prod(st.input_shape)) + int(np.prod(st.output_shape))
-    return int(plan.get("k", 0) * n * per * 4 / 3) + 20_000
+    k = int(plan.get("k", 0))
+    thumbs = svd_gallery.estimate(k, st.input_shape, st.output_shape, st.kind == "image")
+    return int(k * n * per * 4 / 3) + 20_000 + thumbs
 
 
 def status(st: Store, title: str) -> dict:
@@ -122,16 +126,24 @@ class SvdPage(Page):
 
 
 def write_data(w, runs: list[dict], precision: str) -> None:
-    """``meta.js`` and one script per triplet of every run with a complete SVD; sets ``r["svd"]``."""
+    """``meta.js``, one script and the gallery's thumbnails per triplet of every run with a
+    complete SVD; sets ``r["svd"]`` (the meta) and ``r["svd_gallery"]`` (the thumbnails)."""
     for r in runs:
         st: Store = r["store"]
         res = st.svd()
-        r["svd"] = None
+        r["svd"] = r["svd_gallery"] = None
         if res is None:
             continue
         rid = r["id"]
         meta = run_meta(st, rid, res, precision)
         w.write(f"data/{rid}/svd/meta.js", f"LinearScope.svdRun({js_literal(meta)});\n".encode())
+        gallery = []
         for i in range(res.k):
-            w.write(f"data/{rid}/svd/{i}.js", triplet_script(rid, i, res, precision))
+            v, u = res.v(i), res.u(i)
+            w.write(f"data/{rid}/svd/{i}.js", triplet_script(rid, i, v, u, precision))
+            entry = svd_gallery.write_thumbs(w, rid, i, v, u, st.kind == "image",
+                                             meta.get("labels", []))
+            entry["sigma"] = f"{res.sigma[i]:.4g}"
+            gallery.append(entry)
         r["svd"] = meta
+        r["svd_gallery"] = gallery
