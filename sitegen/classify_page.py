@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup, escape
 
-from sitegen.reader import Classify, Summary, read_classify
+from sitegen.page import Page, Site
+from sitegen.reader import Classify, Summary, classify_complete, read_classify
 from sitegen.tiles import encode_block
+from sitegen.util import js_literal, png_bytes, slug
 
 #: Largest number of term names written under the bars (hover shows every name).
 MAX_TICKS = 24
@@ -194,8 +196,6 @@ def _panel(c: Classify, labels: list[str], key: str, title: str, image: str,
 
 def run_page(st, rid: str, c: Classify, precision: str, write) -> dict:
     """Write the data of one run's classifier page; returns the template's view of it."""
-    from sitegen.build import js_literal, png_bytes
-
     labels = [str(v) for v in (c.attrs.get("labels") or st.model.get("labels") or [])]
     if not labels:
         labels = [str(k) for k in range(len(c.arrays["scores"]))]
@@ -261,34 +261,37 @@ def _label(labels: list[str], k: int) -> str:
 
 
 def slug_summary(s: Summary) -> str:
-    from sitegen.build import slug
-
     return slug(s.path.name.removesuffix(".zarr"))
 
 
-def write_pages(w, env, runs: list[dict], summaries: list[Summary], common: dict,
-                precision: str) -> list[dict]:
-    """Classifier pages of every run that has classifier analyses and of every summary.
+class ClassifyPage(Page):
+    """Classifier pages of every run with classifier analyses and of every summary."""
 
-    Sets ``run["classify"]`` (the page's view, or None) for the explorer and the index; returns
-    the summaries' views for the index."""
-    for r in runs:
-        c = read_classify(r["store"])
-        r["classify"] = None
-        if c is None:
-            continue
-        r["classify"] = run_page(r["store"], r["id"], c, precision, w.write)
-    by_store = {r["store"].path.name: r for r in runs}
-    views = [summary_view(s, by_store) for s in summaries]
-    for r in runs:
-        if r["classify"] is None:
-            continue
-        html = env.get_template("classify.html").render(root="../", run=r, **common)
-        w.write(f"classify/{r['id']}.html", html.encode())
-    for v in views:
-        html = env.get_template("summary.html").render(root="../", summary=v, **common)
-        w.write(f"classify/{v['id']}.html", html.encode())
-    return views
+    name = "classify"
+    analyses = ("classify",)
+
+    def status(self, site: Site, run: dict, name: str, title: str) -> dict:
+        ok = classify_complete(run["store"].path)
+        return {"name": name, "title": title, "state": "computed" if ok else "not computed",
+                "detail": "see the classifier page" if ok else ""}
+
+    def write(self, site: Site) -> None:
+        """Sets ``run["classify"]`` (the page's view, or None) for the explorer and the index;
+        publishes the summaries' views as ``site.shared["datasets"]`` for the index."""
+        for r in site.runs:
+            c = read_classify(r["store"])
+            r["classify"] = None
+            if c is None:
+                continue
+            r["classify"] = run_page(r["store"], r["id"], c, site.opts.precision, site.w.write)
+        by_store = {r["store"].path.name: r for r in site.runs}
+        views = [summary_view(s, by_store) for s in site.summaries]
+        for r in site.runs:
+            if r["classify"] is not None:
+                site.render("classify.html", f"classify/{r['id']}.html", root="../", run=r)
+        for v in views:
+            site.render("summary.html", f"classify/{v['id']}.html", root="../", summary=v)
+        site.shared["datasets"] = views
 
 
 def summary_paths(paths: list[Path]) -> tuple[list[Path], list[Path]]:

@@ -9,9 +9,10 @@ For every run whose store holds a complete ``svd/`` (docs/FORMAT.md)::
     data/<run>/svd/<i>.js              LinearScope.svdTriplet(run, i, {v, u}): one triplet, loaded
                                        when shown; each vector is one blob of sitegen/tiles.py
                                        (encode_block: float16 display copy or float32)
+    data/<run>/svd-thumbs/{v,u}<i>.png the gallery's thumbnails (sitegen/svd_gallery.py)
 
 σ and the measured residuals are written exactly (the store's values as JSON numbers); the eigen-
-vectors travel in the site's precision. :func:`write` is the one call build.py makes.
+vectors travel in the site's precision. :class:`SvdPage` is its entry in the page registry (sitegen/pages.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 from sitegen.reader import Store, SvdResult
+from sitegen import svd_gallery
+from sitegen.page import Page, Site
 from sitegen.tiles import encode_block
+from sitegen.util import js_literal
 
 TITLE = "SVD: eigen-inputs, eigen-outputs and singular values"
 
@@ -54,9 +58,9 @@ def run_meta(st: Store, rid: str, res: SvdResult, precision: str) -> dict:
     return meta
 
 
-def triplet_script(rid: str, i: int, res: SvdResult, precision: str, js_literal) -> bytes:
+def triplet_script(rid: str, i: int, v: np.ndarray, u: np.ndarray, precision: str) -> bytes:
     blobs = {}
-    for name, vec in (("v", res.v(i)), ("u", res.u(i))):
+    for name, vec in (("v", v), ("u", u)):
         scale, blob = encode_block(np.nan_to_num(np.asarray(vec, np.float64)), precision)
         blobs[name] = [scale, blob]
     head = js_literal([rid, int(i)])[1:-1]
@@ -70,7 +74,9 @@ def estimate(st: Store, precision: str) -> int:
         return 0
     per = 2 if precision == "float16" else 4
     n = int(np.prod(st.input_shape)) + int(np.prod(st.output_shape))
-    return int(plan.get("k", 0) * n * per * 4 / 3) + 20_000
+    k = int(plan.get("k", 0))
+    thumbs = svd_gallery.estimate(k, st.input_shape, st.output_shape, st.kind == "image")
+    return int(k * n * per * 4 / 3) + 20_000 + thumbs
 
 
 def status(st: Store, title: str) -> dict:
@@ -86,37 +92,58 @@ def status(st: Store, title: str) -> dict:
             "state": "not complete" if plan else "not computed", "detail": ""}
 
 
-def write(w, env, runs: list[dict], groups: list[dict], opts, common: dict, js_literal) -> None:
-    """Data, run pages and compare pages of every run with a complete SVD.
+class SvdPage(Page):
+    """The SVD page of every run with a complete SVD, and a compare page per image with two."""
 
-    Annotates ``runs`` (``r["svd"]``: the page's meta or None) and ``groups``
-    (``g["svd_compare"]``: runs with an SVD, when there are two or more) for the other templates.
-    """
+    name = "svd"
+    analyses = ("svd",)
+
+    def estimate(self, st: Store, opts) -> int:
+        return estimate(st, opts.precision)
+
+    def status(self, site: Site, run: dict, name: str, title: str) -> dict:
+        return status(run["store"], title)
+
+    def write(self, site: Site) -> None:
+        """Data, run pages and compare pages of every run with a complete SVD.
+
+        Annotates the runs (``r["svd"]``: the page's meta or None) and the groups
+        (``g["svd_compare"]``: runs with an SVD, when there are two or more) for the other pages.
+        """
+        write_data(site.w, site.runs, site.opts.precision)
+        for g in site.groups:
+            members = [r for r in g["runs"] if r["svd"] is not None]
+            g["svd_compare"] = members if len(members) > 1 else None
+        for r in site.runs:
+            if r["svd"] is not None:
+                site.render("svd.html", f"svd/{r['id']}.html", root="../", run=r, runs=[r],
+                            ids_json=js_literal([r["id"]]), title=TITLE)
+        for g in site.groups:
+            if g["svd_compare"]:
+                site.render("svd_compare.html", f"svd/compare-{g['id']}.html", root="../",
+                            group=g, runs=g["svd_compare"],
+                            ids_json=js_literal([r["id"] for r in g["svd_compare"]]), title=TITLE)
+
+
+def write_data(w, runs: list[dict], precision: str) -> None:
+    """``meta.js``, one script and the gallery's thumbnails per triplet of every run with a
+    complete SVD; sets ``r["svd"]`` (the meta) and ``r["svd_gallery"]`` (the thumbnails)."""
     for r in runs:
         st: Store = r["store"]
         res = st.svd()
-        r["svd"] = None
+        r["svd"] = r["svd_gallery"] = None
         if res is None:
             continue
         rid = r["id"]
-        meta = run_meta(st, rid, res, opts.precision)
+        meta = run_meta(st, rid, res, precision)
         w.write(f"data/{rid}/svd/meta.js", f"LinearScope.svdRun({js_literal(meta)});\n".encode())
+        gallery = []
         for i in range(res.k):
-            w.write(f"data/{rid}/svd/{i}.js", triplet_script(rid, i, res, opts.precision, js_literal))
+            v, u = res.v(i), res.u(i)
+            w.write(f"data/{rid}/svd/{i}.js", triplet_script(rid, i, v, u, precision))
+            entry = svd_gallery.write_thumbs(w, rid, i, v, u, st.kind == "image",
+                                             meta.get("labels", []))
+            entry["sigma"] = f"{res.sigma[i]:.4g}"
+            gallery.append(entry)
         r["svd"] = meta
-    for g in groups:
-        members = [r for r in g["runs"] if r["svd"] is not None]
-        g["svd_compare"] = members if len(members) > 1 else None
-    for r in runs:
-        if r["svd"] is None:
-            continue
-        html = env.get_template("svd.html").render(
-            root="../", run=r, runs=[r], ids_json=js_literal([r["id"]]), title=TITLE, **common)
-        w.write(f"svd/{r['id']}.html", html.encode())
-    for g in groups:
-        if not g["svd_compare"]:
-            continue
-        html = env.get_template("svd_compare.html").render(
-            root="../", group=g, runs=g["svd_compare"],
-            ids_json=js_literal([r["id"] for r in g["svd_compare"]]), title=TITLE, **common)
-        w.write(f"svd/compare-{g['id']}.html", html.encode())
+        r["svd_gallery"] = gallery

@@ -8,6 +8,7 @@ Stores are site fixtures with an ``svd/`` group from numpy's SVD of their known 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +264,145 @@ def test_classifier_page_bars_escape_labels(site, browser):
     assert float(cells.nth(1).inner_text()) == pytest.approx(float(y[top]), rel=1e-5)
     assert float(cells.nth(2).inner_text()) == pytest.approx(float(res[top]), rel=1e-5)
     p.close()
+
+
+# -- the gallery (Figures 5 and 6: every triplet as thumbnails) ---------------------------------------
+
+def expected_thumb(vec: np.ndarray) -> np.ndarray:
+    """What a thumbnail must show, computed here from the reference vector: mid-grey 0, ±max |entry|
+    of the vector the extremes, channels as RGB (one channel: grey)."""
+    v = np.asarray(vec, np.float64)
+    if v.shape[0] == 1:
+        v = np.repeat(v, 3, axis=0)
+    img = 127.5 + 127.5 * v / np.abs(v).max()
+    return np.clip(np.round(img), 0, 255).transpose(1, 2, 0)
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.mode == "RGB"
+        return np.asarray(im, np.float64)
+
+
+def test_gallery_thumbnails_equal_the_store(site):
+    out, ref, res, _ = site
+    for rid, k, shapes in (("netA-test", 6, ((3, 8, 8), (3, 16, 16))),
+                           ("netB-test", 4, ((3, 8, 8), (3, 16, 16))), ("clf", 3, ((3, 8, 8), None))):
+        thumbs = out / "data" / rid / "svd-thumbs"
+        want = sorted([f"v{i}.png" for i in range(k)] + ([f"u{i}.png" for i in range(k)]
+                                                         if shapes[1] else []))
+        assert sorted(p.name for p in thumbs.iterdir()) == want
+        for i in range(k):
+            got = read_png(thumbs / f"v{i}.png")
+            assert np.abs(got - expected_thumb(ref[rid]["v"][i].reshape(shapes[0]))).max() <= 1
+            if shapes[1]:
+                got = read_png(thumbs / f"u{i}.png")
+                assert np.abs(got - expected_thumb(ref[rid]["u"][i].reshape(shapes[1]))).max() <= 1
+    assert not (out / "data" / "half-test" / "svd-thumbs").exists()
+    # σ_i under each thumbnail (4 significant digits), i from 1 in the paper's order
+    html = (out / "svd" / "netA-test.html").read_text()
+    sig = [float(x) for x in re.findall(r'<span class="sig">\d+: ([^<]+)</span>', html)]
+    assert sig == pytest.approx([float(s) for s in ref["netA-test"]["sigma"]], rel=5e-4)
+    assert [int(x) for x in re.findall(r'<span class="sig">(\d+):', html)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_thumbnail_of_a_large_vector_is_an_area_average():
+    from PIL import Image
+
+    from sitegen.svd_gallery import THUMB, thumb_rgb
+
+    v = np.random.default_rng(5).standard_normal((3, 2 * THUMB, THUMB))
+    got = thumb_rgb(v).astype(np.float64)
+    assert got.shape == (THUMB, THUMB // 2, 3)
+    full = expected_thumb(v)  # (2T, T, 3) at full resolution
+    blocks = full.reshape(THUMB, 2, THUMB // 2, 2, 3).mean(axis=(1, 3))
+    assert np.abs(got - blocks).max() <= 1
+    grey = thumb_rgb(np.ones((1, 4, 4)) * np.arange(4.0))
+    assert grey.shape == (4, 4, 3) and (grey[..., 0] == grey[..., 2]).all()
+    assert Image.fromarray(grey).size == (4, 4)
+
+
+@pytest.mark.browser
+def test_gallery_click_and_keys_focus_the_triplet(site, browser):
+    out, ref, _, _ = site
+    r = ref["netA-test"]
+    p = SvdPage(browser, url(out, "svd/netA-test.html"))
+    pg = p.page
+    thumbs = pg.locator('.svd-gallery .thumb[data-run="netA-test"]')
+    assert thumbs.count() == 6
+    for img in pg.locator(".svd-gallery img").all():  # every thumbnail loaded from file://
+        assert img.evaluate("i => i.complete && i.naturalWidth") > 0
+    # a click shows that triplet in the view, the decoded vectors equal to the store's
+    thumbs.nth(3).click()
+    s = p.shown("netA-test", 3)
+    check_vector(s["v"], r["v"][3], s["vScale"])
+    check_vector(s["u"], r["u"][3], s["uScale"])
+    assert pg.locator("#svd-index").inner_text() == "i = 4 of 6"
+    assert pg.locator(".svd-gallery .thumb.sel").evaluate("b => +b.dataset.i") == 3
+    assert thumbs.nth(3).get_attribute("aria-current") == "true"
+    assert [thumbs.nth(j).get_attribute("tabindex") for j in range(6)] == ["-1"] * 3 + ["0"] + ["-1"] * 2
+    # keyboard: arrows move the selection and the focus along the gallery
+    thumbs.nth(3).focus()
+    pg.keyboard.press("ArrowRight")
+    s = p.shown("netA-test", 4)
+    check_vector(s["v"], r["v"][4], s["vScale"])
+    assert pg.evaluate("document.activeElement.dataset.i") == "4"
+    pg.keyboard.press("ArrowLeft")
+    pg.keyboard.press("ArrowLeft")
+    p.shown("netA-test", 2)
+    assert pg.evaluate("document.activeElement.dataset.i") == "2"
+    # Enter and Space on a focused thumbnail select it
+    thumbs.nth(5).focus()
+    pg.keyboard.press("Enter")
+    s = p.shown("netA-test", 5)
+    check_vector(s["u"], r["u"][5], s["uScale"])
+    thumbs.nth(0).focus()
+    pg.keyboard.press(" ")
+    p.shown("netA-test", 0)
+    assert pg.evaluate("window.__linearscope.svd.i") == 0
+    # Tab from outside lands on the selected thumbnail (one tab stop for the gallery)
+    thumbs.nth(2).click()
+    pg.locator("#svd-norm").focus()
+    for _ in range(10):  # the first thumbnail Tab reaches is the selected one
+        pg.keyboard.press("Tab")
+        if pg.evaluate("document.activeElement.classList.contains('thumb')"):
+            break
+    assert pg.evaluate("document.activeElement.className") == "thumb sel"
+    assert pg.evaluate("document.activeElement.dataset.i") == "2"
+    p.close()
+
+
+@pytest.mark.browser
+def test_compare_gallery_selects_every_run_and_escapes_labels(site, browser):
+    out, ref, _, _ = site
+    p = SvdPage(browser, url(out, f"svd/compare-{GROUP}.html"))
+    pg = p.page
+    assert pg.locator('.svd-gallery[data-run="netA-test"] .thumb').count() == 6
+    assert pg.locator('.svd-gallery[data-run="netB-test"] .thumb').count() == 4
+    pg.locator('.thumb[data-run="netB-test"][data-i="2"]').click()
+    for rid in ("netA-test", "netB-test"):
+        s = p.shown(rid, 2)
+        check_vector(s["v"], ref[rid]["v"][2], s["vScale"])
+        assert pg.locator(f'.thumb.sel[data-run="{rid}"]').evaluate("b => +b.dataset.i") == 2
+    # netA's last thumbnail: netB has no triplet 6 and says so
+    pg.locator('.thumb[data-run="netA-test"][data-i="5"]').click()
+    assert p.shown("netB-test", 5)["status"] == "none"
+    assert pg.locator('.thumb.sel[data-run="netB-test"]').count() == 0
+    p.close()
+    # a classifier's eigen-outputs are class scores: the gallery names the largest entry
+    q = SvdPage(browser, url(out, "svd/clf.html"))
+    labels = ["cat", EVIL, "dog", "a&b", "e", "f"]
+    tops = q.page.locator(".svd-gallery .thumb .top")
+    assert tops.count() == 3
+    for i in range(3):
+        u = np.asarray(ref["clf"]["u"][i], np.float64)
+        j = int(np.argmax(np.abs(u)))
+        assert tops.nth(i).inner_text() == f"{labels[j]} {u[j]:+.2f}"
+    assert q.page.locator(".svd-gallery .top img").count() == 0
+    assert q.page.evaluate("window.__pwned === undefined")
+    q.page.locator('.thumb[data-run="clf"][data-i="1"]').click()
+    s = q.shown("clf", 1)
+    check_vector(s["u"], ref["clf"]["u"][1], s["uScale"])
+    q.close()

@@ -4,7 +4,10 @@
  * the exact σ and measured residuals; data/<run>/svd/<i>.js, injected when triplet i is shown,
  * calls LinearScope.svdTriplet(run, i, {v: [scale, blob], u: [scale, blob]}) — blobs written by
  * sitegen/tiles.py (encode_block) and decoded with LinearScope.util, like the explorer's filters.
- * For tests and scripts: window.__linearscope.svd = {ready, i, shown: {run: {i, v, u, ...}}}.
+ * The gallery (templates/_svd_gallery.html) shows every triplet as build-time thumbnails; a click
+ * (or Enter / Space on a focused thumbnail, arrows to move) selects that triplet here.
+ * For tests and scripts: window.__linearscope.svd = {ready, i, shown: {run: {i, v, u, ...}},
+ * galleryFocus: {run, i} of the focused thumbnail or null}.
  */
 (function () {
   "use strict";
@@ -199,6 +202,7 @@
     Array.prototype.forEach.call(document.querySelectorAll(".svd-table tbody tr"), function (tr) {
       tr.classList.toggle("sel", +tr.dataset.i === state.i);
     });
+    markGallery();
     var my = ++token;
     ids.forEach(function (id) { show(id, my); });
   }
@@ -292,6 +296,28 @@
       else if (ev.key === "End") { ev.preventDefault(); select(kmax() - 1); }
     });
   }
+  /* The gallery follows the selection: the selected pair is marked and is the one Tab reaches
+   * (roving tabindex); when a thumbnail has the focus, the focus moves with the selection. */
+  function markGallery() {
+    var act = document.activeElement, focused = act && act.classList && act.classList.contains("thumb");
+    Array.prototype.forEach.call(document.querySelectorAll(".svd-gallery .thumb"), function (b) {
+      var on = +b.dataset.i === state.i;
+      b.classList.toggle("sel", on);
+      b.tabIndex = on ? 0 : -1;
+      if (on) b.setAttribute("aria-current", "true"); else b.removeAttribute("aria-current");
+      if (on && focused && act !== b && act.dataset.run === b.dataset.run) {
+        b.focus();
+        b.scrollIntoView({ block: "nearest", inline: "nearest" });
+      }
+    });
+    H.galleryFocus = focused ? { run: document.activeElement.dataset.run, i: +document.activeElement.dataset.i } : null;
+  }
+  function setupGallery() {
+    Array.prototype.forEach.call(document.querySelectorAll(".svd-gallery .thumb"), function (b) {
+      // a click, or Enter / Space on the focused button (the browser turns both into a click)
+      b.addEventListener("click", function () { select(+b.dataset.i); });
+    });
+  }
   function fillTable() {
     Array.prototype.forEach.call(document.querySelectorAll(".svd-table"), function (tbl) {
       var m = metas[tbl.dataset.run], body = $("tbody", tbl);
@@ -318,6 +344,7 @@
     readHash();
     setupControls();
     fillTable();
+    setupGallery();
     plot = buildPlot($(".svd-plot"));
     select(state.i);
     H.ready = true;
