@@ -34,9 +34,10 @@ PRECOMPUTE_LAYERS = [
 
 #: sitegen, bottom to top; sitegen reads stores without torch or the interpreter
 SITEGEN_LAYERS = [
-    ("readers", {"reader", "tiles"}),
-    ("pages", {"svd_page", "classify_page"}),
-    ("build", {"build"}),
+    ("readers", {"reader", "tiles", "util"}),
+    ("site parts", {"options", "writer", "filters", "svd_gallery", "page"}),
+    ("pages", {"svd_page", "classify_page", "explorer_page", "index_page"}),
+    ("build", {"pages", "build"}),
     ("front", {"cli", "__main__", ""}),
 ]
 
