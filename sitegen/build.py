@@ -6,6 +6,7 @@ Layout of the output folder (every path relative, so it works from file:// and a
     explorer/<run>.html            one run: input, output, residual, hover filters
     compare/<group>.html           runs on the same image (same sha256), one cursor
     svd/<run>.html, svd/compare-<group>.html   SVD pages (sitegen/svd_page.py)
+    classify/zoo-<group>.html      architectures compared on the same images (sitegen/zoo_page.py)
     static/linearscope.{js,css}    the viewer (vanilla, classic script)
     data/<run>/meta.js             LinearScope.run({...}): what the run contains
     data/<run>/{input,output,residual}.png
@@ -34,7 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import sitegen
-from sitegen import classify_page, svd_page
+from sitegen import classify_page, svd_page, zoo_page
 from sitegen.reader import (KINDS, Analysis, Store, StoreError, Summary, classify_complete,
                             find_stores, open_store)
 from sitegen.tiles import MODE_TEXT, MODES, PRECISIONS, channel_block, encode_block, tile_script
@@ -732,6 +733,7 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
               "precision_text": precision_text(opts.precision),
               "version": getattr(sitegen, "__version__", "")}
     datasets = classify_page.write_pages(w, env, runs, summaries, common, opts.precision)
+    zoo_page.write(w, env, summaries, datasets, runs, common)  # classify/zoo-*.html
     svd_page.write(w, env, runs, group_list, opts, common, js_literal)
     for r in runs:
         html = env.get_template("explorer.html").render(
