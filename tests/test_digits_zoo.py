@@ -151,3 +151,44 @@ def test_training_script_reproduces_the_shipped_weights(arch, tmp_path):
     assert list(new) == list(old)
     for k in old:
         assert new[k].dtype == old[k].dtype and torch.equal(new[k], old[k]), k
+
+
+def _zoo_rows_match_readme(runs) -> list[str]:
+    """The models of examples/digits-zoo.yaml whose summaries in ``runs`` are not the residual
+    shares (clean, FGSM) examples/README.md reports for them."""
+    from sitegen.reader import Summary
+
+    text = (EXAMPLES / "README.md").read_text()
+    wrong = []
+    for m in ["digits", *ZOO]:
+        s = Summary(runs / f"{m}.summary.zarr")
+        adv = s.adversarial[0]
+        clean = f"{100 * s.attrs['residual_share_mean']:.1f} % ± {100 * s.attrs['residual_share_std']:.1f}"
+        fgsm = f"{100 * adv['residual_share_mean']:.1f} % ± {100 * adv['residual_share_std']:.1f}"
+        if not re.search(rf"^\| `{re.escape(m)}` \| [\d.]+ % \| {re.escape(clean)} \| "
+                         rf"{re.escape(fgsm)} \|", text, re.M):
+            wrong.append(f"{m}: {clean}, FGSM {fgsm}")
+    return wrong
+
+
+@pytest.mark.slow
+def test_zoo_example_gives_the_readme_figures_and_one_comparison_page(tmp_path):
+    """`precompute run examples/digits-zoo.yaml` then `sitegen build`: the residual shares are
+    the ones examples/README.md reports, and the five models share one comparison page."""
+    from click.testing import CliRunner
+
+    from sitegen.cli import main as sitegen
+    from sweep_helpers import cli_subprocess
+
+    proc = cli_subprocess("run", EXAMPLES / "digits-zoo.yaml", "-q", cwd=tmp_path,
+                          env_extra={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    runs = tmp_path / "runs"
+    assert len(list(runs.glob("digits*-[0-9]-*.zarr"))) == 50
+    assert not _zoo_rows_match_readme(runs)
+    result = CliRunner().invoke(sitegen, ["build", str(runs), "-o", str(tmp_path / "site"),
+                                          "--quiet"])
+    assert result.exit_code == 0, result.output
+    (page,) = (tmp_path / "site" / "classify").glob("zoo-*.html")
+    html = page.read_text()
+    assert html.count('<figure class="zoo-model"') == 5
