@@ -16,7 +16,7 @@ import pytest
 
 from precompute.models.digits_zoo import shipped_weights
 from sitegen.build import Options, build
-from sitegen.reader import Summary
+from sitegen.reader import Summary, open_store
 from sweep_helpers import REPO, cli, write_config
 from test_classify_browser import close_pct, shown
 from test_site_browser import Page, url
@@ -48,6 +48,9 @@ def test_comparison_page_shows_every_model_as_its_store(site, browser):
     pages = sorted((site / "site" / "classify").glob("zoo-*.html"))
     assert len(pages) == 1, pages  # one group: `other` is over other images
     summaries = {m: Summary(site / "runs" / f"{m}.summary.zarr") for m in MODELS}
+    for s in summaries.values():  # each image's sha256, as its store records it
+        for im in s.attrs["images"]:
+            assert im["sha256"] == open_store(site / "runs" / im["store"]).image["sha256"]
     p = Page(browser, url(site / "site", f"classify/{pages[0].name}"))
     pg = p.page
     rows = pg.locator("table.zoo tbody tr")
