@@ -904,7 +904,7 @@ def run(config_path: str, opts: Options) -> list[str]:
     configs = load_configs(config_path)
     for res in configs:
         if len(res.images) > 1 or len(configs) > 1:  # every image and store checked first
-            check_images(res)
+            check_images(res, always=len(configs) > 1)
             for image in res.images:
                 existing_attrs(res.store_path(image))
     lines = []

@@ -89,12 +89,12 @@ def test_run_computes_every_run_and_checks_them_all_first(cfgdir):
     good = {"name": "a", "model": {"arch": "bicubic", "scale": 2}}
     # the second run's image cannot be read: nothing is computed, not even the first run
     (cfgdir / "bad.png").write_bytes(b"not a png")
-    p = _runs(cfgdir, [good, {"name": "b", "model": {"arch": "bicubic", "scale": 2},
-                              "image": None, "images": ["img.png", "bad.png"]}],
-              output=str(out))
-    r = cli("run", p, "-q")
-    assert r.exit_code == 2 and "bad.png" in r.output, r.output
-    assert not (out / "a.zarr").exists()
+    for bad in ({"image": "bad.png"}, {"image": None, "images": ["img.png", "bad.png"]}):
+        p = _runs(cfgdir, [good, {"name": "b", "model": {"arch": "bicubic", "scale": 2}, **bad}],
+                  output=str(out))
+        r = cli("run", p, "-q")
+        assert r.exit_code == 2 and "bad.png" in r.output, r.output
+        assert not (out / "a.zarr").exists()
     p = _runs(cfgdir, [good, {"name": "b", "model": {"arch": "bicubic", "scale": 3}}],
               output=str(out))
     r = cli("run", p, "-q")
