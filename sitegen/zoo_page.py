@@ -33,24 +33,20 @@ def _image_shas(s: Summary, sha_by_store: dict[str, str]) -> tuple[str, ...] | N
     return tuple(sorted(shas)) or None
 
 
-def groups(summaries: list[Summary], runs: list[dict]) -> list[list[Summary]]:
-    """Summaries over the same images, two or more per group; groups and members by name."""
+def groups(summaries: list[Summary], runs: list[dict]) -> list[tuple[str, list[Summary]]]:
+    """(id, summaries) of each set of summaries over the same images, two or more per group;
+    groups and members by name. The id is the first 12 hex digits of the sha256 of the sorted
+    image sha256s: the same images give the same page name in every build."""
     sha_by_store = {r["store"].path.name: r["sha"] for r in runs}
     by_images: dict[tuple[str, ...], list[Summary]] = {}
     for s in summaries:
         key = _image_shas(s, sha_by_store)
         if key is not None:
             by_images.setdefault(key, []).append(s)
-    out = [sorted(g, key=lambda s: (s.name, str(s.path))) for g in by_images.values()
-           if len(g) > 1]
-    return sorted(out, key=lambda g: g[0].name)
-
-
-def group_id(members: list[Summary]) -> str:
-    """A stable id of a group: the first 12 hex digits of the sha256 of its images' sha256s."""
-    key = _image_shas(members[0], {}) or tuple(sorted(
-        str(im.get("store")) for im in members[0].attrs.get("images") or []))
-    return hashlib.sha256("\n".join(key).encode()).hexdigest()[:12]
+    out = [(hashlib.sha256("\n".join(key).encode()).hexdigest()[:12],
+            sorted(g, key=lambda s: (s.name, str(s.path))))
+           for key, g in by_images.items() if len(g) > 1]
+    return sorted(out, key=lambda g: g[1][0].name)
 
 
 def _share(attrs: dict | None) -> dict | None:
@@ -86,8 +82,8 @@ def write(w, env, summaries: list[Summary], datasets: list[dict], runs: list[dic
     by_store = {r["store"].path.name: r for r in runs}
     view_of = {id(s): d for s, d in zip(summaries, datasets)}
     views = []
-    for members in groups(summaries, runs):
-        gid = f"zoo-{group_id(members)}"
+    for key, members in groups(summaries, runs):
+        gid = f"zoo-{key}"
         models = [model_view(s, by_store) for s in members]
         view = {"id": gid, "dataset": _dataset_name(members), "models": models,
                 "count": models[0]["clean"]["n"],
