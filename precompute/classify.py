@@ -405,7 +405,8 @@ def summarize(res) -> str | None:
         "name": res.config.name, "model": first.get("model"), "interpreter": first.get("interpreter"),
         "dtype": first.get("dtype"),
         "stores": [p.name for p in stores],
-        "images": [{"path": str(i), "store": p.name} for i, p in zip(res.images, stores)],
+        "images": [{"path": str(i), "store": p.name, "sha256": _image_sha(p)}
+                   for i, p in zip(res.images, stores)],
         "label": "top-1", "share_rule": SHARE_RULE, "std": "population (ddof 0), NaN skipped",
         **attrs,
     })
@@ -414,6 +415,12 @@ def summarize(res) -> str | None:
     os.replace(tmp, out)
     return (f"{out}: top-1 residual share {100 * attrs['residual_share_mean']:.1f} % ± "
             f"{100 * attrs['residual_share_std']:.1f} over {attrs['count']} images")
+
+
+def _image_sha(store: Path) -> str | None:
+    """The sha256 of a store's image file, as its ``image`` attribute records it: what tells
+    that summaries of several models describe the same images (sitegen's comparison page)."""
+    return S.read_attrs(store).get("image", {}).get("sha256")
 
 
 def _small(group, key: str, arr: np.ndarray) -> None:

@@ -114,7 +114,8 @@ def verify(store, samples, seed, device, integrity_only, trust_code):
 @click.option("--device", default=None, help="Override the config's device.")
 @_verbose
 def audit(config, device):
-    """List every call the LinearScope intercepts on CONFIG's model and (first) image.
+    """List every call the LinearScope intercepts on CONFIG's model and (first) image (each
+    run's, for a config with `runs:`).
 
     One line per call: order, module path, PyTorch op, call index within that (path, op), and the
     rule applied (freeze:/taylor: family, affine, linear). Nothing is written.
@@ -122,23 +123,23 @@ def audit(config, device):
     from collections import Counter
 
     from precompute import inputs
-    from precompute.config import load_config
+    from precompute.config import load_configs
     from precompute.interpreter import LinearInterpreter
 
-    res = load_config(config)
-    image = res.images[0]
-    dev = inputs.resolve_device(device or res.config.device)
-    prep = inputs.prepare(res.as_dict(image), res.config_path.parent, dev)
-    li = LinearInterpreter(prep.spec.module, prep.x0, rule=res.config.interpreter, batch=1,
-                           exact=res.config.precision == "ieee")
-    records = li.audit()
-    click.echo(f"# {prep.spec.model_id} on {image.name}, x0 {tuple(prep.x0.shape[1:])}, "
-               f"interpreter {res.config.interpreter}: {len(records)} intercepted calls")
-    click.echo("#  order  module path  op  call  rule")
-    for record in records:
-        click.echo(str(record))
-    counts = Counter(r.rule for r in records)
-    click.echo("# " + ", ".join(f"{rule}: {n}" for rule, n in sorted(counts.items())))
+    for res in load_configs(config):  # a `runs:` config: each run's model in turn
+        image = res.images[0]
+        dev = inputs.resolve_device(device or res.config.device)
+        prep = inputs.prepare(res.as_dict(image), res.config_path.parent, dev)
+        li = LinearInterpreter(prep.spec.module, prep.x0, rule=res.config.interpreter, batch=1,
+                               exact=res.config.precision == "ieee")
+        records = li.audit()
+        click.echo(f"# {prep.spec.model_id} on {image.name}, x0 {tuple(prep.x0.shape[1:])}, "
+                   f"interpreter {res.config.interpreter}: {len(records)} intercepted calls")
+        click.echo("#  order  module path  op  call  rule")
+        for record in records:
+            click.echo(str(record))
+        counts = Counter(r.rule for r in records)
+        click.echo("# " + ", ".join(f"{rule}: {n}" for rule, n in sorted(counts.items())))
 
 
 if __name__ == "__main__":  # pragma: no cover

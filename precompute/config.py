@@ -480,18 +480,76 @@ class Resolved(BaseModel):
 VALUE_KEYS = ("model", "image", "crop", "pixels", "interpreter", "analyses", "dtype", "precision")
 
 
-def load_config(path: str | os.PathLike) -> Resolved:
-    """Read, validate and resolve a YAML config; raise UserError with one clear message."""
-    path = Path(path)
+#: Top-level key of a config that names several runs (see :func:`load_configs`).
+RUNS_KEY = "runs"
+
+
+def _read_mapping(path: Path) -> dict:
     if not _is_file(path, "config file"):
         raise UserError(f"config file not found: {path}")
     raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of keys (name, model, image, ...) at the top")
+    return raw
+
+
+def load_config(path: str | os.PathLike) -> Resolved:
+    """Read, validate and resolve a YAML config of one run; raise UserError with one clear
+    message (a config with ``runs:`` is refused: :func:`load_configs` reads it)."""
+    path = Path(path)
+    raw = _read_mapping(path)
+    if RUNS_KEY in raw:
+        raise UserError(f"{path}: names several runs (`{RUNS_KEY}:`); this command takes a "
+                        "config of one run")
+    return _resolve(raw, path, str(path))
+
+
+def load_configs(path: str | os.PathLike) -> list[Resolved]:
+    """The runs of a YAML config, each validated and resolved, all before any work.
+
+    A config is one run, or several: a top-level ``runs:`` list of mappings, each merged over
+    the other top-level keys (a key given in a run replaces the top-level key whole; no deep
+    merge). Every run needs its own ``name`` (stores and summaries are named after it). This is
+    how one config compares models on the same images (``examples/digits-zoo.yaml``).
+    """
+    path = Path(path)
+    raw = _read_mapping(path)
+    if RUNS_KEY not in raw:
+        return [_resolve(raw, path, str(path))]
+    runs = raw[RUNS_KEY]
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
+        raise UserError(f"{path}: `{RUNS_KEY}`: expected a non-empty list of mappings (name, "
+                        f"model, ...), got {_short(runs)}")
+    shared = {k: v for k, v in raw.items() if k != RUNS_KEY}
+    out: list[Resolved] = []
+    for i, run in enumerate(runs):
+        if RUNS_KEY in run:
+            raise UserError(f"{path}: `{RUNS_KEY}.{i}`: a run cannot hold `{RUNS_KEY}` itself")
+        out.append(_resolve({**shared, **run}, path, f"{path} ({RUNS_KEY}.{i})"))
+    seen: dict[str, int] = {}
+    for i, res in enumerate(out):
+        name = res.config.name
+        if name in seen:
+            raise UserError(f"{path}: `{RUNS_KEY}.{i}.name`: {name!r} is also the name of "
+                            f"`{RUNS_KEY}.{seen[name]}`; each run needs its own name (its stores "
+                            "are named after it)")
+        seen[name] = i
+    owner: dict[Path, int] = {}
+    for i, res in enumerate(out):  # e.g. run `a` on image `b-c.png` and run `a-b` on `c.png`
+        for store in {res.store_path(image) for image in res.images}:
+            if store in owner:
+                raise UserError(f"{path}: runs {owner[store]} and {i} would both write {store}; "
+                                "rename one of them")
+            owner[store] = i
+    return out
+
+
+def _resolve(raw: dict, path: Path, source: str) -> Resolved:
+    """Validate one run's mapping and resolve its paths (relative to the config file)."""
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise UserError(format_validation_error(e, source=str(path))) from None
+        raise UserError(format_validation_error(e, source=source)) from None
     base = path.resolve().parent
 
     images, dataset = _image_files(cfg, path, base)

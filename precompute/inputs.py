@@ -243,11 +243,12 @@ def check_memory(prep: Prepared, res) -> bool:
     return est is not None
 
 
-def check_images(res) -> None:
-    """Check every image of a run with several images before any work: readable, crop inside,
-    a size and channel count the model takes, a forward that fits in memory. One model is
-    loaded and reused (a dataset may have hundreds of images); nothing is kept per image."""
-    if len(res.images) < 2:
+def check_images(res, always: bool = False) -> None:
+    """Check every image of a run with several images (or of any run, ``always``: one of a
+    config's several runs) before any work: readable, crop inside, a size and channel count the
+    model takes, a forward that fits in memory. One model is loaded and reused (a dataset may
+    have hundreds of images); nothing is kept per image."""
+    if len(res.images) < 2 and not always:
         return
     c = res.config
     device = resolve_device(c.device)

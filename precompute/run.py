@@ -883,13 +883,24 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def run(config_path: str, opts: Options) -> list[str]:
-    from precompute.config import load_config
+    """Every run of the config (one, or a `runs:` list: docs/RUN.md), each image and store of
+    every run checked before any work; one line per store and summary."""
+    from precompute.config import load_configs
 
-    res = load_config(config_path)
-    if len(res.images) > 1:  # every image and store checked before any work
-        check_images(res)
-        for image in res.images:
-            existing_attrs(res.store_path(image))
+    configs = load_configs(config_path)
+    for res in configs:
+        if len(res.images) > 1 or len(configs) > 1:  # every image and store checked first
+            check_images(res, always=len(configs) > 1)
+            for image in res.images:
+                existing_attrs(res.store_path(image))
+    lines = []
+    for res in configs:
+        lines += run_config(res, opts)
+    return lines
+
+
+def run_config(res: Resolved, opts: Options) -> list[str]:
+    """The stores of one run, then its dataset summary (classifiers with several images)."""
     lines = [run_image(res, image, opts) for image in res.images]
     if res.config.analyses.classify is not None and not opts.dry_run and opts.shard[0] == 0:
         from precompute.classify import summarize  # Table 4 / Figure 8 over the images

@@ -8,6 +8,7 @@ Layout of the output folder (every path relative, so it works from file:// and a
                                    (both: sitegen/explorer_page.py)
     svd/<run>.html, svd/compare-<group>.html   SVD pages (sitegen/svd_page.py)
     classify/<run>.html, classify/<summary>.html   classifier pages (sitegen/classify_page.py)
+    classify/zoo-<group>.html      architectures compared on the same images (sitegen/zoo_page.py)
     static/*.{js,css}              the viewers (vanilla, classic scripts)
     data/<run>/meta.js             LinearScope.run({...}): what the run contains
     data/<run>/{input,output,residual}.png

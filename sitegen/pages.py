@@ -11,10 +11,11 @@ from sitegen.explorer_page import ComparePage, ExplorerPage
 from sitegen.index_page import IndexPage
 from sitegen.page import Page
 from sitegen.svd_page import SvdPage
+from sitegen.zoo_page import ZooPage
 
 #: Page kinds in write order. Classifier and SVD pages first: they annotate the runs
 #: (``run["classify"]``, ``run["svd"]``) that the explorer, Compare and the index link to.
-PAGES: list[type[Page]] = [ClassifyPage, SvdPage, ExplorerPage, ComparePage, IndexPage]
+PAGES: list[type[Page]] = [ClassifyPage, ZooPage, SvdPage, ExplorerPage, ComparePage, IndexPage]
 
 
 def register(page: type[Page], before: str = "index") -> None:

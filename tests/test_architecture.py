@@ -21,8 +21,8 @@ PRECOMPUTE_LAYERS = [
     ("foundation", {"errors", "text", "config", "probes", "batch_dims"}),
     ("rules and models", {"rules", "optable", "models", "models.base", "models.checkpoint",
                           "models.common", "models.bicubic", "models.classifiers",
-                          "models.custom", "models.cyclegan", "models.digits", "models.edsr",
-                          "models.pixelshuffle"}),
+                          "models.custom", "models.cyclegan", "models.digits", "models.digits_zoo",
+                          "models.edsr", "models.pixelshuffle"}),
     ("scope", {"interception", "scope_writes", "scope"}),
     ("interpreter", {"interpreter", "support", "contributions", "discussions", "fgsm"}),
     ("probing", {"engine", "compressed", "memory"}),
@@ -36,7 +36,7 @@ PRECOMPUTE_LAYERS = [
 SITEGEN_LAYERS = [
     ("readers", {"reader", "tiles", "util"}),
     ("site parts", {"options", "writer", "filters", "svd_gallery", "page"}),
-    ("pages", {"svd_page", "classify_page", "explorer_page", "index_page"}),
+    ("pages", {"svd_page", "classify_page", "explorer_page", "index_page", "zoo_page"}),
     ("build", {"pages", "build"}),
     ("front", {"cli", "__main__", ""}),
 ]

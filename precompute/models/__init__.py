@@ -8,6 +8,8 @@ Model ids (``model.arch`` in a config):
 ``edsr`` / ``edsr-baseline``  EDSR ×2/×3/×4 (EDSR-PyTorch releases), RGB 0..255
 ``cyclegan``                  CycleGAN ``resnet_9blocks`` generator, RGB [−1, 1]
 ``digits``                    the shipped digits classifier, 32×32 gray [0, 1], 10 scores
+``digits-vgg``, ``-vgg-bn``,  the digits architecture zoo (same task and input; shipped weights;
+``-resnet``, ``-densenet``    :mod:`precompute.models.digits_zoo`)
 ``torchvision:<name>``        ImageNet classifiers of the paper's Table 4 (``weights``,
                               default ``IMAGENET1K_V1``)
 ``python:FILE.py:FUNC``       your own model (see :mod:`precompute.models.custom`)
@@ -34,6 +36,10 @@ ARCHS: dict[str, str] = {
     "edsr-baseline": "EDSR-baseline ×2/×3/×4 (r16f64, EDSR-PyTorch), RGB 0..255",
     "cyclegan": "CycleGAN resnet_9blocks generator (official pretrained .pth), RGB in [−1, 1]",
     "digits": "LinearScope's trained digits classifier (shipped weights), 32×32 gray in [0, 1]",
+    "digits-vgg": "digits zoo: VGG-like without batch norm (shipped weights), 32×32 gray in [0, 1]",
+    "digits-vgg-bn": "digits zoo: VGG-like with batch norm (shipped weights), 32×32 gray in [0, 1]",
+    "digits-resnet": "digits zoo: ResNet-like (shipped weights), 32×32 gray in [0, 1]",
+    "digits-densenet": "digits zoo: DenseNet-like (shipped weights), 32×32 gray in [0, 1]",
 }
 
 #: Prefixes of the open families.
@@ -124,6 +130,12 @@ def load_model(
         if scale is not None:
             raise ModelError("digits is a classifier: remove 'scale' from the model section")
         return digits.load(checkpoint=checkpoint, random_weights=random_weights)
+    if arch.startswith("digits-") and arch in ARCHS:
+        from precompute.models import digits_zoo
+
+        if scale is not None:
+            raise ModelError(f"{arch} is a classifier: remove 'scale' from the model section")
+        return digits_zoo.load(arch, checkpoint=checkpoint, random_weights=random_weights)
     raise ModelError(
         f"unknown model id {arch!r}; known: {', '.join(sorted(ARCHS))}, "
         "torchvision:<name> (e.g. torchvision:vgg19), python:FILE.py:FUNC"
