@@ -187,7 +187,8 @@ def test_quality_is_the_readme_figure_and_beats_the_baselines():
 def test_training_script_reproduces_the_shipped_weights(tmp_path):
     pytest.importorskip("skimage", reason="scikit-image is in the test extras")
     out = tmp_path / "toon.pt"
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "train_toon.py"), "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "train_toon.py"), "--out", str(out),
+                           "--images", str(tmp_path / "img")],
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr
     printed = re.search(r"held-out PSNR: .* dB", proc.stdout).group(0)
@@ -197,6 +198,9 @@ def test_training_script_reproduces_the_shipped_weights(tmp_path):
     assert list(new) == list(old)
     for k in old:
         assert new[k].dtype == old[k].dtype and torch.equal(new[k], old[k]), k
+    assert [p.name for p in (tmp_path / "img").iterdir()] == ["astronaut-16.png"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "img" / "astronaut-16.png")),
+                          np.asarray(Image.open(EXAMPLES / "images" / "astronaut-16.png")))
 
 
 def test_example_config_end_to_end(tmp_path):
