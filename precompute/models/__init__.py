@@ -6,7 +6,7 @@ Model ids (``model.arch`` in a config):
 ``bicubic``                   bicubic ×scale upscaler, RGB [0, 1] (the linear reference)
 ``pixelshuffle``              4-layer PixelShuffle (PyTorch example), Y channel [0, 1]
 ``edsr`` / ``edsr-baseline``  EDSR ×2/×3/×4 (EDSR-PyTorch releases), RGB 0..255
-``cyclegan``                  CycleGAN ``resnet_9blocks`` generator, RGB [−1, 1]
+``cyclegan``                  CycleGAN ``ResnetGenerator`` (any width/depth), RGB [−1, 1]
 ``digits``                    the shipped digits classifier, 32×32 gray [0, 1], 10 scores
 ``digits-vgg``, ``-vgg-bn``,  the digits architecture zoo (same task and input; shipped weights;
 ``-resnet``, ``-densenet``    :mod:`precompute.models.digits_zoo`)
@@ -34,7 +34,7 @@ ARCHS: dict[str, str] = {
     "pixelshuffle": "4-layer PixelShuffle super-resolution (PyTorch example), Y channel in [0, 1]",
     "edsr": "EDSR ×2/×3/×4 (r32f256, EDSR-PyTorch), RGB 0..255",
     "edsr-baseline": "EDSR-baseline ×2/×3/×4 (r16f64, EDSR-PyTorch), RGB 0..255",
-    "cyclegan": "CycleGAN resnet_9blocks generator (official pretrained .pth), RGB in [−1, 1]",
+    "cyclegan": "CycleGAN ResnetGenerator (official pretrained .pth, or the shipped toon.pt), RGB in [−1, 1]",
     "digits": "LinearScope's trained digits classifier (shipped weights), 32×32 gray in [0, 1]",
     "digits-vgg": "digits zoo: VGG-like without batch norm (shipped weights), 32×32 gray in [0, 1]",
     "digits-vgg-bn": "digits zoo: VGG-like with batch norm (shipped weights), 32×32 gray in [0, 1]",

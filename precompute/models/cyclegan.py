@@ -1,4 +1,4 @@
-"""The CycleGAN ``resnet_9blocks`` generator (Zhu et al. 2017), as in the official pretrained files.
+"""The CycleGAN ``ResnetGenerator`` (Zhu et al. 2017), as in the official pretrained files.
 
 Module tree and state-dict names of ``junyanz/pytorch-CycleGAN-and-pix2pix``
 (``models/networks.py`` ``ResnetGenerator`` with ngf 64, instance norm, no dropout, reflection
@@ -9,6 +9,11 @@ dropped on load, exactly as upstream's ``__patch_instance_norm_state_dict`` does
 
 Input RGB in [−1, 1] (``Normalize(0.5, 0.5)``), output Tanh in [−1, 1]; sides a multiple of 4
 (two stride-2 convolutions, then two ×2 transposed convolutions).
+
+The width ``ngf`` and the number of residual blocks are read from the file (``model.1.weight`` has
+ngf output channels; blocks are the ``model.<i>.conv_block.1.weight`` keys), so the same loader
+serves the published ``resnet_9blocks`` (ngf 64) and LinearScope's small trained generator
+``examples/weights/toon.pt`` (ngf 16, 4 blocks, made by ``examples/train_toon.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ PRETRAINED = (
     "facades_photo2label", "facades_label2photo", "iphone2dslr_flower",
 )
 _STAT = re.compile(r"\.(running_mean|running_var|num_batches_tracked)$")
+_BLOCK = re.compile(r"model\.(\d+)\.conv_block\.1\.weight$")
+
+#: Where this repository ships the generator trained by examples/train_toon.py.
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "examples" / "weights" / "toon.pt"
 
 
 def _norm(c: int) -> nn.InstanceNorm2d:
@@ -108,9 +117,25 @@ def drop_instance_norm_stats(module: nn.Module, sd: dict[str, torch.Tensor]) -> 
             if not (_STAT.search(k) and _STAT.sub("", k) in norms)}
 
 
+def infer_size(sd: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(ngf, n_blocks) of a generator state dict; upstream's (64, 9) where the file does not say.
+
+    ngf is the output width of the first 7×7 convolution ``model.1``; the blocks are the
+    ``model.<i>.conv_block.1`` convolutions, which must be numbered 10, 11, … without gaps. A file
+    that does not fit keeps the defaults, so the strict load reports its real differences.
+    """
+    w = sd.get("model.1.weight")
+    ngf = int(w.shape[0]) if isinstance(w, torch.Tensor) and w.dim() == 4 and w.shape[0] > 0 else 64
+    blocks = sorted(int(m.group(1)) for k in sd if (m := _BLOCK.match(k)))
+    n_blocks = len(blocks) if blocks and blocks == list(range(10, 10 + len(blocks))) else 9
+    return ngf, n_blocks
+
+
 def build_spec(module: ResnetGenerator, *, checkpoint: str | None = None, sha: str | None = None) -> ModelSpec:
     """ModelSpec of a generator: RGB [−1, 1] in and out, same size, sides multiples of 4."""
     name = Path(checkpoint).stem if checkpoint else "untrained"
+    ngf = module.model[1].out_channels
+    width = "" if ngf == 64 else f", ngf {ngf}"
     return ModelSpec(
         module=module.eval(),
         model_id="cyclegan",
@@ -125,7 +150,7 @@ def build_spec(module: ResnetGenerator, *, checkpoint: str | None = None, sha: s
         checkpoint=checkpoint,
         checkpoint_sha256=sha,
         description=(
-            f"CycleGAN resnet_{module.n_blocks}blocks generator ({name}). x0 is RGB mapped to "
+            f"CycleGAN resnet_{module.n_blocks}blocks generator{width} ({name}). x0 is RGB mapped to "
             "[−1, 1] ((v/255 − 0.5)/0.5), shape (1, 3, H, W) with H and W multiples of 4 (≥ 8). "
             "Output RGB in [−1, 1] (Tanh), same size, shown as (y + 1)/2·255."
         ),
@@ -134,26 +159,28 @@ def build_spec(module: ResnetGenerator, *, checkpoint: str | None = None, sha: s
 
 
 def load(*, checkpoint: str | Path | None = None, random_weights: bool = False) -> ModelSpec:
-    """Load a CycleGAN generator from an official ``<name>.pth`` / ``latest_net_G.pth`` file."""
+    """Load a CycleGAN generator from an official ``<name>.pth`` / ``latest_net_G.pth`` file, or
+    from ``examples/weights/toon.pt``; its width and depth come from the file (:func:`infer_size`)."""
     if checkpoint is None:
         if not random_weights:
             raise ModelError(
                 "cyclegan needs a checkpoint: download a generator such as style_ukiyoe.pth from "
                 "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/ and set "
-                "model.checkpoint to its path"
+                f"model.checkpoint to its path (LinearScope ships a small trained one: {SHIPPED_WEIGHTS})"
             )
         with seeded():
             return build_spec(ResnetGenerator())
     sd = read_state_dict(checkpoint)
+    ngf, n_blocks = infer_size(sd)
     with torch.device("meta"):  # no random initialisation of weights the file replaces
-        module = ResnetGenerator()
+        module = ResnetGenerator(ngf=ngf, n_blocks=n_blocks)
     sd = drop_instance_norm_stats(module, sd)
     hint = ""
     if any(re.match(r"model\.\d+\.conv_block\.6\.weight$", k) for k in sd):
         hint = ("This generator was trained with dropout (conv_block.6 is a conv), which the "
                 "published CycleGAN models do not use.")
     elif any(k.startswith(("model.model.", "model.0.model")) for k in sd) or "model.1.model.0.weight" in sd:
-        hint = "This looks like a U-Net (pix2pix) generator, not CycleGAN's resnet_9blocks."
-    load_strict(module, sd, source=str(checkpoint), model_name="CycleGAN resnet_9blocks", hint=hint,
-                assign=True)
+        hint = "This looks like a U-Net (pix2pix) generator, not CycleGAN's ResnetGenerator."
+    load_strict(module, sd, source=str(checkpoint),
+                model_name=f"CycleGAN resnet_{n_blocks}blocks (ngf {ngf})", hint=hint, assign=True)
     return build_spec(module, checkpoint=str(checkpoint), sha=sha256_file(checkpoint))
