@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 import sitegen
 from sitegen import classify_page, svd_page
+from sitegen.names import unique_ids
 from sitegen.reader import (KINDS, Analysis, Store, StoreError, Summary, classify_complete,
                             find_stores, open_store)
 from sitegen.tiles import MODE_TEXT, MODES, PRECISIONS, channel_block, encode_block, tile_script
@@ -422,13 +423,8 @@ def slug(text: str) -> str:
 
 
 def run_ids(stores: list[Store]) -> list[str]:
-    ids, seen = [], {}
-    for st in stores:
-        base = slug(st.path.name[:-5] if st.path.name.endswith(".zarr") else st.path.name)
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        ids.append(base if n == 0 else f"{base}-{n + 1}")
-    return ids
+    """Distinct ids (file names) of the runs, after their stores' folders (sitegen/names.py)."""
+    return unique_ids([slug(st.path.name.removesuffix(".zarr")) for st in stores])
 
 
 def fmt_float(v) -> str:
@@ -720,8 +716,8 @@ def build(sources: list[str | Path], out: str | Path, opts: Options | None = Non
     for r in runs:
         groups.setdefault(r["sha"], []).append(r)
     group_list = []
-    for sha, members in sorted(groups.items()):
-        gid = slug(sha[:12]) if sha else "unknown"
+    gids = unique_ids([slug(sha[:12]) if sha else "unknown" for sha in sorted(groups)])
+    for gid, (sha, members) in zip(gids, sorted(groups.items())):
         group_list.append({"id": gid, "sha": sha, "runs": members,
                            "image": Path(members[0]["prov"]["image_path"]).name,
                            "comparable": len(members) > 1})
