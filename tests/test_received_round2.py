@@ -100,3 +100,223 @@ def test_summaries_collide_no_more(tmp_path):
     assert [p.name for p in pages] == ["digits.summary-2.html", "digits.summary.html"]
     texts = [p.read_text() for p in pages]
     assert sum("digits A" in t for t in texts) == 1 and sum("digits B" in t for t in texts) == 1
+
+
+# --- a real store (tiny model) and the checks every reader makes at open -----------------------
+
+from sweep_helpers import TINY, assert_bitwise_equal, cli, make_image, write_config  # noqa: E402
+
+
+def _config(base, out, name="ref"):
+    if not (base / "img.png").exists():
+        make_image(base / "img.png", 6, 6, seed=3)
+    return write_config(
+        base / f"{name}.yaml", name="d", model={"arch": f"python:{TINY}:relu_same"},
+        image="img.png", dtype="float32", batch=4, output=str(out),
+        analyses={"residual": True, "columns": {"window": 3, "tile": 2},
+                  "rows": {"window": 3, "tile": 2}})
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("round2")
+    assert cli("run", "-q", _config(tmp, tmp / "ref")).exit_code == 0
+    return tmp
+
+
+def _copy(ref, tmp_path):
+    shutil.copytree(ref / "ref", tmp_path / "work", symlinks=True)
+    return _config(ref, tmp_path / "work", name=tmp_path.name), tmp_path / "work" / "d.zarr"
+
+
+def _refused_everywhere(store, tmp_path, text, sitegen=True):
+    """info, verify --integrity-only (in-process) and sitegen build (a subprocess, torch-free):
+    each one `error:` line containing ``text``, exit status 2, nothing written."""
+    for args in (["info", store], ["verify", "--integrity-only", store]):
+        r = cli(*args)
+        assert r.exit_code == 2, (args, r.output, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, r.stderr)
+        assert "Traceback" not in r.output + r.stderr and text in lines[0], (args, lines[0])
+    if sitegen:
+        _one_line(_sitegen(store, "-o", tmp_path / "site", timeout=120), text)
+        assert not (tmp_path / "site").exists()
+
+
+def test_missing_chunk_of_an_array_written_whole_is_damage(ref, tmp_path):
+    """Item 3: input/c/0/0/0 deleted made x0 read as NaN while verify said "no damage"."""
+    from precompute.integrity import check_store, missing_chunks
+
+    _, store = _copy(ref, tmp_path)
+    (store / "input/c/0/0/0").unlink()
+    _refused_everywhere(store, tmp_path, "array 'input' is written whole but its chunk "
+                                         "input/c/0/0/0 is missing")
+    rep = check_store(store)  # the integrity report itself names it too
+    assert not rep.ok and any("input/c/0/0/0 is missing" in d for d in rep.damaged), rep.damaged
+    assert missing_chunks(zarr.open_group(str(store), mode="r")["input"])
+
+
+def test_shard_replaced_by_a_directory_is_damage_and_resumes(ref, tmp_path):
+    """Item 4: a shard file replaced by a directory: verify names the tile, run recomputes it
+    (the directory, inside the store, is removed) and the store equals the reference bitwise."""
+    from precompute.integrity import check_store
+
+    cfg, store = _copy(ref, tmp_path)
+    shard = store / "columns/c/1/0/0/0/0/0"
+    shard.unlink()
+    shard.mkdir()
+    (shard / "junk").write_bytes(b"x")
+    rep = check_store(store)
+    assert rep.damaged == ["columns tile (1, 0) [columns/c/1/0/0/0/0/0]: a directory, not a "
+                           "chunk file"] and rep.damaged_tiles == {"columns": {(1, 0)}}
+    r = cli("verify", "--integrity-only", store)
+    assert r.exit_code == 1 and "1 damaged" in r.output and "Traceback" not in r.output + r.stderr
+    r = cli("run", "-q", cfg)
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert_bitwise_equal(ref / "ref" / "d.zarr", store)
+
+
+def test_array_folder_linked_out_of_the_store_is_refused(ref, tmp_path):
+    """Item 5: `columns` replaced by a link to a copy outside the store (one byte flipped): no
+    reader follows it; verify's own walk reports it; the copy outside is left untouched."""
+    from precompute.integrity import check_store
+
+    _, store = _copy(ref, tmp_path)
+    outside = tmp_path / "elsewhere"
+    shutil.move(store / "columns", outside)
+    f = outside / "c/0/0/0/0/0/0"
+    data = bytearray(f.read_bytes())
+    data[40] ^= 0xFF
+    f.write_bytes(bytes(data))
+    before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    (store / "columns").symlink_to(outside, target_is_directory=True)
+    _refused_everywhere(store, tmp_path, "columns is a symbolic link")
+    assert any(d.startswith("columns: a symbolic link to a directory") for d in
+               check_store(store).damaged)
+    r = cli("run", "-q", _config(ref, tmp_path / "work", name="again"))
+    assert r.exit_code == 2 and "columns is a symbolic link" in r.stderr, r.stderr
+    assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == before
+
+
+def _meta(store, name):
+    zj = store / name / "zarr.json"
+    return zj, json.loads(zj.read_text())
+
+
+def test_absurd_array_metadata_is_refused(ref, tmp_path):
+    """Item 6: rows_origin declaring 2**70 rows passed info and verify."""
+    _, store = _copy(ref, tmp_path)
+    zj, meta = _meta(store, "rows_origin")
+    meta["shape"][0] = 2**70
+    zj.write_text(json.dumps(meta))
+    _refused_everywhere(store, tmp_path, "array 'rows_origin' has shape (1180591620717411303424, "
+                                         "6, 2), expected (6, 6, 2)")
+
+
+@pytest.mark.parametrize("name, key, value, text", [
+    ("display/input", "chunk_grid", {"name": "regular", "configuration": {"chunk_shape": [1, 1, 1]}},
+     "array 'display/input' has chunks (1, 1, 1), expected (6, 6, 3)"),
+    ("columns_outside", "data_type", "float64",
+     "array 'columns_outside' has dtype float64, expected float32"),
+    ("output", "shape", [3, 6, 7], "array 'display/output' has shape (6, 6, 3), expected (6, 7, 3)"),
+])
+def test_array_metadata_against_the_attributes(ref, tmp_path, name, key, value, text):
+    _, store = _copy(ref, tmp_path)
+    zj, meta = _meta(store, name)
+    meta[key] = value
+    zj.write_text(json.dumps(meta))
+    _refused_everywhere(store, tmp_path, text, sitegen=False)
+
+
+def test_chunk_count_is_bounded_by_the_attributes(tmp_path):
+    """Item 7: display/input re-declared 2000×2000×3 in 1×1×1 chunks with no chunk file: sitegen
+    ran for minutes; now one line at open, in well under the subprocess timeout."""
+    store = make_store(tmp_path / "s.zarr", name="s", seed=1).path
+    zj, meta = _meta(store, "display/input")
+    meta["shape"] = [2000, 2000, 3]
+    meta["chunk_grid"]["configuration"]["chunk_shape"] = [1, 1, 1]
+    zj.write_text(json.dumps(meta))
+    shutil.rmtree(store / "display/input/c")
+    _one_line(_sitegen(store, "-o", tmp_path / "site", timeout=60),
+              "array 'display/input' has shape (2000, 2000, 3), expected (8, 8, 3)")
+
+
+def _deep(n):
+    return "[" * n + "]" * n
+
+
+def test_deeply_nested_json_is_one_line(ref, tmp_path):
+    """Item 10: a 200,000-deep array in the root zarr.json: RecursionError before."""
+    _, store = _copy(ref, tmp_path)
+    zj = store / "zarr.json"
+    text = zj.read_text()
+    zj.write_text(text[:-1] + ', "deep": ' + _deep(200_000) + "}")
+    _refused_everywhere(store, tmp_path, "zarr.json is nested too deeply to be metadata")
+    r = cli("run", "-q", _config(ref, tmp_path / "work", name="again"))
+    assert r.exit_code == 2 and "nested too deeply" in r.stderr and "Traceback" not in r.stderr
+
+
+def _set(attrs, path, value):
+    d = attrs
+    for k in path[:-1]:
+        d = d[k]
+    d[path[-1]] = value
+
+
+@pytest.mark.parametrize("path, value, text", [
+    (("geometry", "scale"), float("nan"), "`geometry.scale` must be a finite number"),
+    (("geometry", "scale"), float("inf"), "`geometry.scale` must be a finite number"),
+    (("geometry", "scale"), "2", "`geometry.scale`"),
+    (("geometry",), [1, 0], "`geometry`"),
+    (("model",), "tiny", "`model`"),
+    (("image",), ["a.png"], "`image`"),
+    (("analyses",), ["columns"], "`analyses`"),
+    (("analyses", "columns", "tile"), "big", "`analyses.columns.tile`"),
+    (("analyses", "columns", "region"), "all", "`analyses.columns.region`"),
+    (("analyses", "columns", "stride"), 0, "`analyses.columns.stride` input should be greater "
+                                           "than or equal to 1, got 0"),
+    (("analyses", "rows", "window"), [3, 99], "`analyses.rows.window` [3, 99] is larger than"),
+    (("analyses", "rows", "region"), [0, 0, 13, 12], "`analyses.rows.region` [0, 0, 13, 12] leaves"),
+    (("checks",), [1, 2], "`checks`"),
+    (("dtype",), "float16", "`dtype`"),
+    (("probing", "columns", "period"), None, "`probing.columns` method compressed needs a "
+                                              "`period` and a `block`"),
+])
+def test_attributes_follow_one_schema_on_both_sides(ref, tmp_path, path, value, text):
+    """Item 12: attribute types confused (tracebacks in sitegen and info before): one schema,
+    checked at open by precompute and by sitegen's (torch-free) reader."""
+    _, store = _copy(ref, tmp_path)
+    zj = store / "zarr.json"
+    meta = json.loads(zj.read_text())
+    if path[0] == "probing":
+        meta["attributes"]["probing"] = {"columns": {"method": "compressed", "block": 2}}
+    _set(meta["attributes"], path, value)
+    zj.write_text(json.dumps(meta))
+    _refused_everywhere(store, tmp_path, text)
+
+
+def test_display_input_with_a_string_dtype(tmp_path):
+    store = make_store(tmp_path / "s.zarr", name="s", seed=1).path
+    zj, meta = _meta(store, "display/input")
+    meta["data_type"] = "string"
+    meta["fill_value"] = ""
+    meta["codecs"] = [{"name": "vlen-utf8"}]
+    zj.write_text(json.dumps(meta))
+    r = _sitegen(store, "-o", tmp_path / "site", timeout=120)
+    _one_line(r, "display/input")
+    r = cli("info", store)
+    assert r.exit_code == 2 and "display/input" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sitegen_never_imports_torch(tmp_path):
+    """sitegen reads stores through precompute.store_format (the shared schema) without torch."""
+    store = make_store(tmp_path / "s.zarr", name="s", seed=1).path
+    code = ("import sys\nfrom sitegen.build import Options, build\n"
+            f"build([{str(store)!r}], {str(tmp_path / 'site')!r}, Options(progress=False), "
+            "echo=lambda *a: None)\n"
+            "assert (__import__('pathlib').Path(sys.argv[1]) / 'index.html').is_file()\n"
+            "print('torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], capture_output=True,
+                       text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
