@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from precompute.yaml_limits import DepthLimited
+
 
 class UserError(Exception):
     """A problem the user can fix (bad config, missing file, ...). The CLI prints it as one line."""
@@ -326,7 +328,7 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_NODES = 100_000
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(DepthLimited, yaml.SafeLoader):
     """PyYAML's safe loader (plain data only) that refuses a mapping with a key given twice
     (YAML's last-wins would silently drop the first value). Merge keys (``<<``) still override."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from precompute.config import UserError
+from precompute.launch import env_int
 
 
 def sha256_file(path: Path) -> str:
@@ -40,11 +41,11 @@ def resolve_device(device: str) -> torch.device:
         raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cuda", env_int("LOCAL_RANK", 0))
         return torch.device("cpu")
     d = torch.device(device)
     if device == "cuda" and "LOCAL_RANK" in os.environ:
-        d = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: one GPU per process
+        d = torch.device("cuda", env_int("LOCAL_RANK", 0))  # torchrun: one GPU per process
     if d.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device {device} requested but CUDA is not available here (use cpu or auto)")

@@ -320,3 +320,52 @@ def test_sitegen_never_imports_torch(tmp_path):
                        text=True, env=_env(), timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+# --- 11: deep YAML; 13: the launcher's environment ------------------------------------------
+
+@pytest.mark.parametrize("text", ["a: " + "[" * 100_000 + "]" * 100_000 + "\n",
+                                  "- " * 100_000 + "x\n"], ids=["flow", "block"])
+def test_deep_yaml_is_one_line_in_run_and_site_configs(tmp_path, text):
+    """Item 11: a 100,000-deep YAML list (200 KB): RecursionError before, in both loaders."""
+    cfg = tmp_path / "deep.yaml"
+    cfg.write_text(text)
+    r = cli("run", cfg)
+    assert r.exit_code == 2 and "Traceback" not in r.output + r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nested deeper than 64 levels" in lines[0], r.stderr
+    _one_line(_sitegen(cfg, cwd=tmp_path, timeout=120), "nested deeper than 64 levels")
+
+
+@pytest.mark.parametrize("env, text", [
+    ({"RANK": "x", "WORLD_SIZE": "2"}, "environment variable RANK='x': expected a whole number"),
+    ({"RANK": "0", "WORLD_SIZE": "two"}, "environment variable WORLD_SIZE='two'"),
+    ({"RANK": "5", "WORLD_SIZE": "2"}, "RANK=5 and WORLD_SIZE=2: expected 0 ≤ RANK < WORLD_SIZE"),
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, "environment variable RANK='-1'"),
+    ({"RANK": "1"}, "RANK=1 and WORLD_SIZE=1"),
+    ({"WORLD_SIZE": "0"}, "environment variable WORLD_SIZE='0': expected a whole number ≥ 1"),
+    ({"LOCAL_RANK": "gpu0"}, "environment variable LOCAL_RANK='gpu0'"),
+])
+def test_launcher_environment_is_checked_like_shard(tmp_path, env, text):
+    """Item 13: RANK=x was a traceback, RANK=5 WORLD_SIZE=2 "done (0 tiles)"."""
+    make_image(tmp_path / "img.png", 6, 6)
+    cfg = write_config(tmp_path / "c.yaml", name="t", model={"arch": "bicubic", "scale": 2},
+                       image="img.png", device="cuda" if "LOCAL_RANK" in env else "cpu",
+                       analyses={"residual": True, "columns": False, "rows": False},
+                       output=str(tmp_path / "runs"))
+    if "LOCAL_RANK" in env:  # read only for a CUDA device: checked directly
+        from precompute.config import UserError
+        from precompute.inputs import resolve_device
+
+        old = os.environ.get("LOCAL_RANK")
+        os.environ["LOCAL_RANK"] = env["LOCAL_RANK"]
+        try:
+            with pytest.raises(UserError, match=re.escape(text)):
+                resolve_device("cuda")
+        finally:
+            os.environ.pop("LOCAL_RANK") if old is None else os.environ.__setitem__("LOCAL_RANK", old)
+        return
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    r = _precompute("run", "-q", cfg, env=dict(clean, PYTHONPATH=str(REPO), **env), timeout=300)
+    _one_line(r, text)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.zarr"))
