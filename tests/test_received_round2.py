@@ -369,3 +369,35 @@ def test_launcher_environment_is_checked_like_shard(tmp_path, env, text):
     r = _precompute("run", "-q", cfg, env=dict(clean, PYTHONPATH=str(REPO), **env), timeout=300)
     _one_line(r, text)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.zarr"))
+
+
+# --- 14: malformed permalinks ------------------------------------------------------------------
+
+@pytest.mark.browser
+@pytest.mark.parametrize("page, ready, hash", [
+    ("explorer", "window.__linearscope && window.__linearscope.ready", "#b=%E0%A4%A"),
+    ("explorer", "window.__linearscope && window.__linearscope.ready", "#d=in&y=%&x=1"),
+    ("svd", "window.__linearscope.svd && window.__linearscope.svd.ready", "#i=%"),
+    ("svd", "window.__linearscope.svd && window.__linearscope.svd.ready", "#i=2&cm=%E0%A4%A"),
+])
+def test_malformed_permalink_opens_the_default_state(browser, tmp_path, page, ready, hash):
+    """Item 14: decodeURIComponent's URIError stopped the page initialising; a bad link now
+    opens the page as the link without a fragment does, with no page error."""
+    from browser import watched_page
+    from svd_site_fixtures import add_svd_to_fixture
+
+    fx = make_store(tmp_path / "s" / "r.zarr", name="r", seed=1)
+    add_svd_to_fixture(fx, 3)
+    build([tmp_path / "s"], tmp_path / "site", Options(progress=False), echo=lambda *a: None)
+    html = tmp_path / "site" / page / "r.html"
+    state = ("window.__linearscope.state" if page == "explorer"
+             else "window.__linearscope.svd.state")
+    states = []
+    for fragment in ("", hash):
+        ctx, pg, problems = watched_page(browser)
+        pg.goto(html.as_uri() + fragment)
+        pg.wait_for_function(ready, timeout=20000)
+        states.append(pg.evaluate(f"JSON.stringify({state})"))
+        ctx.close()
+        assert not problems, problems
+    assert states[0] == states[1] and states[0] not in ("null", "undefined", None)
