@@ -22,7 +22,26 @@ from precompute.config import UserError
 from precompute.launch import env_int
 
 
+def regular_file(path: Path, what: str) -> Path:
+    """``path`` when it is a regular file (links followed), else one-line UserError: a FIFO would
+    block the read forever, a device (``/dev/zero``) never end. ``run`` checks its config's files
+    when it loads the config; a stored config (``verify``) names files nobody checked."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+                if stat.S_ISSOCK(mode) else "not a regular file")
+        raise UserError(f"{what} {path} is {kind}, not a regular file")
+    return Path(path)
+
+
 def sha256_file(path: Path) -> str:
+    regular_file(path, "file")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -127,6 +146,7 @@ def read_image(path: Path):
     import numpy as np
     from PIL import Image
 
+    regular_file(path, "image")
     try:
         with Image.open(path) as im:
             im.load()

@@ -401,3 +401,21 @@ def test_malformed_permalink_opens_the_default_state(browser, tmp_path, page, re
         ctx.close()
         assert not problems, problems
     assert states[0] == states[1] and states[0] not in ("null", "undefined", None)
+
+
+# --- 8: a received store naming a FIFO ---------------------------------------------------------
+
+def test_verify_refuses_a_fifo_image_without_blocking(tmp_path):
+    """Item 8: a store whose image path is a FIFO made `verify` block forever (no --trust-code
+    needed: a zoo model). The same regular-file check as `run`, in a subprocess with a timeout."""
+    make_image(tmp_path / "img.png", 6, 6)
+    cfg = write_config(tmp_path / "c.yaml", name="t", model={"arch": "bicubic", "scale": 2},
+                       image="img.png", dtype="float64",
+                       analyses={"residual": True, "columns": {"window": 3, "tile": 2},
+                                 "rows": False}, output=str(tmp_path / "runs"))
+    assert cli("run", "-q", cfg).exit_code == 0
+    store = tmp_path / "runs" / "t.zarr"
+    (tmp_path / "img.png").unlink()
+    os.mkfifo(tmp_path / "img.png")  # the path the store recorded
+    r = _precompute("verify", store, timeout=120)
+    _one_line(r, f"image {tmp_path / 'img.png'} is a FIFO, not a regular file")
