@@ -117,6 +117,7 @@ class ImageAttrs(_Loose):
     sha256: StrictStr
     crop: Region | None = None
     size: Pair | None = None
+    orientation: Annotated[StrictInt, Field(ge=1, le=8)] | None = None
 
 
 class Geometry(_Loose):

@@ -419,3 +419,38 @@ def test_verify_refuses_a_fifo_image_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "img.png")  # the path the store recorded
     r = _precompute("verify", store, timeout=120)
     _one_line(r, f"image {tmp_path / 'img.png'} is a FIFO, not a regular file")
+
+
+# --- 15: EXIF orientation ----------------------------------------------------------------------
+
+def test_exif_orientation_is_applied_and_recorded(tmp_path):
+    """Item 15: a phone JPEG stored sideways with orientation 6 is computed upright (as every
+    viewer shows it), the orientation recorded in attrs.image; the crop is in upright pixels.
+    Lossless PNG (Pillow writes EXIF into PNGs) so x0 can be compared exactly."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    upright = (rng.random((6, 10, 3)) * 255).astype(np.uint8)  # 6 rows × 10 columns, as shown
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # 10×6: as a sideways camera stores it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    Image.fromarray(upright).save(tmp_path / "plain.png")
+    runs = {}
+    for name in ("phone", "plain"):
+        cfg = write_config(tmp_path / f"{name}.yaml", name=name, image=f"{name}.png",
+                           model={"arch": "bicubic", "scale": 2}, dtype="float64",
+                           crop=[1, 2, 4, 6],
+                           analyses={"residual": True, "columns": False, "rows": False},
+                           output=str(tmp_path / "runs"))
+        r = cli("run", "-q", cfg)
+        assert r.exit_code == 0, r.stderr
+        runs[name] = zarr.open_group(str(tmp_path / "runs" / f"{name}.zarr"), mode="r")
+    x_phone, x_plain = runs["phone"]["input"][...], runs["plain"]["input"][...]
+    assert x_phone.shape == (3, 4, 6)
+    np.testing.assert_array_equal(x_phone, x_plain)
+    np.testing.assert_array_equal(x_phone, (upright[1:5, 2:8].transpose(2, 0, 1) / np.float32(255)))
+    assert runs["phone"].attrs["image"]["orientation"] == 6
+    assert runs["plain"].attrs["image"]["orientation"] == 1
+    r = cli("verify", tmp_path / "runs" / "phone.zarr")
+    assert r.exit_code == 0 and "input x0: max |rebuilt − stored| = 0" in r.output, r.output
