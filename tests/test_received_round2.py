@@ -454,3 +454,59 @@ def test_exif_orientation_is_applied_and_recorded(tmp_path):
     assert runs["plain"].attrs["image"]["orientation"] == 1
     r = cli("verify", tmp_path / "runs" / "phone.zarr")
     assert r.exit_code == 0 and "input x0: max |rebuilt − stored| = 0" in r.output, r.output
+
+
+# --- 9: memory ---------------------------------------------------------------------------------
+
+def test_memory_check_covers_the_identity_checks(monkeypatch):
+    """Item 9: a residual-only run still runs the gate (columns and rows of 3 probes, forward and
+    backward): a forward that fits but a gate that does not is refused with both numbers."""
+    from precompute.config import UserError
+    from precompute.memory import GATE_PROBES, Estimate, check
+
+    e = Estimate(peak=100 << 20, total=300 << 20)
+    gate = max(e.columns_pass(GATE_PROBES), e.rows_pass(GATE_PROBES))
+    assert gate == 4 * (300 << 20)
+    monkeypatch.setenv("LINEARSCOPE_MEMORY_BYTES", str(gate - 1))
+    with pytest.raises(UserError, match=r"about 1\.3 GB for the identity checks .* only 1\.3 GB"):
+        check(e, what="m on x0", device=__import__("torch").device("cpu"), rows=False,
+              columns=False, batch="auto")
+    monkeypatch.setenv("LINEARSCOPE_MEMORY_BYTES", str(gate))
+    check(e, what="m on x0", device=__import__("torch").device("cpu"), rows=False, columns=False,
+          batch="auto")  # fits
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                 "memory: you tried to allocate 17280000000 bytes. Error code 12"),
+    MemoryError(),
+])
+def test_any_allocation_failure_is_one_line(tmp_path, monkeypatch, error):
+    """Item 9: an allocation failing past the estimate was a traceback."""
+    import precompute.run as runner
+
+    def fail(*a, **k):
+        raise error
+
+    monkeypatch.setattr(runner, "run", fail)
+    make_image(tmp_path / "img.png", 6, 6)
+    cfg = write_config(tmp_path / "c.yaml", name="t", model={"arch": "bicubic", "scale": 2},
+                       image="img.png", output=str(tmp_path / "runs"))
+    r = cli("run", cfg)
+    assert r.exit_code == 2 and "Traceback" not in r.output + r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory ("), r.stderr
+    assert "lower `batch`" in lines[0]
+    if isinstance(error, RuntimeError):
+        assert "17280000000 bytes" in lines[0]
+
+
+def test_other_runtime_errors_are_not_called_memory(tmp_path, monkeypatch):
+    import precompute.run as runner
+
+    monkeypatch.setattr(runner, "run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    make_image(tmp_path / "img.png", 6, 6)
+    cfg = write_config(tmp_path / "c.yaml", name="t", model={"arch": "bicubic", "scale": 2},
+                       image="img.png", output=str(tmp_path / "runs"))
+    r = cli("run", cfg)
+    assert r.exit_code != 0 and "out of memory" not in (r.stderr or "")
