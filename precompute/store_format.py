@@ -204,7 +204,7 @@ class SummaryAttrs(_Loose):
     format_version: StrictInt
     kind: Literal["summary"]
     name: StrictStr | None = None
-    model: dict | None = None
+    model: ModelAttrs | None = None
     terms: list[StrictStr]
     stores: list[StrictStr] = []
     count: NonNeg

@@ -510,3 +510,21 @@ def test_other_runtime_errors_are_not_called_memory(tmp_path, monkeypatch):
                        image="img.png", output=str(tmp_path / "runs"))
     r = cli("run", cfg)
     assert r.exit_code != 0 and "out of memory" not in (r.stderr or "")
+
+
+@pytest.mark.parametrize("key, value, text", [
+    ("count", "2", "`count`"), ("terms", "input", "`terms`"), ("model", "m", "`model`"),
+    ("residual_share_mean", [0.1], "`residual_share_mean`"),
+])
+def test_summary_attributes_follow_the_schema_on_both_sides(tmp_path, key, value, text):
+    """Item 12 for dataset summaries: `info` and sitegen check the same schema."""
+    make_store(tmp_path / "s" / "img.zarr", name="img", seed=1)
+    path = tmp_path / "s" / "d.summary.zarr"
+    _summary(path, "d", 0.25, ["img.zarr"])
+    g = zarr.open_group(str(path), mode="r+")
+    g.attrs.put(dict(g.attrs) | {key: value})
+    r = cli("info", path)
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], r.stderr
+    _one_line(_sitegen(tmp_path / "s", "-o", tmp_path / "site", timeout=120), text)
