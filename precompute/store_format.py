@@ -324,9 +324,11 @@ def array_problem(name: str, shape, chunks, shards, dtype: str, want: dict | Non
 TILED = ("columns", "rows", "columns_origin", "rows_origin", "columns_outside", "rows_outside")
 
 
-def links(root: Path):
+def links(root: Path, specials: bool = False):
     """Every symbolic link inside the store at ``root`` (relative paths, sorted by folder),
-    found without following any: one directory entry per file of the store (``d_type``)."""
+    found without following any: one directory entry per file of the store (``d_type``). With
+    ``specials``, also every entry that is neither a folder nor a regular file (a FIFO would
+    block whoever reads it, a device never end)."""
     stack = [(Path(root), ())]
     while stack:
         folder, rel = stack.pop()
@@ -339,20 +341,26 @@ def links(root: Path):
                 yield "/".join(rel + (e.name,))
             elif e.is_dir(follow_symlinks=False):
                 stack.append((Path(e.path), rel + (e.name,)))
+            elif specials and not e.is_file(follow_symlinks=False):
+                yield "/".join(rel + (e.name,))
 
 
 def first_link(root: Path, files_allowed: tuple[str, ...] = ()) -> str | None:
-    """The first symbolic link inside the store at ``root`` (relative path), or None.
+    """The first symbolic link (or FIFO, socket, device) inside the store at ``root``, as a
+    sentence naming its relative path, or None.
 
     Writers create none, so any link is damage or a store made to read files outside itself:
-    every directory link is reported; a file link only outside the arrays named in
-    ``files_allowed`` (whose chunk files the caller checks one by one, e.g. the tiles that
+    every directory link is reported; a file link (or FIFO, ...) only outside the arrays named
+    in ``files_allowed`` (whose chunk files the caller checks one by one, e.g. the tiles that
     ``precompute run`` recomputes when their shard is a link). Walks without following links;
     the work is one directory entry per file of the store."""
-    for link in links(root):
+    for link in links(root, specials=True):
         rel = link.split("/")
-        if len(rel) == 1 or rel[0] not in files_allowed or (Path(root) / link).is_dir():
-            return link
+        if len(rel) > 1 and rel[0] in files_allowed and not (Path(root) / link).is_dir():
+            continue  # a tile's file: checked (never followed) with its tile
+        if not os.path.islink(Path(root) / link):
+            return f"{link} is not a regular file (a FIFO, socket or device)"
+        return f"{link} is a symbolic link (a store's files lie inside it; writers make none)"
     return None
 
 
@@ -394,7 +402,7 @@ def store_problem(root: Path, group, attrs: dict, files_allowed: tuple[str, ...]
         return str(e)
     link = first_link(root, files_allowed)
     if link is not None:
-        return f"{link} is a symbolic link (a store's files lie inside it; writers make none)"
+        return link
     arrays = _arrays(group)
     for name in ("input", "output"):
         if name not in arrays:

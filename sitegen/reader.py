@@ -382,8 +382,7 @@ class Summary:
             store_format.validate_attrs(self.attrs, summary=True)
             link = store_format.first_link(self.path)
             if link is not None:
-                raise StoreError(f"{self.path}: {link} is a symbolic link (a store's files lie "
-                                 "inside it); the store is damaged")
+                raise StoreError(f"{self.path}: {link}; the store is damaged")
             for k, a in list(g.arrays()) + (list(g["adversarial"].arrays())
                                             if "adversarial" in g else []):
                 problem = store_format.array_problem(k, a.shape, a.chunks, a.shards, str(a.dtype),

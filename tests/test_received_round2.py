@@ -528,3 +528,13 @@ def test_summary_attributes_follow_the_schema_on_both_sides(tmp_path, key, value
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and text in lines[0], r.stderr
     _one_line(_sitegen(tmp_path / "s", "-o", tmp_path / "site", timeout=120), text)
+
+
+def test_fifo_inside_a_store_is_refused_not_read(tmp_path):
+    """Links' class: a FIFO where an origin chunk belongs would block zarr's read forever."""
+    store = make_store(tmp_path / "s.zarr", name="s", seed=1).path
+    f = store / "columns_origin/c/0/0/0"
+    f.unlink()
+    os.mkfifo(f)
+    _one_line(_sitegen(store, "-o", tmp_path / "site", timeout=60),
+              "columns_origin/c/0/0/0 is not a regular file (a FIFO, socket or device)")
