@@ -471,11 +471,17 @@ def summary_info(path: Path) -> str:
     """``precompute info`` of a dataset summary store."""
     import zarr
 
+    from precompute import store_format
+
     g = zarr.open_group(str(path), mode="r")
     a = dict(g.attrs)
+    try:  # the schema sitegen checks too
+        store_format.validate_attrs(a, summary=True)
+    except store_format.FormatError as e:
+        raise S.StoreError(f"{path}: {e}; the dataset summary is damaged") from None
     lines = [f"{path}  (dataset summary of {a['count']} stores, format_version "
              f"{a['format_version']})",
-             f"model     {a['model']['id']}; top-1 residual share "
+             f"model     {(a.get('model') or {}).get('id', '?')}; top-1 residual share "
              f"{100 * a['residual_share_mean']:.1f} % ± {100 * a['residual_share_std']:.1f}"]
     if "adversarial" in g:
         b = dict(g["adversarial"].attrs)

@@ -22,6 +22,20 @@ def _fail(msg: str, verbose: bool = False) -> None:
     sys.exit(2)
 
 
+def out_of_memory(e: BaseException) -> str | None:
+    """One line for an allocation that failed anywhere (past the estimate of
+    precompute/memory.py: a kernel's workspace, an SVD block, an address-space limit), with the
+    allocator's numbers and what to lower; None for any other error. Finished tiles are on disk
+    (each is written whole), so the same command resumes."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "out of memory" in text.lower()):
+        return None
+    return (f"out of memory ({type(e).__name__}: {text[:160] or 'no detail'}); lower `batch`, "
+            "the crop or the scale, or drop an analysis, then run the same command (finished "
+            "tiles are kept)")
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
@@ -34,6 +48,11 @@ class _Group(click.Group):
             click.echo("interrupted: finished tiles are on disk; run the same command to resume",
                        err=True)
             sys.exit(130)
+        except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            message = out_of_memory(e)
+            if message is None:
+                raise
+            _fail(message, ctx.meta.get("verbose", False))
 
 
 @click.group(cls=_Group)

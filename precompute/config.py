@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from precompute.yaml_limits import DepthLimited
+
 
 from precompute.errors import UserError  # noqa: E402  (re-exported: defined in precompute.errors)
 
@@ -325,7 +327,7 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_NODES = 100_000
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(DepthLimited, yaml.SafeLoader):
     """PyYAML's safe loader (plain data only) that refuses a mapping with a key given twice
     (YAML's last-wins would silently drop the first value). Merge keys (``<<``) still override."""
 

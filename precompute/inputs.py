@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from precompute.errors import UserError
-from precompute.text import first_line, say, sha256_file  # noqa: F401  (re-exported)
+from precompute.launch import env_int
+from precompute.text import first_line, regular_file, say, sha256_file  # noqa: F401  (re-exported)
 
 
 
@@ -29,11 +30,11 @@ def resolve_device(device: str) -> torch.device:
         raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cuda", env_int("LOCAL_RANK", 0))
         return torch.device("cpu")
     d = torch.device(device)
     if device == "cuda" and "LOCAL_RANK" in os.environ:
-        d = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: one GPU per process
+        d = torch.device("cuda", env_int("LOCAL_RANK", 0))  # torchrun: one GPU per process
     if d.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device {device} requested but CUDA is not available here (use cpu or auto)")
@@ -99,8 +100,30 @@ def load_spec(cfg: dict, base_dir: Path | None, random_weights: bool = False):
 EIGHT_BIT_MODES = {"1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
 
 
+#: EXIF tag of the orientation (1: as stored; 2–8: mirrored and/or turned by 90° steps)
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(im):
+    """A copy of a loaded PIL image turned as its EXIF orientation says, which is how every
+    viewer shows it (a phone's portrait JPEG is stored sideways with orientation 6), by Pillow's
+    ``ImageOps.exif_transpose``; ``info["orientation"]`` is the orientation applied (1 when the
+    file has none, or a value outside 1–8, which viewers ignore too)."""
+    from PIL import ImageOps
+
+    try:
+        value = int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except (TypeError, ValueError, OSError, SyntaxError):  # a damaged EXIF block: as stored
+        value = 1
+    value = value if 1 <= value <= 8 else 1
+    image = ImageOps.exif_transpose(im) if value != 1 else im.copy()
+    image.info["orientation"] = value
+    return image
+
+
 def read_image(path: Path):
-    """Decode an image file into a PIL image of an 8-bit mode (see EIGHT_BIT_MODES).
+    """Decode an image file into a PIL image of an 8-bit mode (see EIGHT_BIT_MODES), turned
+    upright by its EXIF orientation (:func:`upright`).
 
     Pillow keeps 16-bit greyscale as ``I;16`` and float TIFFs as ``F``, which a plain
     ``convert("RGB")`` clips to white or black; here they are scaled instead: 16-bit values
@@ -112,10 +135,11 @@ def read_image(path: Path):
     import numpy as np
     from PIL import Image
 
+    regular_file(path, "image")
     try:
         with Image.open(path) as im:
             im.load()
-            image = im.copy()
+            image = upright(im)
     except Image.DecompressionBombError as e:
         raise UserError(f"cannot read image {path}: {e} (Pillow's decompression-bomb limit)") from None
     except (OSError, ValueError, SyntaxError) as e:  # SyntaxError: some Pillow header parsers
@@ -141,14 +165,16 @@ def read_image(path: Path):
 
 
 def read_x0(spec, cfg: dict):
-    """The (cropped) image of a config dict made ready for ``spec``: (Prepared, crop).
+    """The (cropped) image of a config dict made ready for ``spec``: (Prepared, crop, the EXIF
+    orientation applied).
 
     Checks that the crop fits, that the model takes the size, and the channel count of x0."""
     from precompute.models import ModelError
 
     image_path = Path(cfg["image"])
     image = read_image(image_path)
-    crop = cfg.get("crop")
+    orientation = image.info.get("orientation", 1)
+    crop = cfg.get("crop")  # in pixels of the upright image
     if crop is not None:
         top, left, h, w = crop
         if top + h > image.height or left + w > image.width:
@@ -171,7 +197,7 @@ def read_x0(spec, cfg: dict):
             f"{spec.model_id} expects {spec.in_channels}-channel input, but {image_path.name} gave "
             f"an input of shape {tuple(x0.shape)}"
         )
-    return prepared, crop
+    return prepared, crop, orientation
 
 
 def prepare(cfg: dict, base_dir: Path | None, device: torch.device,
@@ -185,7 +211,7 @@ def prepare(cfg: dict, base_dir: Path | None, device: torch.device,
     dtype = torch.float64 if cfg["dtype"] == "float64" else torch.float32
     spec = load_spec(cfg, base_dir, random_weights)
     image_path = Path(cfg["image"])
-    prepared, crop = read_x0(spec, cfg)
+    prepared, crop, orientation = read_x0(spec, cfg)
     x0 = prepared.x0
     spec.module.to(device=device, dtype=dtype).eval()
     x0 = x0.to(device=device, dtype=dtype)
@@ -205,6 +231,7 @@ def prepare(cfg: dict, base_dir: Path | None, device: torch.device,
         "sha256": sha256_file(image_path),
         "crop": list(crop) if crop is not None else None,
         "size": [int(x0.shape[2]), int(x0.shape[3])],
+        "orientation": orientation,  # EXIF orientation applied before the crop (FORMAT.md)
     }
     return Prepared(spec, prepared, x0, device, dtype, model_attrs, image_attrs)
 
@@ -257,7 +284,7 @@ def check_images(res, always: bool = False) -> None:
     spec.module.to(dtype=dtype).eval()
     checked: set[tuple] = set()
     for image in res.images:
-        prepared, crop = read_x0(spec, res.as_dict(image))
+        prepared, crop, _ = read_x0(spec, res.as_dict(image))
         x0 = prepared.x0.to(dtype)
         if tuple(x0.shape) in checked:
             continue

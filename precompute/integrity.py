@@ -17,7 +17,6 @@ damaged one); :func:`check_store` checks every file of a store (``precompute ver
 
 from __future__ import annotations
 
-import json
 import math
 import stat
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+
+from precompute import store_format
 
 ANALYSES = ("columns", "rows")
 MISSING = "missing"  # tile_problem: the tile was never written (not damage)
@@ -235,12 +236,28 @@ def _tile_of(rel: tuple[str, ...]) -> tuple[str, int, int] | None:
 WHOLE_ARRAY_TRUSTED_BYTES = 64 << 20
 
 
-def missing_chunks(arr) -> str | None:
+def _finished(arr, name: str) -> bool:
+    """An array of ``svd/`` counts as written only once the SVD is complete (a killed SVD leaves
+    its arrays created, not written: unfinished, not damaged)."""
+    if not name.startswith("svd/"):
+        return True
+    try:
+        meta = store_format.read_json(Path(arr.store.root) / arr.path / ".." / "zarr.json")
+        return bool((meta.get("attributes") or {}).get("complete"))
+    except (store_format.FormatError, AttributeError):
+        return True
+
+
+def missing_chunks(arr, name: str | None = None) -> str | None:
     """Arrays written whole (``input``, ``output``, ``residual``, ``display/*``, ``svd/*``,
     ``classify/*``) have every chunk on disk: a shape that declares more chunks than there are
     files (damage, or a store made to blow up whoever reads it) is refused before anything is
     read. Counting is bounded by the files actually present."""
     nbytes = math.prod(int(n) for n in arr.shape) * arr.dtype.itemsize
+    name = name or arr.path  # (an array opened on its own has no path)
+    if name in store_format.WRITTEN_WHOLE and nbytes and _finished(arr, name):
+        problem = store_format.whole_missing(arr, name)  # every chunk, whatever the size
+        return problem and f"{problem} (the array reads as fill values)"
     if nbytes <= WHOLE_ARRAY_TRUSTED_BYTES:
         return None  # small enough to read whatever it declares (empty chunks may be absent)
     grid = arr.shards or arr.chunks
@@ -283,19 +300,27 @@ def check_store(root: str | Path) -> Report:
             continue
         try:
             rep.bytes += meta.stat().st_size
-            node = json.loads(meta.read_text())
+            node = store_format.read_json(meta)
             if node.get("node_type") != "array":
                 continue
             arr = zarr.open_array(str(meta.parent), mode="r")
+            depth = len(arr.metadata.encode_chunk_key((0,) * arr.ndim).split("/"))
         except Exception as e:  # noqa: BLE001 — any failure here is damaged metadata
             damage(rel, f"unreadable metadata ({type(e).__name__})")
             continue
         codecs = arr.metadata.codecs
         checkable = _ends_with_crc(codecs) or isinstance(codecs[0], ShardingCodec)
         for f in sorted(meta.parent.rglob("*")):
-            if f.name == "zarr.json" or f.name.endswith(".partial") or (f.is_dir() and not f.is_symlink()):
+            if f.name == "zarr.json" or f.name.endswith(".partial"):
                 continue
             frel = f.relative_to(root)
+            own = f.relative_to(meta.parent).parts
+            if f.is_dir() and not f.is_symlink():
+                if own[0] == "c" and len(own) == depth:  # a folder where a chunk file belongs
+                    damage(frel, "a directory, not a chunk file", _tile_of(frel.parts))
+                continue
+            if own[0] == "c" and len(own) > depth:
+                continue  # inside such a folder (reported above)
             tile = _tile_of(frel.parts)
             if tile is not None:
                 present.setdefault(frel.parts[0], set()).add(tile[1:])
@@ -313,9 +338,14 @@ def check_store(root: str | Path) -> Report:
         parts = meta.parent.relative_to(root).parts
         if parts and parts[0] not in ANALYSES and _tile_of(parts + ("c", "0", "0")) is None \
                 and parts[:2] != ("svd", "state"):  # written whole (the solver state is not)
-            problem = missing_chunks(arr)
+            problem = missing_chunks(arr, "/".join(parts))
             if problem:
                 damage(meta.parent.relative_to(root), problem)
+    for link in store_format.links(root):
+        rel = Path(link)
+        if (root / rel).is_dir():  # (file links are reported with their array above)
+            damage(rel, "a symbolic link to a directory (not followed; a store's files lie "
+                        "inside it)", _tile_of(rel.parts))
     for name in ANALYSES:
         for part in ("_origin", "_outside"):
             if name + part not in present and not (root / (name + part)).is_dir():

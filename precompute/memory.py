@@ -33,6 +33,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from precompute.errors import UserError
 
 
+#: probes per pass of the run-time gate's column/row check (precompute/interpreter.py, m = 3)
+GATE_PROBES = 3
+
+
 @dataclass(frozen=True)
 class Estimate:
     peak: int   # bytes alive at once in one forward (batch 1)
@@ -130,12 +134,16 @@ def check(est: Estimate | None, *, what: str, device: torch.device, rows: bool, 
 
     free = available(device)
     where = "GPU" if device.type == "cuda" else "CPU"
-    if need(1) > free:
+    # the run-time gate runs whatever the analyses (a residual-only run too): columns and rows
+    # of GATE_PROBES probes (LinearInterpreter.check, column_row_rel), forward and backward
+    gate = max(e.columns_pass(GATE_PROBES), e.rows_pass(GATE_PROBES))
+    if max(need(1), gate) > free:
         passes = " and a pass of one probe about " + _fmt(need(1)) if (rows or columns) else ""
         raise UserError(
-            f"{what} needs about {_fmt(peak)} of {where} memory for one forward{passes}, but "
-            f"only {_fmt(free)} is available on {device}; use a smaller image or crop, a smaller "
-            "scale, or a device with more memory")
+            f"{what} needs about {_fmt(peak)} of {where} memory for one forward{passes}, and "
+            f"about {_fmt(gate)} for the identity checks (columns and rows of {GATE_PROBES} "
+            f"probes), but only {_fmt(free)} is available on {device}; use a smaller image or "
+            "crop, a smaller scale, or a device with more memory")
     if device.type != "cuda" and batch != "auto" and need(int(batch)) > free:
         fits = min(free // e.total - 1 if rows else free, (free - e.total) // e.peak - 1 if columns else free)
         raise UserError(

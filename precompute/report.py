@@ -6,7 +6,6 @@ storage layer never imports an analysis to describe it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from precompute import classify
 from precompute import integrity
+from precompute import store_format
 from precompute import store as S
 
 
@@ -21,8 +21,8 @@ def _group_attrs(path: Path) -> dict:
     """The attributes in a group's zarr.json, or {} when there is none or it is unreadable
     (``open_store`` then says what is wrong, in one line)."""
     try:
-        attrs = json.loads((path / "zarr.json").read_text()).get("attributes")
-    except (OSError, ValueError, AttributeError):
+        attrs = store_format.read_json(path / "zarr.json").get("attributes")
+    except (store_format.FormatError, AttributeError):
         return {}
     return attrs if isinstance(attrs, dict) else {}
 

@@ -871,8 +871,9 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
 def parse_shard(text: str | None) -> tuple[int, int]:
     """``I/N`` from --shard, else RANK/WORLD_SIZE (torchrun), else 0/1."""
     if text is None:
-        ws = int(os.environ.get("WORLD_SIZE", "1"))
-        return (int(os.environ.get("RANK", "0")), ws) if ws > 1 else (0, 1)
+        from precompute.launch import env_shard
+
+        return env_shard()
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:

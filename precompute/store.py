@@ -14,7 +14,6 @@ Writing rules that make a run safe to kill at any moment (see the shared zarr no
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -30,6 +29,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from precompute import integrity
 from precompute import probes as P
 from precompute import shards
+from precompute import store_format
 from precompute.errors import StoreError
 
 FORMAT_VERSION = 1
@@ -260,7 +260,10 @@ def clear_damaged(path: Path, group: zarr.Group, lay: Layout, tiles: list[P.Tile
                 continue
             if problem == integrity.MISSING and not integrity.file_problem(f, group[name]):
                 continue  # left intact by a killed run: simply overwritten
-            f.unlink()
+            if f.is_dir() and not f.is_symlink():  # a folder where the file belongs (inside
+                shutil.rmtree(f)  # the store: its folders are checked not to be links)
+            else:
+                f.unlink()
             found.append(str(f.relative_to(path)))
     return found
 
@@ -278,6 +281,9 @@ def core_damage(path: Path, group: zarr.Group, attrs: dict) -> list[str]:
     """Damage outside the tiles: unreadable array metadata, or a missing or damaged chunk of the
     arrays written at creation (``input``, ``output``, ``residual``, ``display/*``, FORMAT.md).
     A store with such damage cannot be resumed; ``--overwrite`` makes it again."""
+    problem = store_format.store_problem(path, group, attrs, files_allowed=store_format.TILED)
+    if problem:
+        return [problem]
     names = ["input", "output", "display/input"]
     if (attrs.get("analyses") or {}).get("residual"):
         names.append("residual")
@@ -338,16 +344,12 @@ def read_attrs(path: Path) -> dict:
     """The group attributes of the store at ``path``, read from its ``zarr.json`` with a
     one-line StoreError for anything unreadable (missing, empty, truncated, not a group)."""
     meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        raise StoreError(f"no LinearScope store at {path}")
     try:
-        if not meta.is_file():
-            raise StoreError(f"no LinearScope store at {path}")
-        node = json.loads(meta.read_text(encoding="utf-8"))
-    except StoreError:
-        raise
-    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
-        raise StoreError(f"{path}: unreadable zarr.json ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:100] if str(e) else 'empty'}); the store is "
-                         "damaged") from None
+        node = store_format.read_json(meta)  # bounded size and nesting
+    except store_format.FormatError as e:
+        raise StoreError(f"{path}: {e}; the store is damaged") from None
     if not isinstance(node, dict) or node.get("node_type") != "group":
         raise StoreError(f"{path} is not a LinearScope store (its zarr.json is not a Zarr group)")
     attrs = node.get("attributes") or {}
@@ -382,11 +384,12 @@ class Store:
         _check_version(self.attrs, self.path)
         try:
             self.group = zarr.open_group(str(self.path), mode="r")
-            for name in ("input", "output"):
-                missing = integrity.missing_chunks(self.group[name])
-                if missing:
-                    raise StoreError(f"{self.path}: {missing}; the store is damaged or not a "
-                                     "LinearScope store")
+            # attributes (schema), links, array metadata, arrays written whole: once, here
+            problem = store_format.store_problem(self.path, self.group, self.attrs,
+                                                 files_allowed=store_format.TILED)
+            if problem:
+                raise StoreError(f"{self.path}: {problem}; the store is damaged or not a "
+                                 "LinearScope store")
             self.in_shape = tuple(self.group["input"].shape)
             self.out_shape = tuple(self.group["output"].shape)
             self.layouts: dict[str, Layout] = {}

@@ -1,10 +1,14 @@
-"""Small text and file helpers every layer may use (bottom layer: imports nothing of ours)."""
+"""Small text and file helpers every layer may use (bottom layer: imports only precompute.errors)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import sys
 from pathlib import Path
+
+from precompute.errors import UserError
 
 
 def say(msg: str) -> None:
@@ -38,8 +42,25 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
+def regular_file(path: str | Path, what: str) -> Path:
+    """``path`` when it is a regular file (links followed), else a one-line UserError: a FIFO
+    would block the read forever, a device (``/dev/zero``) never end. ``run`` checks its config's
+    files when it loads the config; a stored config (``verify``) names files nobody checked."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+                if stat.S_ISSOCK(mode) else "not a regular file")
+        raise UserError(f"{what} {path} is {kind}, not a regular file")
+    return Path(path)
+
+
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 digest of a file's bytes (recorded as provenance in every store)."""
+    """Hex sha256 digest of a regular file's bytes (recorded as provenance in every store)."""
+    regular_file(path, "file")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -38,6 +38,7 @@ from sitegen.classify_page import summary_paths
 from sitegen.explorer_page import provenance, write_run_data
 from sitegen.filters import encode_tile, save_cache, site_tile  # noqa: F401 (site_tile: API)
 # (build() hands ``encode_tile`` to the filter steps by its name here, so a caller can swap it)
+from sitegen.names import unique_ids
 from sitegen.options import Options
 from sitegen.page import ANALYSES, TEMPLATES, Page, Site, environment
 from sitegen.reader import Store, Summary, find_stores, open_store
@@ -63,13 +64,8 @@ class BuildResult:
 # -- runs ----------------------------------------------------------------------------------------
 
 def run_ids(stores: list[Store]) -> list[str]:
-    ids, seen = [], {}
-    for st in stores:
-        base = slug(st.path.name[:-5] if st.path.name.endswith(".zarr") else st.path.name)
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        ids.append(base if n == 0 else f"{base}-{n + 1}")
-    return ids
+    """Distinct ids (file names) of the runs, after their stores' folders (sitegen/names.py)."""
+    return unique_ids([slug(st.path.name.removesuffix(".zarr")) for st in stores])
 
 
 def load_stores(paths: list[Path]) -> list[Store]:
@@ -104,8 +100,8 @@ def comparison_groups(runs: list[dict]) -> list[dict]:
     for r in runs:
         groups.setdefault(r["sha"], []).append(r)
     group_list = []
-    for sha, members in sorted(groups.items()):
-        gid = slug(sha[:12]) if sha else "unknown"
+    gids = unique_ids([slug(sha[:12]) if sha else "unknown" for sha in sorted(groups)])
+    for gid, (sha, members) in zip(gids, sorted(groups.items())):
         group_list.append({"id": gid, "sha": sha, "runs": members,
                            "image": Path(members[0]["prov"]["image_path"]).name,
                            "comparable": len(members) > 1})

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup, escape
 
+from sitegen.names import unique_ids
 from sitegen.page import Page, Site
 from sitegen.reader import Classify, Summary, classify_complete, read_classify
 from sitegen.tiles import encode_block
@@ -223,7 +224,7 @@ def run_page(st, rid: str, c: Classify, precision: str, write) -> dict:
 
 # -- the pages --------------------------------------------------------------------------------------
 
-def summary_view(s: Summary, run_by_store: dict[str, dict]) -> dict:
+def summary_view(s: Summary, run_by_store: dict[str, dict], sid: str | None = None) -> dict:
     a, arr = s.attrs, s.arrays
     terms = list(a["terms"])
     series = [("clean", arr["contributions_mean"], arr["contributions_std"])]
@@ -250,7 +251,7 @@ def summary_view(s: Summary, run_by_store: dict[str, dict]) -> dict:
                        "top1": _label(labels, int(arr["top1"][i])),
                        "share": pct(arr["residual_share"][i])})
     model = (a.get("model") or {}).get("id", "?")
-    return {"id": slug_summary(s), "name": s.name, "model": model, "table": table,
+    return {"id": sid or slug_summary(s), "name": s.name, "model": model, "table": table,
             "plot": band_svg(terms, series), "stats": stats, "images": images,
             "share_rule": a.get("share_rule", ""), "std_rule": a.get("std", ""),
             "adversarial": s.adversarial is not None}
@@ -284,8 +285,13 @@ class ClassifyPage(Page):
             if c is None:
                 continue
             r["classify"] = run_page(r["store"], r["id"], c, site.opts.precision, site.w.write)
-        by_store = {r["store"].path.name: r for r in site.runs}
-        views = [summary_view(s, by_store) for s in site.summaries]
+        # a summary names its images' stores by folder name: a name two runs share links to neither
+        names = [r["store"].path.name for r in site.runs]
+        by_store = {n: r for n, r in zip(names, site.runs) if names.count(n) == 1}
+        # summaries' pages share classify/ with the runs' pages: ids distinct from both
+        sids = unique_ids([slug_summary(s) for s in site.summaries],
+                          taken={r["id"] for r in site.runs})
+        views = [summary_view(s, by_store, sid) for s, sid in zip(site.summaries, sids)]
         for r in site.runs:
             if r["classify"] is not None:
                 site.render("classify.html", f"classify/{r['id']}.html", root="../", run=r)

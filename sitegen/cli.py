@@ -130,7 +130,9 @@ def _yaml_loader():
     (precompute/config.py has the same rule; sitegen never imports precompute.)"""
     import yaml
 
-    class Loader(yaml.SafeLoader):
+    from precompute.yaml_limits import DepthLimited  # torch-free
+
+    class Loader(DepthLimited, yaml.SafeLoader):
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:

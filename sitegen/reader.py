@@ -7,7 +7,6 @@ LinearScope, a damaged array) raises :class:`StoreError` with one sentence for t
 
 from __future__ import annotations
 
-import json
 import math
 import stat
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+
+from precompute import store_format  # torch-free (precompute/__init__.py imports lazily)
 
 FORMAT_VERSION = 1
 KINDS = ("columns", "rows")
@@ -30,6 +31,11 @@ def _whole(arr) -> np.ndarray:
 
 
 def _check_declared(arr) -> None:
+    if arr.path in store_format.WRITTEN_WHOLE:
+        problem = store_format.whole_missing(arr)  # every chunk, whatever the size
+        if problem:
+            raise StoreError(f"{arr.store.root}: {problem}; the store is damaged")
+        return
     if math.prod(int(n) for n in arr.shape) * arr.dtype.itemsize <= 64 << 20:
         return  # small enough to read whatever it declares (empty chunks may be absent)
     grid = arr.shards or arr.chunks
@@ -83,12 +89,14 @@ class Store:
         if not self.path.is_dir() or not zj.is_file():
             raise StoreError(f"{self.path} is not a LinearScope store (no zarr.json)")
         try:
-            meta = json.loads(zj.read_text())
-        except (OSError, ValueError) as e:
-            raise StoreError(f"{self.path}: unreadable zarr.json ({e})") from None
-        if meta.get("node_type") != "group":
+            meta = store_format.read_json(zj)  # bounded size and nesting
+        except store_format.FormatError as e:
+            raise StoreError(f"{self.path}: {e}; the store is damaged") from None
+        if not isinstance(meta, dict) or meta.get("node_type") != "group":
             raise StoreError(f"{self.path} is not a LinearScope store (not a Zarr group)")
         attrs = meta.get("attributes") or {}
+        if not isinstance(attrs, dict):
+            raise StoreError(f"{self.path}: damaged zarr.json (attributes are not a mapping)")
         version = attrs.get("format_version")
         if version is None and attrs.get("linearscope_creating"):
             raise StoreError(f"{self.path} is still being created, or its creation was "
@@ -108,6 +116,15 @@ class Store:
             self.attrs = dict(self.group.attrs)
         except Exception as e:  # zarr raises many types for damaged metadata
             raise StoreError(f"{self.path}: cannot open the Zarr group ({e})") from None
+        # attributes (schema), links, array metadata, arrays written whole: the check precompute
+        # makes too (precompute/store_format.py, torch-free); here no link at all is followed
+        try:
+            problem = store_format.store_problem(self.path, self.group, self.attrs)
+        except Exception as e:  # noqa: BLE001 — an array's metadata zarr cannot parse
+            problem = f"unreadable array metadata ({type(e).__name__})"
+        if problem:
+            raise StoreError(f"{self.path}: {problem}; the store is damaged or not a "
+                             "LinearScope store")
         self.format_version = version
         self.model = self.attrs.get("model") or {}
         self.image = self.attrs.get("image") or {}
@@ -239,8 +256,8 @@ class Store:
         if not zj.is_file():
             return None
         try:
-            attrs = json.loads(zj.read_text()).get("attributes") or {}
-        except (OSError, ValueError) as e:
+            attrs = store_format.read_json(zj).get("attributes") or {}
+        except (store_format.FormatError, AttributeError) as e:
             raise StoreError(f"{self.path}: unreadable svd/zarr.json ({e})") from None
         if not attrs.get("complete"):
             return None
@@ -345,8 +362,8 @@ def is_summary(path: str | Path) -> bool:
     """A dataset summary store (``kind: "summary"``) rather than the store of one run."""
     zj = Path(path) / "zarr.json"
     try:
-        return (json.loads(zj.read_text()).get("attributes") or {}).get("kind") == "summary"
-    except (OSError, ValueError):
+        return (store_format.read_json(zj).get("attributes") or {}).get("kind") == "summary"
+    except (store_format.FormatError, AttributeError):
         return False
 
 
@@ -362,6 +379,17 @@ class Summary:
             if not isinstance(version, int) or version > FORMAT_VERSION:
                 raise StoreError(f"{self.path} has format_version {version}, not one this "
                                  "sitegen reads: upgrade linearscope")
+            store_format.validate_attrs(self.attrs, summary=True)
+            link = store_format.first_link(self.path)
+            if link is not None:
+                raise StoreError(f"{self.path}: {link}; the store is damaged")
+            for k, a in list(g.arrays()) + (list(g["adversarial"].arrays())
+                                            if "adversarial" in g else []):
+                problem = store_format.array_problem(k, a.shape, a.chunks, a.shards, str(a.dtype),
+                                                     {"shape": tuple(a.shape), "dtype": str(a.dtype),
+                                                      "chunks": tuple(a.shape), "shards": None})
+                if problem:
+                    raise StoreError(f"{self.path}: {problem}; the store is damaged")
             self.arrays = {k: _whole(a) for k, a in g.arrays()}
             self.adversarial = None
             if "adversarial" in g:
@@ -369,6 +397,8 @@ class Summary:
                 self.adversarial = (dict(a.attrs), {k: _whole(v) for k, v in a.arrays()})
         except StoreError:
             raise
+        except store_format.FormatError as e:
+            raise StoreError(f"{self.path}: {e}; the store is damaged") from None
         except Exception as e:
             raise StoreError(f"{self.path}: cannot read the dataset summary ({e})") from None
         self.name = str(self.attrs.get("name") or self.path.stem)

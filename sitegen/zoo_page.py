@@ -86,6 +86,9 @@ def write(w, env, summaries: list[Summary], datasets: list[dict], runs: list[dic
     for key, members in groups(summaries, runs):
         gid = f"zoo-{key}"
         models = [model_view(s, by_store) for s in members]
+        for s, m in zip(members, models):  # the dataset page's own (unique) id
+            if id(s) in view_of:
+                m["id"] = view_of[id(s)]["id"]
         view = {"id": gid, "dataset": _dataset_name(members), "models": models,
                 "count": models[0]["clean"]["n"],
                 "adversarial": any(m["adversarial"] for m in models)}

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: precompute, bottom to top (docs/ARCHITECTURE.md, "Layers")
 PRECOMPUTE_LAYERS = [
-    ("foundation", {"errors", "text", "config", "probes", "batch_dims"}),
+    ("foundation", {"errors", "text", "config", "probes", "batch_dims", "store_format",
+                    "launch", "yaml_limits"}),
     ("rules and models", {"rules", "optable", "models", "models.base", "models.checkpoint",
                           "models.common", "models.bicubic", "models.classifiers",
                           "models.custom", "models.cyclegan", "models.digits", "models.digits_zoo",
@@ -34,7 +35,7 @@ PRECOMPUTE_LAYERS = [
 
 #: sitegen, bottom to top; sitegen reads stores without torch or the interpreter
 SITEGEN_LAYERS = [
-    ("readers", {"reader", "tiles", "util"}),
+    ("readers", {"reader", "tiles", "util", "names"}),
     ("site parts", {"options", "writer", "filters", "svd_gallery", "page"}),
     ("pages", {"svd_page", "classify_page", "explorer_page", "index_page", "zoo_page"}),
     ("build", {"pages", "build"}),
@@ -42,7 +43,8 @@ SITEGEN_LAYERS = [
 ]
 
 #: the only precompute modules sitegen may import: torch-free, below the interpreter
-SITEGEN_MAY_IMPORT = {"precompute.errors", "precompute.text"}
+SITEGEN_MAY_IMPORT = {"precompute.errors", "precompute.text", "precompute.store_format",
+                      "precompute.yaml_limits"}
 
 
 def _modules(package: str) -> dict[str, set[str]]:

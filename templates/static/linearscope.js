@@ -183,10 +183,8 @@
   }
 
   function readHash() {
-    var h = location.hash.replace(/^#/, "");
-    if (!h) return;
-    var kv = {};
-    h.split("&").forEach(function (p) { var i = p.indexOf("="); if (i > 0) kv[p.slice(0, i)] = decodeURIComponent(p.slice(i + 1)); });
+    var kv = hashParams(location.hash);
+    if (!kv) return;  // none, or malformed (#b=%E0%A4%A): the page opens in its default state
     if (kv.d === "in" || kv.d === "out") {
       state.d = kv.d; state.r = +kv.r || 0; state.y = +kv.y || 0; state.x = +kv.x || 0;
       state.pin = kv.pin === "1";
@@ -649,6 +647,24 @@
     });
   }
 
+  /** The key=value pairs of a permalink's fragment, or null when there is none or it is
+   * malformed: decodeURIComponent throws URIError on a bad escape ("%", "%E0%A4%A"), which would
+   * stop the page initialising, so a bad link opens the page in its default state instead. */
+  function hashParams(hash) {
+    var h = String(hash || "").replace(/^#/, "");
+    if (!h) return null;
+    var kv = {};
+    try {
+      h.split("&").forEach(function (p) {
+        var i = p.indexOf("=");
+        if (i > 0) kv[p.slice(0, i)] = decodeURIComponent(p.slice(i + 1));
+      });
+    } catch (e) {
+      return null;
+    }
+    return kv;
+  }
+
   // Shared with the other pages (svd.js, classify.js): decoding of blobs written by
   // sitegen/tiles.py (encode_block), colormaps and value formatting. Pages draw with these so
   // every view of the site decodes and colours values the same way.
@@ -659,7 +675,7 @@
       return decodeEntry([0, 0, 0, 0, null, scale, blob], { precision: precision });
     },
     CMAPS: CMAPS, lut: lut, tailParams: tailParams, tmap: tmap, tinv: tinv, fmt: fmt,
-    hooks: hooks
+    hooks: hooks, hashParams: hashParams
   };
 
   LS.init = function (opts) {

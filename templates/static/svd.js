@@ -244,9 +244,11 @@
 
   // -- controls, keys, address -------------------------------------------------------------------------
   function readHash() {
-    location.hash.replace(/^#/, "").split("&").forEach(function (p) {
-      var j = p.indexOf("="), k = p.slice(0, j), v = decodeURIComponent(p.slice(j + 1));
-      if (k === "i" && isFinite(+v)) state.i = Math.max(0, Math.round(+v) - 1);
+    var kv = U.hashParams(location.hash);  // null for a malformed link: default state
+    if (!kv) return;
+    Object.keys(kv).forEach(function (k) {
+      var v = kv[k];
+      if (k === "i" && v !== "" && isFinite(+v)) state.i = Math.max(0, Math.round(+v) - 1);
       if (k === "c" && (v === "rgb" || /^\d+$/.test(v))) state.c = v;
       if (k === "cm" && U.CMAPS[v]) state.cm = v;
       if (k === "n" && (v === "v" || v === "c")) state.n = v;
