@@ -284,6 +284,7 @@ class RunPlan:
     li: object = None              # the LinearInterpreter, built on first use
     engine: Engine | None = None
     checks: dict | None = None     # the gate's measured identities (stored as `checks`)
+    freivalds: object = None       # precompute.freivalds.Tally of this process's sweep
     # probing (precompute.compressed): method per analysis, the structural support, blocks
     probing: dict[str, Cm.ProbingPlan] = field(default_factory=dict)
     probing_costs: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -833,6 +834,8 @@ def finish(rp: RunPlan, timings: dict[str, float]) -> None:
         for k, v in timings.items():
             if k != "residual":
                 t_old[k] = float(t_old.get(k, 0.0)) + v
+        if rp.freivalds is not None and rp.freivalds.units:  # the sweep's Freivalds checks
+            g.attrs["checks"] = rp.freivalds.merged(dict(g.attrs.get("checks") or {}))
         g.attrs.update({"timings": t_old, "device": describe_device(rp.device),
                         "oom_splits": int(g.attrs.get("oom_splits", 0)) + eng.oom_splits})
     if eng.oom_splits:

@@ -1,0 +1,166 @@
+"""Freivalds checks of the filters a run writes: every unit of work proves itself (issue 15).
+
+Compressed probing (:mod:`precompute.compressed`) decodes many filters out of one probe; it is
+exact only if the structural support is. Before the tiles of a unit of work — a block of
+compressed probes, or a tile of single impulses — go to the writer, the filters decoded for it,
+*over their whole support* (not only what the windows keep), are checked against the network
+itself by Freivalds' randomized test: for ``N_VECTORS`` random Gaussian vectors ``v`` supported
+on the unit's filters (pixel × channel of the probed domain),
+
+    Σ_j v_j · filter_j   =?   F·v   (columns, one forward pass, paper eq. 5)
+    Σ_i u_i · row_i      =?   Fᵀ·u  (rows, one backward pass, eq. 6)
+
+A wrong decoding (two impulses of a probe reaching one output value, a value attributed to the
+wrong impulse or dropped) changes the left side by a non-zero linear form in ``v``, which a
+Gaussian ``v`` misses with probability 0; what remains is round-off, so the comparison uses the
+gate's tolerance (:func:`precompute.interpreter.gate_tolerance`): the relative error
+``‖lhs − rhs‖∞ / max(‖lhs‖∞, ‖rhs‖∞)``. The vectors are seeded by the unit (reproducible).
+
+:class:`Sketch` accumulates the left side while the filters are decoded (the decoders call
+:meth:`Sketch.add_own`, :meth:`Sketch.add_transposed` or :meth:`Sketch.add_full`);
+:func:`check` runs the right side and raises :class:`FreivaldsError` above the tolerance.
+``precompute verify`` runs the same test over the stored windows (:mod:`precompute.verify`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from precompute.config import UserError
+
+#: random vectors per unit of work (one extra pass of this many probes)
+N_VECTORS = 2
+
+
+class FreivaldsError(UserError):
+    """A unit's decoded filters disagree with the network beyond the gate's tolerance."""
+
+
+def _rng(analysis: str, unit: tuple[int, int], salt: int = 0) -> np.random.Generator:
+    return np.random.default_rng([{"columns": 1, "rows": 2}[analysis], unit[0], unit[1], salt])
+
+
+class Sketch:
+    """``Σ_j v_j · filter_j`` for ``N_VECTORS`` random vectors over the probed domain of ``lay``
+    (``lay.probe_shape``), supported where ``mask`` (H, W) is true (every channel)."""
+
+    def __init__(self, lay, mask: np.ndarray, unit: tuple[int, int], what: str, salt: int = 0):
+        self.analysis, self.unit, self.what = lay.name, unit, what
+        rng = _rng(lay.name, unit, salt)
+        self.v = rng.standard_normal((N_VECTORS,) + tuple(lay.probe_shape)) * mask
+        self.acc = np.zeros((N_VECTORS,) + tuple(lay.other_shape), dtype=np.float64)
+
+    # -- the left side, as filters are decoded ---------------------------------------------------
+    def add_own(self, sub: np.ndarray, us: np.ndarray, vs: np.ndarray, ci: np.ndarray,
+                cj: np.ndarray, channel: int) -> None:
+        """Filters decoded from one probe (its own domain): the probe's output values ``sub``
+        (C_other, nu, nv) at other-domain pixels ``us × vs`` belong to the filter of probed pixel
+        (``channel``, ``ci[u]``, ``cj[v]``)."""
+        w = self.v[:, channel][:, ci[:, None], cj[None, :]]           # (N, nu, nv)
+        self.acc[:, :, us[:, None], vs[None, :]] += w[:, None] * sub[None]
+
+    def add_transposed(self, sub: np.ndarray, us: np.ndarray, vs: np.ndarray, ci: np.ndarray,
+                       cj: np.ndarray, channel: int) -> None:
+        """Rows read out of a forward probe: ``sub`` (C', nu, nv) holds, for output pixel
+        (``us[u]``, ``vs[v]``) and every output channel, ``F[(·, u, v), (channel, ci[u], cj[v])]``."""
+        s = np.einsum("rbuv,buv->ruv", self.v[:, :, us][:, :, :, vs], sub.astype(np.float64))
+        h, w = self.acc.shape[2:]
+        flat = (ci[:, None] * w + cj[None, :]).ravel()
+        for r in range(N_VECTORS):
+            self.acc[r, channel] += np.bincount(flat, s[r].ravel(), h * w).reshape(h, w)
+
+    def add_full(self, full: torch.Tensor, channels, ys, xs) -> None:
+        """Whole filters of single impulses: ``full`` (K, C_other, H_o, W_o) of probed pixels
+        (``channels[k]``, ``ys[k]``, ``xs[k]``)."""
+        w = torch.as_tensor(self.v[:, channels, ys, xs], device=full.device)   # (N, K)
+        self.acc += (w @ full.flatten(1).to(torch.float64)).reshape(self.acc.shape).cpu().numpy()
+
+
+def check(engine, sketch: Sketch, tolerance: float) -> float:
+    """The right side ``F·v`` (columns) or ``Fᵀ·u`` (rows) in one pass, compared with the
+    sketch; returns the relative error, raises :class:`FreivaldsError` above ``tolerance``."""
+    v = torch.as_tensor(sketch.v, device=engine.device).to(engine.dtype)
+    with torch.no_grad():
+        ref = engine.apply(v, sketch.analysis).detach().to(torch.float64).cpu().numpy()
+    err = relative_error(sketch.acc, ref)
+    if not err <= tolerance:  # NaN fails too
+        raise FreivaldsError(
+            f"the {sketch.analysis} of {sketch.what} fail their Freivalds check: "
+            f"Σ v·{sketch.analysis[:-1]} differs from {'F·v' if sketch.analysis == 'columns' else 'Fᵀ·u'}"
+            f" by {err:.2e} (relative) > tolerance {tolerance:.2g}; nothing of this block was "
+            "written. Compressed probing decoded them wrongly for this model: set `probing: "
+            "single` in the config (and please report the model)")
+    return err
+
+
+def relative_error(lhs: np.ndarray, rhs: np.ndarray) -> float:
+    """``‖lhs − rhs‖∞ / max(‖lhs‖∞, ‖rhs‖∞)`` (0 when both vanish)."""
+    scale = max(float(np.abs(lhs).max(initial=0.0)), float(np.abs(rhs).max(initial=0.0)))
+    return float(np.abs(lhs - rhs).max(initial=0.0)) / scale if scale > 0 else 0.0
+
+
+def block_sketch(lay, block) -> Sketch:
+    """The sketch of one block of compressed probes: ``v`` on the block's selected pixels."""
+    from precompute import compressed as Cm
+
+    mask = np.zeros(lay.probe_shape[1:], dtype=bool)
+    sy = Cm._selected(lay.probe_shape[1], lay.selection, 0, block.y0, block.y1)
+    sx = Cm._selected(lay.probe_shape[2], lay.selection, 1, block.x0, block.x1)
+    mask[block.y0:block.y1, block.x0:block.x1] = sy[:, None] & sx[None, :]
+    return Sketch(lay, mask, (block.by, block.bx),
+                  f"block ({block.by}, {block.bx}) (pixels y {block.y0}–{block.y1 - 1}, "
+                  f"x {block.x0}–{block.x1 - 1})")
+
+
+def tile_sketch(lay, tile) -> Sketch:
+    """The sketch of one tile of single impulses: ``v`` on the tile's selected pixels."""
+    from precompute import probes as P
+
+    mask = np.zeros(lay.probe_shape[1:], dtype=bool)
+    pixels = P.tile_pixels(tile, lay.selection)
+    if pixels:
+        ii, jj = zip(*pixels)
+        mask[list(ii), list(jj)] = True
+    return Sketch(lay, mask, (tile.ty, tile.tx),
+                  f"tile ({tile.ty}, {tile.tx}) (pixels y {tile.y0}–{tile.y1 - 1}, "
+                  f"x {tile.x0}–{tile.x1 - 1})", salt=1)
+
+
+def tolerance(engine) -> float:
+    """The gate's tolerance for the engine's dtype and device (TF32 included)."""
+    from precompute.interpreter import gate_tolerance, tf32_enabled
+
+    tf32 = engine.dtype == torch.float32 and tf32_enabled(engine.device)
+    return gate_tolerance(engine.dtype, tf32)
+
+
+class Tally:
+    """The worst error and the count of checked units per analysis (``attrs.checks``), and the
+    seconds the checks' passes took."""
+
+    def __init__(self):
+        self.worst: dict[str, float] = {}
+        self.units: dict[str, int] = {}
+        self.seconds = 0.0
+
+    def check(self, engine, sketch: Sketch) -> float:
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            err = check(engine, sketch, tolerance(engine))
+        finally:
+            self.seconds += time.perf_counter() - t0
+        self.worst[sketch.analysis] = max(self.worst.get(sketch.analysis, 0.0), err)
+        self.units[sketch.analysis] = self.units.get(sketch.analysis, 0) + 1
+        return err
+
+    def merged(self, checks: dict) -> dict:
+        """``checks`` with this process's results added (worst of both, units summed):
+        ``freivalds_<analysis>_rel`` and ``freivalds_<analysis>_units``."""
+        out = dict(checks)
+        for a, err in self.worst.items():
+            out[f"freivalds_{a}_rel"] = max(float(out.get(f"freivalds_{a}_rel", 0.0)), err)
+            out[f"freivalds_{a}_units"] = float(out.get(f"freivalds_{a}_units", 0.0)) + self.units[a]
+        return out
