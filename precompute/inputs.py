@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from precompute.config import UserError
+from precompute.environment import env_int
 
 
 def sha256_file(path: Path) -> str:
@@ -40,11 +41,11 @@ def resolve_device(device: str) -> torch.device:
         raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cuda", env_int("LOCAL_RANK", 0))
         return torch.device("cpu")
     d = torch.device(device)
     if device == "cuda" and "LOCAL_RANK" in os.environ:
-        d = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: one GPU per process
+        d = torch.device("cuda", env_int("LOCAL_RANK", 0))  # torchrun: one GPU per process
     if d.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device {device} requested but CUDA is not available here (use cpu or auto)")
@@ -95,6 +96,21 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
+def input_size(cfg: dict) -> tuple[int, int] | None:
+    """(height, width) of the run's input: the crop's, else the image's (read from its header
+    only); None when unknown (reading the image reports the problem later)."""
+    crop = cfg.get("crop")
+    if crop is not None:
+        return int(crop[2]), int(crop[3])
+    try:
+        from PIL import Image
+
+        with Image.open(cfg["image"]) as im:
+            return im.height, im.width
+    except Exception:  # noqa: BLE001 — read_image reports unreadable images in one line
+        return None
+
+
 def load_spec(cfg: dict, base_dir: Path | None, random_weights: bool = False):
     """The ModelSpec of a resolved config dict (on the CPU, float32); UserError if unusable."""
     from precompute.models import ModelError, load_model
@@ -104,7 +120,8 @@ def load_spec(cfg: dict, base_dir: Path | None, random_weights: bool = False):
         kw = {"random_weights": True} if random_weights else {}  # benchmarks only
         return load_model(m["arch"], scale=m.get("scale"), checkpoint=m.get("checkpoint"),
                           weights=m.get("weights"), base_dir=base_dir,
-                          preprocess=m.get("preprocess", "auto"), **kw)
+                          preprocess=m.get("preprocess", "auto"), input_size=input_size(cfg),
+                          **kw)
     except ModelError as e:
         raise UserError(str(e)) from None
 

@@ -526,9 +526,11 @@ def _estimate(rp: RunPlan) -> None:
 def block_budget() -> int:
     """Bytes one block of compressed probing may hold (windows + norms): a quarter of the free
     RAM, at most 1 GiB (``LINEARSCOPE_BLOCK_BYTES`` overrides it). Recorded per store."""
-    env = os.environ.get("LINEARSCOPE_BLOCK_BYTES")
-    if env:
-        return int(env)
+    from precompute.environment import env_int
+
+    env = env_int("LINEARSCOPE_BLOCK_BYTES")
+    if env is not None:
+        return env
     return int(min(1 << 30, mem_available() // 4))
 
 
@@ -888,8 +890,15 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
 def parse_shard(text: str | None) -> tuple[int, int]:
     """``I/N`` from --shard, else RANK/WORLD_SIZE (torchrun), else 0/1."""
     if text is None:
-        ws = int(os.environ.get("WORLD_SIZE", "1"))
-        return (int(os.environ.get("RANK", "0")), ws) if ws > 1 else (0, 1)
+        from precompute.environment import env_int
+
+        ws = env_int("WORLD_SIZE", 1, minimum=1)
+        if ws <= 1:
+            return (0, 1)
+        rank = env_int("RANK", 0)
+        if rank >= ws:
+            raise UserError(f"environment variable RANK={rank} must be below WORLD_SIZE={ws}")
+        return (rank, ws)
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
