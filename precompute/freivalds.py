@@ -164,3 +164,38 @@ class Tally:
             out[f"freivalds_{a}_rel"] = max(float(out.get(f"freivalds_{a}_rel", 0.0)), err)
             out[f"freivalds_{a}_units"] = float(out.get(f"freivalds_{a}_units", 0.0)) + self.units[a]
         return out
+
+
+# --- `precompute verify`: the same test over the stored windows --------------------------------
+
+
+def stored_tile(engine, lay, values: np.ndarray, origin: np.ndarray, outside: np.ndarray,
+                tile, tolerance: float) -> tuple[float | None, int, int]:
+    """Freivalds' test of one stored tile: ``Σ_j v_j · window_j`` (each window placed at its
+    origin) against ``F·v`` (columns) or ``Fᵀ·u`` (rows), for ``N_VECTORS`` random ``v``
+    supported on the tile's filters whose window holds the whole filter (stored outside
+    fraction exactly 0: nothing of F lies outside, so the sum is the whole of ``F·v``).
+
+    ``values`` (th, tw, C_probe, C_other, wh, ww), ``origin`` (th, tw, 2), ``outside``
+    (th, tw, C_probe) are the tile's stored arrays. Returns (relative error or None when no
+    window of the tile is full, filters checked, filters stored)."""
+    th, tw = origin.shape[:2]
+    wh, ww = lay.window
+    stored = (origin[..., 0] >= 0)[..., None] & np.isfinite(outside)
+    full = stored & (outside == 0)
+    n_full, n_stored = int(full.sum()), int(stored.sum())
+    if n_full == 0:
+        return None, 0, n_stored
+    rng = _rng(lay.name, (tile.ty, tile.tx), salt=2)
+    v_tile = rng.standard_normal((N_VECTORS, th, tw, lay.probe_shape[0])) * full
+    v = np.zeros((N_VECTORS,) + tuple(lay.probe_shape))
+    v[:, :, tile.y0:tile.y0 + th, tile.x0:tile.x0 + tw] = v_tile.transpose(0, 3, 1, 2)
+    lhs = np.zeros((N_VECTORS,) + tuple(lay.other_shape))
+    for y, x in np.argwhere(full.any(-1)):
+        oy, ox = origin[y, x]
+        win = np.nan_to_num(values[y, x].astype(np.float64))          # (C_p, C_o, wh, ww)
+        lhs[:, :, oy:oy + wh, ox:ox + ww] += np.einsum("rc,cohw->rohw", v_tile[:, y, x], win)
+    vt = torch.as_tensor(v, device=engine.device).to(engine.dtype)
+    with torch.no_grad():
+        rhs = engine.apply(vt, lay.name).detach().to(torch.float64).cpu().numpy()
+    return relative_error(lhs, rhs), n_full, n_stored
