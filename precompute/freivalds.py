@@ -4,11 +4,14 @@ Compressed probing (:mod:`precompute.compressed`) decodes many filters out of on
 exact only if the structural support is. Before the tiles of a unit of work — a block of
 compressed probes, or a tile of single impulses — go to the writer, the filters decoded for it,
 *over their whole support* (not only what the windows keep), are checked against the network
-itself by Freivalds' randomized test: for ``N_VECTORS`` random Gaussian vectors ``v`` supported
-on the unit's filters (pixel × channel of the probed domain),
+itself by Freivalds' randomized test, for ``N_VECTORS`` random Gaussian vectors ``v``:
 
-    Σ_j v_j · filter_j   =?   F·v   (columns, one forward pass, paper eq. 5)
-    Σ_i u_i · row_i      =?   Fᵀ·u  (rows, one backward pass, eq. 6)
+    Σ_j v_j · column_j   =?   F·v        (columns: v supported on the unit's input pixels)
+    row_i · v            =?   (F·v)_i    (rows: v on the whole input, i the unit's output pixels)
+
+— the right sides of every analysis of the unit in one forward pass (paper eq. 5). (Checking the
+rows by ``Σ_i u_i · row_i = Fᵀ·u`` would need a backward pass at about twice the cost; ``R·v``
+tests the same matrix R of the unit's rows from the other side, every entry included.)
 
 A wrong decoding (two impulses of a probe reaching one output value, a value attributed to the
 wrong impulse or dropped) changes the left side by a non-zero linear form in ``v``, which a
@@ -29,7 +32,7 @@ import torch
 
 from precompute.config import UserError
 
-#: random vectors per unit of work (one extra pass of this many probes)
+#: random vectors per unit of work and analysis (checked in one extra forward pass per unit)
 N_VECTORS = 2
 
 
@@ -42,56 +45,88 @@ def _rng(analysis: str, unit: tuple[int, int], salt: int = 0) -> np.random.Gener
 
 
 class Sketch:
-    """``Σ_j v_j · filter_j`` for ``N_VECTORS`` random vectors over the probed domain of ``lay``
-    (``lay.probe_shape``), supported where ``mask`` (H, W) is true (every channel)."""
+    """The left side of Freivalds' test for the filters of one unit of work of ``lay``.
+
+    Columns: ``acc = Σ_j v_j · column_j`` over the other (output) domain, for ``v`` over the input
+    supported where ``mask`` (H, W) is true (every channel); compared with ``F·v`` everywhere.
+    Rows: ``acc_i = row_i · v`` for the unit's output pixels ``i`` (``mask`` over the output),
+    ``v`` over the whole input; compared with ``(F·v)_i`` there. Both need one forward pass
+    (a backward pass ``Fᵀ·u`` would check rows as well, at about twice the cost); both check
+    every entry of every filter, inside its window or not."""
 
     def __init__(self, lay, mask: np.ndarray, unit: tuple[int, int], what: str, salt: int = 0):
         self.analysis, self.unit, self.what = lay.name, unit, what
         rng = _rng(lay.name, unit, salt)
-        self.v = rng.standard_normal((N_VECTORS,) + tuple(lay.probe_shape)) * mask
-        self.acc = np.zeros((N_VECTORS,) + tuple(lay.other_shape), dtype=np.float64)
+        self.mask = mask
+        if lay.name == "columns":
+            self.v = rng.standard_normal((N_VECTORS,) + tuple(lay.probe_shape)) * mask
+            self.acc = np.zeros((N_VECTORS,) + tuple(lay.other_shape))
+        else:
+            self.v = rng.standard_normal((N_VECTORS,) + tuple(lay.other_shape))
+            self.acc = np.zeros((N_VECTORS,) + tuple(lay.probe_shape))
 
     # -- the left side, as filters are decoded ---------------------------------------------------
     def add_own(self, sub: np.ndarray, us: np.ndarray, vs: np.ndarray, ci: np.ndarray,
                 cj: np.ndarray, channel: int) -> None:
-        """Filters decoded from one probe (its own domain): the probe's output values ``sub``
+        """Filters decoded from one probe of their own domain: the probe's output values ``sub``
         (C_other, nu, nv) at other-domain pixels ``us × vs`` belong to the filter of probed pixel
         (``channel``, ``ci[u]``, ``cj[v]``)."""
-        w = self.v[:, channel][:, ci[:, None], cj[None, :]]           # (N, nu, nv)
-        self.acc[:, :, us[:, None], vs[None, :]] += w[:, None] * sub[None]
-
-    def add_transposed(self, sub: np.ndarray, us: np.ndarray, vs: np.ndarray, ci: np.ndarray,
-                       cj: np.ndarray, channel: int) -> None:
-        """Rows read out of a forward probe: ``sub`` (C', nu, nv) holds, for output pixel
-        (``us[u]``, ``vs[v]``) and every output channel, ``F[(·, u, v), (channel, ci[u], cj[v])]``."""
-        s = np.einsum("rbuv,buv->ruv", self.v[:, :, us][:, :, :, vs], sub.astype(np.float64))
+        if self.analysis == "columns":
+            w = self.v[:, channel][:, ci[:, None], cj[None, :]]           # (N, nu, nv)
+            self.acc[:, :, us[:, None], vs[None, :]] += w[:, None] * sub[None]
+            return
+        # rows from backward probes: entries (·, us, vs) of the row of output pixel (channel, ci, cj)
+        s = np.einsum("rauv,auv->ruv", self.v[:, :, us][:, :, :, vs], sub.astype(np.float64))
         h, w = self.acc.shape[2:]
         flat = (ci[:, None] * w + cj[None, :]).ravel()
         for r in range(N_VECTORS):
             self.acc[r, channel] += np.bincount(flat, s[r].ravel(), h * w).reshape(h, w)
 
+    def add_transposed(self, sub: np.ndarray, us: np.ndarray, vs: np.ndarray, ci: np.ndarray,
+                       cj: np.ndarray, channel: int) -> None:
+        """Rows read out of a forward probe: ``sub`` (C', nu, nv) holds, for output pixel
+        (``us[u]``, ``vs[v]``) and every output channel, ``F[(·, u, v), (channel, ci[u], cj[v])]``."""
+        w = self.v[:, channel][:, ci[:, None], cj[None, :]]               # (N, nu, nv)
+        self.acc[:, :, us[:, None], vs[None, :]] += w[:, None] * sub[None]
+
     def add_full(self, full: torch.Tensor, channels, ys, xs) -> None:
         """Whole filters of single impulses: ``full`` (K, C_other, H_o, W_o) of probed pixels
         (``channels[k]``, ``ys[k]``, ``xs[k]``)."""
-        w = torch.as_tensor(self.v[:, channels, ys, xs], device=full.device)   # (N, K)
-        self.acc += (w @ full.flatten(1).to(torch.float64)).reshape(self.acc.shape).cpu().numpy()
+        f = full.flatten(1).to(torch.float64)
+        if self.analysis == "columns":
+            w = torch.as_tensor(self.v[:, channels, ys, xs], device=full.device)   # (N, K)
+            self.acc += (w @ f).reshape(self.acc.shape).cpu().numpy()
+            return
+        v = torch.as_tensor(self.v.reshape(N_VECTORS, -1), device=full.device)
+        self.acc[:, channels, ys, xs] += (v @ f.T).cpu().numpy()                  # (N, K)
+
+    def compare(self, fv: np.ndarray) -> float:
+        """The relative error against ``F·v`` (rows: at the unit's output pixels only)."""
+        if self.analysis == "columns":
+            return relative_error(self.acc, fv)
+        m = np.broadcast_to(self.mask, self.acc.shape)
+        return relative_error(self.acc[m], fv[m])
 
 
-def check(engine, sketch: Sketch, tolerance: float) -> float:
-    """The right side ``F·v`` (columns) or ``Fᵀ·u`` (rows) in one pass, compared with the
-    sketch; returns the relative error, raises :class:`FreivaldsError` above ``tolerance``."""
-    v = torch.as_tensor(sketch.v, device=engine.device).to(engine.dtype)
+def check(engine, sketches: list, tolerance: float) -> list[float]:
+    """The right sides ``F·v`` of every sketch in one forward pass, compared with the
+    sketches; returns their relative errors, raises :class:`FreivaldsError` for the first one
+    above ``tolerance``."""
+    v = torch.cat([torch.as_tensor(s.v) for s in sketches]).to(engine.device, engine.dtype)
     with torch.no_grad():
-        ref = engine.apply(v, sketch.analysis).detach().to(torch.float64).cpu().numpy()
-    err = relative_error(sketch.acc, ref)
-    if not err <= tolerance:  # NaN fails too
-        raise FreivaldsError(
-            f"the {sketch.analysis} of {sketch.what} fail their Freivalds check: "
-            f"Σ v·{sketch.analysis[:-1]} differs from {'F·v' if sketch.analysis == 'columns' else 'Fᵀ·u'}"
-            f" by {err:.2e} (relative) > tolerance {tolerance:.2g}; nothing of this block was "
-            "written. Compressed probing decoded them wrongly for this model: set `probing: "
-            "single` in the config (and please report the model)")
-    return err
+        fv = engine.apply(v, "columns").detach().to(torch.float64).cpu().numpy()
+    errs = []
+    for n, sk in enumerate(sketches):
+        err = sk.compare(fv[n * N_VECTORS:(n + 1) * N_VECTORS])
+        if not err <= tolerance:  # NaN fails too
+            lhs = "Σ v·column" if sk.analysis == "columns" else "row·v"
+            raise FreivaldsError(
+                f"the {sk.analysis} of {sk.what} fail their Freivalds check: {lhs} differs from "
+                f"F·v by {err:.2e} (relative) > tolerance {tolerance:.2g}; nothing of this block "
+                "was written. Compressed probing decoded them wrongly for this model: set "
+                "`probing: single` in the config (and please report the model)")
+        errs.append(err)
+    return errs
 
 
 def relative_error(lhs: np.ndarray, rhs: np.ndarray) -> float:
@@ -144,17 +179,19 @@ class Tally:
         self.units: dict[str, int] = {}
         self.seconds = 0.0
 
-    def check(self, engine, sketch: Sketch) -> float:
+    def check(self, engine, sketches: list) -> list[float]:
+        """Check ``sketches`` (one unit's analyses) in one pass; raise on the first failure."""
         import time
 
         t0 = time.perf_counter()
         try:
-            err = check(engine, sketch, tolerance(engine))
+            errs = check(engine, sketches, tolerance(engine))
         finally:
             self.seconds += time.perf_counter() - t0
-        self.worst[sketch.analysis] = max(self.worst.get(sketch.analysis, 0.0), err)
-        self.units[sketch.analysis] = self.units.get(sketch.analysis, 0) + 1
-        return err
+        for sk, err in zip(sketches, errs):
+            self.worst[sk.analysis] = max(self.worst.get(sk.analysis, 0.0), err)
+            self.units[sk.analysis] = self.units.get(sk.analysis, 0) + 1
+        return errs
 
     def merged(self, checks: dict) -> dict:
         """``checks`` with this process's results added (worst of both, units summed):

@@ -90,7 +90,7 @@ def sweep(rp, writer: Writer) -> dict[str, float]:
                     sketch = Fv.tile_sketch(lay, tile)
                     block, origin, outside = tile_arrays(eng, lay, tile, k, np_dtype, bar.update,
                                                          sketch)
-                    tally.check(eng, sketch)  # before the writer: a failing tile is not written
+                    tally.check(eng, [sketch])  # before the writer: a failing tile is not written
                     writer.put((lay, tile, block, origin, outside))
                 timings[name] = time.perf_counter() - t0
                 continue
@@ -115,8 +115,8 @@ def sweep(rp, writer: Writer) -> dict[str, float]:
                 for t in targets:
                     t.sketch = Fv.block_sketch(t.lay, t.block)
                 Cm.run_probes(eng, support, probes, targets, k, np_dtype, progress)
-                for t in targets:  # every target proves itself before any tile is written
-                    tally.check(eng, t.sketch)
+                # every target proves itself (one pass for all) before any tile is written
+                tally.check(eng, [t.sketch for t in targets])
                 for t in targets:
                     for tile in tiles[t.lay.name]:
                         writer.put((t.lay, tile, *t.buf.tile(tile, np_dtype)))

@@ -95,7 +95,7 @@ def test_without_the_check_the_same_corruption_reaches_the_store(tmp_path, monke
     ok = _config(tmp_path / "ok", an)
     assert cli("run", "-q", ok, env=ENV).exit_code == 0
     _corrupt(monkeypatch, "_decode_own")
-    monkeypatch.setattr(Fv, "check", lambda engine, sketch, tol: 0.0)
+    monkeypatch.setattr(Fv, "check", lambda engine, sketches, tol: [0.0] * len(sketches))
     r = cli("run", "-q", cfg, env=ENV)
     assert r.exit_code == 0, r.output + r.stderr
     bad = precompute.open_store(tmp_path / "runs" / "s.zarr").array("columns")
@@ -124,7 +124,8 @@ def test_passing_checks_are_recorded(tmp_path, probing):
 
 
 def test_sketch_of_dense_columns_and_rows_matches_the_interpreter():
-    # Sketch.add_full against Σ_j v_j·F[:, j] from the dense F of a tiny model (float64)
+    # Sketch.add_full against the dense F of a tiny model (float64): Σ_j v_j·F[:, j] for the
+    # columns of a tile, F[i, :]·v for its rows
     from precompute import probes as P
     from precompute import store as S
     from precompute.engine import Engine
@@ -144,13 +145,15 @@ def test_sketch_of_dense_columns_and_rows_matches_the_interpreter():
         probes = P.tile_probes(tile, 2, 6, 6, lay.selection)
         full = eng.probe([p.flat for p in probes], name)
         sk.add_full(full, [p.c for p in probes], [p.i for p in probes], [p.j for p in probes])
-        m = dense if name == "columns" else dense.T
-        expect = (sk.v.reshape(2, -1) @ m.T).reshape(sk.acc.shape)
-        np.testing.assert_allclose(sk.acc, expect, rtol=0, atol=1e-12)
-        assert Fv.check(eng, sk, 1e-11) < 1e-13
-        sk.acc[0, 0, 0, 0] += 1e-3  # a wrong sum fails
+        fv = (sk.v.reshape(2, -1) @ dense.T).reshape(sk.acc.shape)
+        if name == "rows":  # only the tile's output pixels hold rows
+            fv = fv * sk.mask
+        np.testing.assert_allclose(sk.acc, fv, rtol=0, atol=1e-12)
+        assert Fv.check(eng, [sk], 1e-11)[0] < 1e-13
+        y, x = tile.y0, tile.x0
+        sk.acc[0, 0, y, x] += 1e-3  # a wrong sum fails
         with pytest.raises(Fv.FreivaldsError, match="Freivalds"):
-            Fv.check(eng, sk, 1e-11)
+            Fv.check(eng, [sk], 1e-11)
 
 
 def test_verify_checks_every_stored_tile_and_finds_a_changed_value(tmp_path):
