@@ -126,3 +126,34 @@ def test_structure_in_a_submodule_names_its_path():
     assert sup.is_global
     assert "`torch.Tensor.__getitem__` in module `1.1`" in sup.global_reason
     assert "max_pool2d_with_indices` in module `1.1`" in sup.global_reason
+
+
+@pytest.mark.slow
+def test_index_driven_model_in_float32_rows_only_two_shards(tmp_path):
+    # the other configurations of the issue: float32, rows only, windows smaller than the far
+    # read, two --shard processes; the store's attrs record the Freivalds checks of both shards
+    from sweep_helpers import run_shards
+
+    make_image(tmp_path / "img.png", 12, 12, seed=3)
+    cfg = write_config(tmp_path / "c.yaml", name="s",
+                       model={"arch": f"python:{FIX}:far_argmax"}, image="img.png",
+                       dtype="float32", output=str(tmp_path / "runs"),
+                       analyses={"residual": True, "columns": False,
+                                 "rows": {"window": 3, "tile": 4}})
+    run_shards(cfg, 2)
+    st = precompute.open_store(tmp_path / "runs" / "s.zarr")
+    assert st.attrs["probing"]["rows"]["method"] == "single"
+    assert st.attrs["checks"]["freivalds_rows_units"] == 9
+    x0 = torch.from_numpy(st.array("input")).double()[None]
+    J = torch.func.jacrev(_net("far_argmax"))(x0)[0, :, :, :, 0].detach().numpy()
+    vals, org, out = st.array("rows"), st.array("rows_origin"), st.array("rows_outside")
+    scale = np.abs(J).max()
+    for i, j in np.argwhere(org[..., 0] >= 0):
+        oy, ox = org[i, j]
+        np.testing.assert_allclose(vals[i, j], J[:, i, j, :, oy:oy + 3, ox:ox + 3], rtol=0,
+                                   atol=1e-5 * scale)
+        full = J[:, i, j]
+        frac = 1 - np.square(full[:, :, oy:oy + 3, ox:ox + 3]).sum((1, 2, 3)) / np.square(
+            full).sum((1, 2, 3))
+        np.testing.assert_allclose(out[i, j], frac, atol=1e-4)
+    assert (out > 0.05).any()  # the far reads lie outside the windows
