@@ -18,6 +18,10 @@ is therefore derived from the network, never from the data:
 * anything it does not know — an op without a support rule, a Taylor normalisation, a product of
   two probe-carrying tensors through ``matmul``, max unpooling at x0's indices, reads of values —
   raises :class:`GlobalSupport`: the sweep then falls back to one impulse per probe (fail closed);
+* integer and boolean tensors computed from probe-carrying values (max-pool ``return_indices``,
+  ``torch.max(x, dim)`` indices, casts) *carry structure*: their values are the probe's, while
+  the real run sees x0's, so any use of them (indexing, slicing, ``.item()``, a branch, a shape)
+  raises :class:`GlobalSupport` naming the op that made them and the op that used them;
 * line probes (every channel and column of a set of input rows, or of a set of columns) give, per
   axis, for every output row ``p`` a set ``C(p)`` of input rows that contains every input row any
   entry ``F[(·, p, ·), (·, i, ·)]`` can depend on (sound whatever the probe sets: an input row is
