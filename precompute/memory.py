@@ -98,8 +98,11 @@ def _snapshot(module: torch.nn.Module) -> list:
     are: a forward on fake tensors may cache a fake tensor in the model (``if self.pos is None
     or self.pos.shape[2:] != (h, w): self.pos = ...``), which the real forward would then use."""
     tables = ("_parameters", "_buffers", "_modules")
-    return [(m, dict(m.__dict__), {k: dict(m.__dict__[k]) for k in tables if k in m.__dict__})
-            for m in {id(m): m for m in module.modules()}.values()]
+    # (TorchScript modules run compiled code, which caches nothing in Python attributes)
+    return [(m, dict(m.__dict__), {k: dict(m.__dict__[k]) for k in tables
+                                   if isinstance(m.__dict__.get(k), dict)})
+            for m in {id(m): m for m in module.modules()}.values()
+            if not isinstance(m, torch.jit.ScriptModule)]
 
 
 def _restore(module: torch.nn.Module, saved: list) -> None:
