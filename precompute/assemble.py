@@ -21,9 +21,10 @@ from precompute.engine import Engine
 
 
 def tile_arrays(engine: Engine, lay: S.Layout, tile: P.Tile, k: int, np_dtype,
-                on_pass: Callable[[int], None] | None = None):
+                on_pass: Callable[[int], None] | None = None, sketch=None):
     """Compute one tile: its windows (cropped from full columns/rows), origins and outside
-    fractions. Returns (block, origin, outside) shaped as the tile's region of the arrays."""
+    fractions. Returns (block, origin, outside) shaped as the tile's region of the arrays.
+    ``sketch`` (a :class:`precompute.freivalds.Sketch`) receives the whole filters."""
     c_probe, h, w = lay.probe_shape
     th, tw = tile.shape
     block = np.full((th, tw) + lay.chunk[2:], np.nan, dtype=np_dtype)
@@ -38,6 +39,9 @@ def tile_arrays(engine: Engine, lay: S.Layout, tile: P.Tile, k: int, np_dtype,
                 f"the interpreter produced NaN/Inf for the {lay.name} of (channel, y, x) {bad[:3]}; "
                 "nothing of this tile was stored"
             )
+        if sketch is not None:
+            sketch.add_full(full, [pr.c for pr in group], [pr.i for pr in group],
+                            [pr.j for pr in group])
         # crop every window at once on the device (one gather, not K small kernels per probe)
         origins = [lay.origin(pr.i, pr.j) for pr in group]
         dev = full.device

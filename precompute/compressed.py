@@ -271,6 +271,7 @@ class BlockBuffer:
         self.total = np.zeros((bh, bw, c_probe), dtype=np.float64)
         self.outside_sq = np.zeros((bh, bw, c_probe), dtype=np.float64)
         self.selected = sel
+        self.sketch = None  # a precompute.freivalds.Sketch fed by the decoders (None: no check)
 
     def tile(self, t: P.Tile, np_dtype):
         """(values, origin, outside) of one tile of the block, as :func:`tile_arrays` returns."""
@@ -302,6 +303,8 @@ def _decode_own(buf: BlockBuffer, geo: Geometry, lat, y: np.ndarray, pr: BlockPr
     sub = y[:, us][:, :, vs]                                   # (C_o, nu, nv)
     sq = np.square(sub, dtype=np.float64).sum(0)               # (nu, nv)
     bi, bj = cand[0][us] - b.y0, cand[1][vs] - b.x0
+    if buf.sketch is not None:  # the whole decoded filters, before windowing (Freivalds)
+        buf.sketch.add_own(sub, us, vs, cand[0][us], cand[1][vs], pr.channel)
     dy = us - geo.origin[0][cand[0][us]]
     dx = vs - geo.origin[1][cand[1][vs]]
     iny, inx = (dy >= 0) & (dy < wh), (dx >= 0) & (dx < ww)
@@ -338,6 +341,9 @@ def _decode_rows_from_columns(buf: BlockBuffer, geo: Geometry, lat, y: np.ndarra
     if not len(us) or not len(vs):
         return
     sub = y[:, b.y0 + us][:, :, b.x0 + vs]                     # (C', nu, nv)
+    if buf.sketch is not None:  # the whole decoded rows, before windowing (Freivalds)
+        buf.sketch.add_transposed(sub, b.y0 + us, b.x0 + vs, cand[0][us], cand[1][vs],
+                                  pr.channel)
     sq = np.square(sub, dtype=np.float64).transpose(1, 2, 0)   # (nu, nv, C')
     ey = cand[0][us] - geo.origin[0][b.y0 + us]
     ex = cand[1][vs] - geo.origin[1][b.x0 + vs]
@@ -360,6 +366,7 @@ class Target:
     geo: Geometry
     block: P.Block
     buf: BlockBuffer | None = None
+    sketch: object = None  # precompute.freivalds.Sketch: checked before the tiles are written
 
 
 def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target], k: int,
@@ -376,6 +383,7 @@ def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target],
     decoders = []
     for t in targets:
         t.buf = BlockBuffer(t.lay, t.block, t.geo, np_dtype)
+        t.buf.sketch = t.sketch
         decoders.append((_decode_rows_from_columns if t.plan.method == "from_columns"
                          else _decode_own, t, _lattices(t.lay, t.plan)))
     done = 0

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from precompute.environment import env_int
 from precompute.errors import UserError
-from precompute.launch import env_int
 from precompute.text import first_line, regular_file, say, sha256_file  # noqa: F401  (re-exported)
 
 
@@ -82,6 +82,23 @@ class Prepared:
 
 
 
+def input_size(cfg: dict) -> tuple[int, int] | None:
+    """(height, width) of the run's input: the crop's, else the image's (read from its header
+    only); None when unknown (reading the image reports the problem later)."""
+    crop = cfg.get("crop")
+    if crop is not None:
+        return int(crop[2]), int(crop[3])
+    try:
+        from PIL import Image
+
+        with Image.open(cfg["image"]) as im:
+            # orientations 5–8 turn the image a quarter: read_image applies them (EXIF)
+            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
+            return (im.width, im.height) if turned else (im.height, im.width)
+    except Exception:  # noqa: BLE001 — read_image reports unreadable images in one line
+        return None
+
+
 def load_spec(cfg: dict, base_dir: Path | None, random_weights: bool = False):
     """The ModelSpec of a resolved config dict (on the CPU, float32); UserError if unusable."""
     from precompute.models import ModelError, load_model
@@ -91,7 +108,8 @@ def load_spec(cfg: dict, base_dir: Path | None, random_weights: bool = False):
         kw = {"random_weights": True} if random_weights else {}  # benchmarks only
         return load_model(m["arch"], scale=m.get("scale"), checkpoint=m.get("checkpoint"),
                           weights=m.get("weights"), base_dir=base_dir,
-                          preprocess=m.get("preprocess", "auto"), **kw)
+                          preprocess=m.get("preprocess", "auto"), input_size=input_size(cfg),
+                          **kw)
     except ModelError as e:
         raise UserError(str(e)) from None
 

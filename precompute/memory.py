@@ -21,7 +21,6 @@ machine), as ``LINEARSCOPE_FREE_BYTES`` does for the disk.
 
 from __future__ import annotations
 
-import os
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +81,7 @@ def estimate(module: torch.nn.Module, x0: torch.Tensor) -> Estimate | None:
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    saved = _snapshot(module)
     try:
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             x = mode.from_tensor(x0)
@@ -90,16 +90,45 @@ def estimate(module: torch.nn.Module, x0: torch.Tensor) -> Estimate | None:
                 del y
     except Exception:  # noqa: BLE001 — no estimate; the real forward reports real problems
         return None
+    finally:
+        _restore(module, saved)
     base = x0.numel() * x0.element_size()
     return Estimate(peak=tally.peak + base, total=tally.total + base)
+
+
+def _snapshot(module: torch.nn.Module) -> list:
+    """Every submodule's attributes (and its parameter, buffer and submodule tables) as they
+    are: a forward on fake tensors may cache a fake tensor in the model (``if self.pos is None
+    or self.pos.shape[2:] != (h, w): self.pos = ...``), which the real forward would then use."""
+    tables = ("_parameters", "_buffers", "_modules")
+    # (TorchScript modules run compiled code, which caches nothing in Python attributes)
+    return [(m, dict(m.__dict__), {k: dict(m.__dict__[k]) for k in tables
+                                   if isinstance(m.__dict__.get(k), dict)})
+            for m in {id(m): m for m in module.modules()}.values()
+            if not isinstance(m, torch.jit.ScriptModule)]
+
+
+def _restore(module: torch.nn.Module, saved: list) -> None:
+    """Put back what :func:`_snapshot` saw: attributes added by the forward are removed,
+    replaced ones restored (the tables in place, as ``nn.Module`` holds them)."""
+    for m, attrs, tables in saved:
+        for k in [k for k in m.__dict__ if k not in attrs]:
+            del m.__dict__[k]
+        for k, v in attrs.items():
+            if k in tables:
+                v.clear()
+                v.update(tables[k])
+            m.__dict__[k] = v
 
 
 def available(device: torch.device) -> int:
     """Free bytes for tensors on ``device``: free GPU memory, or the RAM this process may still
     take (MemAvailable, bounded by a cgroup limit when there is one)."""
-    env = os.environ.get("LINEARSCOPE_MEMORY_BYTES")
-    if env:
-        return int(env)
+    from precompute.environment import env_int
+
+    env = env_int("LINEARSCOPE_MEMORY_BYTES")
+    if env is not None:
+        return env
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     from precompute.engine import mem_available

@@ -270,6 +270,7 @@ class RunPlan:
     li: object = None              # the LinearInterpreter, built on first use
     engine: Engine | None = None
     checks: dict | None = None     # the gate's measured identities (stored as `checks`)
+    freivalds: object = None       # precompute.freivalds.Tally of this process's sweep
     # probing (precompute.compressed): method per analysis, the structural support, blocks
     probing: dict[str, Cm.ProbingPlan] = field(default_factory=dict)
     probing_costs: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -511,9 +512,11 @@ def _estimate(rp: RunPlan) -> None:
 def block_budget() -> int:
     """Bytes one block of compressed probing may hold (windows + norms): a quarter of the free
     RAM, at most 1 GiB (``LINEARSCOPE_BLOCK_BYTES`` overrides it). Recorded per store."""
-    env = os.environ.get("LINEARSCOPE_BLOCK_BYTES")
-    if env:
-        return int(env)
+    from precompute.environment import env_int
+
+    env = env_int("LINEARSCOPE_BLOCK_BYTES")
+    if env is not None:
+        return env
     return int(min(1 << 30, mem_available() // 4))
 
 
@@ -819,6 +822,8 @@ def finish(rp: RunPlan, timings: dict[str, float]) -> None:
         for k, v in timings.items():
             if k != "residual":
                 t_old[k] = float(t_old.get(k, 0.0)) + v
+        if rp.freivalds is not None and rp.freivalds.units:  # the sweep's Freivalds checks
+            g.attrs["checks"] = rp.freivalds.merged(dict(g.attrs.get("checks") or {}))
         g.attrs.update({"timings": t_old, "device": describe_device(rp.device),
                         "oom_splits": int(g.attrs.get("oom_splits", 0)) + eng.oom_splits})
     if eng.oom_splits:
@@ -871,7 +876,7 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
 def parse_shard(text: str | None) -> tuple[int, int]:
     """``I/N`` from --shard, else RANK/WORLD_SIZE (torchrun), else 0/1."""
     if text is None:
-        from precompute.launch import env_shard
+        from precompute.environment import env_shard
 
         return env_shard()
     try:

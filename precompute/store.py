@@ -49,9 +49,11 @@ def free_disk_bytes(path: Path) -> int:
 
     ``LINEARSCOPE_FREE_BYTES`` overrides the measurement (tests and dry planning).
     """
-    env = os.environ.get("LINEARSCOPE_FREE_BYTES")
-    if env:
-        return int(env)
+    from precompute.environment import env_int
+
+    env = env_int("LINEARSCOPE_FREE_BYTES")
+    if env is not None:
+        return env
     p = Path(path)
     while not p.exists() and p != p.parent:
         p = p.parent

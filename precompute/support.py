@@ -18,6 +18,10 @@ is therefore derived from the network, never from the data:
 * anything it does not know — an op without a support rule, a Taylor normalisation, a product of
   two probe-carrying tensors through ``matmul``, max unpooling at x0's indices, reads of values —
   raises :class:`GlobalSupport`: the sweep then falls back to one impulse per probe (fail closed);
+* integer and boolean tensors computed from probe-carrying values (max-pool ``return_indices``,
+  ``torch.max(x, dim)`` indices, casts) *carry structure*: their values are the probe's, while
+  the real run sees x0's, so any use of them (indexing, slicing, ``.item()``, a branch, a shape)
+  raises :class:`GlobalSupport` naming the op that made them and the op that used them;
 * line probes (every channel and column of a set of input rows, or of a set of columns) give, per
   axis, for every output row ``p`` a set ``C(p)`` of input rows that contains every input row any
   entry ``F[(·, p, ·), (·, i, ·)]`` can depend on (sound whatever the probe sets: an input row is
@@ -58,6 +62,11 @@ T = torch.Tensor
 _NEG = {T.neg, T.__neg__, torch.neg}
 _INTERPOLATE = {F.interpolate, F.upsample}
 _INPLACE_DUNDERS = {T.__iadd__, T.__isub__, T.__imul__, T.__itruediv__}
+
+
+#: max unpooling consumes max-pool indices by its own rule (rules.support_max_unpool: only a
+#: pool's own, untouched indices), so the structure check lets them through to it
+_UNPOOL = {f for f, nop in _scope.NONLINEAR_OPS.items() if nop.family == "max_unpool"}
 
 
 def _is_inplace(func, kwargs) -> bool:
@@ -200,13 +209,44 @@ class SupportMode:
             if any(image(t) for t in ins) and not any(image(t) for t in outs):
                 self.reduced = _Spread(_scope._op_name(func), self.path)
 
+    # -- structure: integer and boolean values computed from the probe ---------------------------
+    def _structure(self, t) -> str | None:
+        """Where ``t`` was computed from probe-carrying values (an index, offset or mask of the
+        probe's data: ``return_indices``, ``torch.max(x, dim)``, a cast), else None."""
+        if not isinstance(t, Tensor):
+            return None
+        mark = getattr(t, "_linearscope_structure", None)
+        return mark[1] if mark is not None and mark[0] == id(self) else None
+
+    def _carry_structure(self, func, out) -> None:
+        """Mark every integer or boolean tensor ``func`` computed from probe-carrying values: its
+        values are the probe's, while the real run sees x0's (a different network)."""
+        what = f"`{_scope._op_name(func)}` {self._where()}"
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, Tensor) and not t.is_floating_point():
+                t._linearscope_structure = (id(self), what)
+
     # -- dispatch --------------------------------------------------------------------------------
     def _dispatch(self, func, args, kwargs):
         """Route a probe-carrying call by its kind — the classification the frozen interpreter
         uses (:func:`precompute.optable.op_kind`) — to the support domain's handler; a kind
         without one here is global support (fail closed)."""
         flat = tree_flatten((args, kwargs))[0]
+        if func not in _scope.METADATA and func not in _UNPOOL:  # (unpooling: its own rule)
+            # fail closed: indices, offsets, slice bounds or branches computed from the probe's
+            # values are not x0's, so no support found with them holds for the real run
+            src = next((w for w in map(self._structure, flat) if w is not None), None)
+            if src is not None:
+                raise GlobalSupport(
+                    f"`{_scope._op_name(func)}` {self._where()} uses indices or values that "
+                    f"{src} computed from the data (the structure depends on x0)")
         marked = [t for t in flat if self._marked(t)]
+        out = self._dispatch_marked(func, args, kwargs, marked)
+        if marked and func not in _scope.CREATION and func not in _scope.METADATA:
+            self._carry_structure(func, out)
+        return out
+
+    def _dispatch_marked(self, func, args, kwargs, marked):
         if not marked:
             return func(*args, **kwargs)  # weights, constants, shape arithmetic
         if not args:  # torch.relu(input=x): every rule finds the input in args[0]

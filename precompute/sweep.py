@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 from precompute import compressed as Cm
+from precompute import freivalds as Fv
 from precompute.assemble import tile_arrays
 from precompute.writer import Writer
 
@@ -76,13 +77,19 @@ def sweep(rp, writer: Writer) -> dict[str, float]:
     timings: dict[str, float] = {}
     shared = _shared_rows(rp)
     done_rows: set = set()
+    if getattr(rp, "freivalds", None) is None:
+        rp.freivalds = Fv.Tally()
+    tally = rp.freivalds
     try:
         for name, bar in bars.items():
             lay, plan, k = lays[name], rp.probing[name], rp.batches[name]
             t0 = time.perf_counter()
             if plan.method == "single":
                 for tile in rp.todo[name]:
-                    block, origin, outside = tile_arrays(eng, lay, tile, k, np_dtype, bar.update)
+                    sketch = Fv.tile_sketch(lay, tile)
+                    block, origin, outside = tile_arrays(eng, lay, tile, k, np_dtype, bar.update,
+                                                         sketch)
+                    tally.check(eng, [sketch])  # before the writer: a failing tile is not written
                     writer.put((lay, tile, block, origin, outside))
                 timings[name] = time.perf_counter() - t0
                 continue
@@ -104,7 +111,11 @@ def sweep(rp, writer: Writer) -> dict[str, float]:
                          for t in targets}
                 progress = _Progress([(bars[t.lay.name], Cm.filters(t.lay, tiles[t.lay.name]))
                                       for t in targets])
+                for t in targets:
+                    t.sketch = Fv.block_sketch(t.lay, t.block)
                 Cm.run_probes(eng, support, probes, targets, k, np_dtype, progress)
+                # every target proves itself (one pass for all) before any tile is written
+                tally.check(eng, [t.sketch for t in targets])
                 for t in targets:
                     for tile in tiles[t.lay.name]:
                         writer.put((t.lay, tile, *t.buf.tile(tile, np_dtype)))

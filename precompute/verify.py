@@ -8,6 +8,9 @@ that recomputing would import and run. That needs the user's consent (``trust_co
 Every sampled column or row is recomputed with one impulse per probe (the paper's probes, eq. 5
 and 6), whatever method the store used (compressed probing, rows read out of columns), so the
 reported difference checks the compressed method too (0 in float64 up to summation order).
+Beyond the samples, every stored tile is checked whole by Freivalds' randomized test
+(:func:`precompute.freivalds.stored_tile`: ``Σ v_j·window_j`` against ``F·v`` in one pass per
+tile, over the filters whose window holds the whole filter).
 """
 
 from __future__ import annotations
@@ -115,6 +118,10 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
                      f"single-impulse probes{_how(st, name)}, max |Δ| = "
                      f"{worst:.3g} (relative {worst_rel:.3g}, tolerance {tol:g}), outside "
                      f"fraction max |Δ| = {worst_out:.2g} " + ("OK" if good else "MISMATCH"))
+    for name, lay in st.layouts.items():
+        more, good = _freivalds_lines(st, eng, name, lay, report.damaged_tiles.get(name, set()))
+        lines += more
+        ok &= good
     more, good = verify_lines(st, prep, tol)
     lines += more
     ok &= good
@@ -125,6 +132,34 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
     ok &= svd_ok
     lines.append("verify: " + ("OK" if ok else "FAILED"))
     return "\n".join(lines), ok
+
+
+def _freivalds_lines(st: S.Store, eng: Engine, name: str, lay, damaged: set) -> tuple[list[str], bool]:
+    """Freivalds' test of every stored, intact tile of ``name`` (:func:`freivalds.stored_tile`),
+    one line per tile: the whole stored F, not a sample."""
+    from precompute import freivalds as Fv
+
+    tol = Fv.tolerance(eng)
+    lines, ok = [], True
+    for t in st.done_tiles(name):
+        if (t.ty, t.tx) in damaged:
+            continue
+        ys, xs = slice(t.y0, t.y1), slice(t.x0, t.x1)
+        err, n_full, n_stored = Fv.stored_tile(
+            eng, lay, st.group[name][ys, xs], st.group[f"{name}_origin"][ys, xs],
+            st.group[f"{name}_outside"][ys, xs], t, tol)
+        where = f"{name} tile ({t.ty}, {t.tx}): Freivalds"
+        if err is None:
+            lines.append(f"{where}: no window of its {n_stored} filters holds the whole filter "
+                         "(outside > 0): checked by the samples only")
+            continue
+        good = err <= tol
+        ok &= good
+        part = "" if n_full == n_stored else (f" ({n_stored - n_full} with outside > 0 left to "
+                                              "the samples)")
+        lines.append(f"{where} over {n_full} of {n_stored} filters{part}: relative error "
+                     f"{err:.2g} (tolerance {tol:.2g}) " + ("OK" if good else "MISMATCH"))
+    return lines, ok
 
 
 def _intact_origins(st: S.Store, name: str, damaged: set) -> np.ndarray:

@@ -64,7 +64,22 @@ def test_overlapping_windows_are_refused_naming_the_op():
 
 
 def test_moved_indices_are_global_support_naming_the_op():
+    """Indices moved by arithmetic are no longer the pool's: the first op that uses them makes
+    the support global (precompute.support fails closed on data-derived structure)."""
     sup = analyse(_net("shifted_indices"), (3, 12, 14), torch.float64, torch.device("cpu"))
+    assert sup.is_global and "max_pool2d_with_indices" in sup.global_reason, sup.global_reason
+
+
+def test_foreign_indices_into_a_plane_of_another_size_are_global_support():
+    """Indices of a pool over an 8-wide plane, unpooled into a 9-wide one: positions would be
+    scrambled, so the rule refuses to bound them (rules.support_max_unpool)."""
+    class Foreign(torch.nn.Module):
+        def forward(self, x):
+            p, idx = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+            return torch.nn.functional.max_unpool2d(p, idx, 2, output_size=(x.shape[-2] + 1,
+                                                                             x.shape[-1] + 1))
+
+    sup = analyse(Foreign().double(), (3, 8, 8), torch.float64, torch.device("cpu"))
     assert sup.is_global and "max_unpool2d" in sup.global_reason, sup.global_reason
 
 
@@ -96,6 +111,6 @@ def test_moved_indices_fall_back_to_single_probes_and_say_so(tmp_path):
     an = {"columns": {"window": "full"}}
     st, r = _run(tmp_path, "shifted_indices", an)
     assert st.attrs["probing"]["columns"]["method"] == "single"
-    assert "max_unpool2d" in st.attrs["probing"]["support"]["global"]
-    assert "max_unpool2d" in r.stderr + r.output
+    assert "max_pool2d_with_indices" in st.attrs["probing"]["support"]["global"]
+    assert "max_pool2d_with_indices" in r.stderr + r.output
     assert_windows_match(st, _jacobian("shifted_indices", st))

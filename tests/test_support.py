@@ -184,7 +184,7 @@ class _TaylorNorm(nn.Module):
     (fixture("global_mean"), "freeze", "`torch.Tensor.mean` in module `(root)`"),
     (_Attention(), "freeze", "two probe-carrying tensors"),
     (_ChannelMaxWithIndices(), "freeze", "no support rule for the `reduce_select` unit `torch.max`"),
-    (_Unpool(), "freeze", "max_unpool2d` in module `(root)` places values at indices"),
+    (_Unpool(), "freeze", "uses indices or values that `torch.nn.functional.max_pool2d_with_indices`"),
     (_TaylorNorm(), "taylor", "taylor rule"),
 ])
 def test_global_structures_are_reported_with_the_op(net, rule, words):

@@ -69,6 +69,7 @@ def load_model(
     base_dir: Path | None = None,
     preprocess: str = "auto",
     random_weights: bool = False,
+    input_size: tuple[int, int] | None = None,
 ) -> ModelSpec:
     """Build the model ``arch`` and return its ModelSpec (module in eval mode, float32, CPU).
 
@@ -83,6 +84,9 @@ def load_model(
             already fits the crop size), ``"imagenet"`` (always) or ``"none"`` (normalise only).
         random_weights: build untrained (seeded) weights instead of reading a checkpoint — for
             tests and demos of the machinery only.
+        input_size: (height, width) of the run's input, where known: a bare ``nn.Module`` of a
+            ``python:`` id is probed at this size (models with a fixed input size, e.g. a
+            ``Linear`` head after ``flatten``).
 
     Raises:
         ModelError: unknown id, bad scale, missing/corrupt/incompatible checkpoint.
@@ -96,7 +100,8 @@ def load_model(
     if arch.startswith("python:"):
         from precompute.models import custom
 
-        return custom.load(arch, scale=scale, checkpoint=checkpoint, weights=weights, base_dir=base_dir)
+        return custom.load(arch, scale=scale, checkpoint=checkpoint, weights=weights,
+                           base_dir=base_dir, input_size=input_size)
     if arch.startswith("torchvision:"):
         from precompute.models import classifiers
 

@@ -4,7 +4,8 @@
 ``weights`` (those the config gives; others keep FUNC's defaults) and returns either
 
 * an ``nn.Module`` — LinearScope then assumes the default description: x0 is the image as RGB in
-  [0, 1], shape (1, 3, H, W); it runs one probe forward on a 32×32 zero image to learn whether the
+  [0, 1], shape (1, 3, H, W); it runs one probe forward on a zero image of the run's input size
+  (32×32 where unknown) to learn whether the
   output is an image (4-D: ``kind="image"``, ``scale`` = output height / input height, offset 0,
   shown as RGB clipped to [0, 1] — 1-channel outputs as gray) or a vector (2-D: ``kind="vector"``);
 * or a :class:`~precompute.models.base.ModelSpec` — full control of pre/post-processing, value
@@ -65,23 +66,31 @@ def _import(target: str, base_dir: Path | None):
         raise ModelError(f"cannot import module {target!r}: {e}") from e
 
 
-def probe(module: nn.Module, model_id: str, size: int = 32) -> tuple[str, float | None]:
-    """Run a zero RGB image through ``module``: ("image", scale) or ("vector", None)."""
+def probe(module: nn.Module, model_id: str,
+          size: int | tuple[int, int] | None = None) -> tuple[str, float | None]:
+    """Run a zero RGB image of ``size`` (height, width: the run's input size; 32×32 when
+    unknown) through ``module``: ("image", scale) or ("vector", None)."""
+    h, w = (32, 32) if size is None else (size, size) if isinstance(size, int) else size
     p = next(iter(module.parameters()), None)
     dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
     device = p.device if p is not None else torch.device("cpu")
     with torch.no_grad():
         try:
-            y = module(torch.zeros(1, 3, size, size, dtype=dtype, device=device))
+            y = module(torch.zeros(1, 3, h, w, dtype=dtype, device=device))
         except Exception as e:
+            if size is not None:  # the run's own input: the same words as the run's forward
+                text = str(e).strip().splitlines()
+                raise ModelError(
+                    f"{model_id} cannot take this image (input shape (1, 3, {h}, {w})): "
+                    f"{type(e).__name__}" + (f": {text[0]}" if text else "")) from e
             raise ModelError(
-                f"{model_id}: a probe forward on a (1, 3, {size}, {size}) RGB image failed "
+                f"{model_id}: a probe forward on a (1, 3, {h}, {w}) RGB image failed "
                 f"({type(e).__name__}: {e}); return a ModelSpec to describe the input instead"
             ) from e
     if not isinstance(y, torch.Tensor):
         raise ModelError(f"{model_id}: the module must return one tensor, got {type(y).__name__}")
     if y.dim() == 4:
-        return "image", y.shape[-2] / size
+        return "image", y.shape[-2] / h
     if y.dim() == 2:
         return "vector", None
     raise ModelError(f"{model_id}: output shape {tuple(y.shape)} is neither (1, C, H, W) nor (1, K)")
@@ -94,8 +103,10 @@ def load(
     checkpoint: str | Path | None = None,
     weights: str | None = None,
     base_dir: Path | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> ModelSpec:
-    """Import and call the user's builder; return its ModelSpec (module in eval mode)."""
+    """Import and call the user's builder; return its ModelSpec (module in eval mode). A bare
+    ``nn.Module`` is probed at ``input_size`` (height, width of the run's x0) to learn its kind."""
     target, func_name = parse(model_id)
     mod, where = _import(target, base_dir)
     func = getattr(mod, func_name, None)
@@ -131,7 +142,7 @@ def load(
             f"{where}:{func_name} must return an nn.Module or a ModelSpec, got {type(built).__name__}"
         )
     built.eval()
-    kind, s = probe(built, canonical)
+    kind, s = probe(built, canonical, input_size)
     return ModelSpec(
         module=built,
         model_id=canonical,
