@@ -91,6 +91,7 @@ def input_size(cfg: dict) -> tuple[int, int] | None:
     try:
         from PIL import Image
 
+        regular_file(cfg["image"], "image")  # never open a FIFO or a device (it would block)
         with Image.open(cfg["image"]) as im:
             # orientations 5–8 turn the image a quarter: read_image applies them (EXIF)
             turned = im.getexif().get(0x0112) in (5, 6, 7, 8)

@@ -26,7 +26,7 @@ PRECOMPUTE_LAYERS = [
                           "models.edsr", "models.pixelshuffle"}),
     ("scope", {"interception", "scope_writes", "scope"}),
     ("interpreter", {"interpreter", "support", "contributions", "discussions", "fgsm"}),
-    ("probing", {"engine", "compressed", "memory"}),
+    ("probing", {"engine", "compressed", "memory", "freivalds"}),
     ("storage", {"integrity", "shards", "store", "writer"}),
     ("analyses", {"svd", "classify"}),
     ("pipeline", {"inputs", "assemble", "sweep", "run"}),
