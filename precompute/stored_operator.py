@@ -311,3 +311,29 @@ def load_if_whole(path: Path, group, layouts, dtype: torch.dtype, device,
         except (OSError, ValueError, shards.ShardError) as e:
             why.append(f"the stored {name} could not be read ({e})")
     return None, "; ".join(why) or "the store has no columns or rows"
+
+
+def verify_lines(st) -> tuple[list[str], bool]:
+    """``precompute verify``: when both the stored columns and the stored rows hold all of F,
+    they must be the same matrix entry for entry (they were computed by different passes)."""
+    import torch as _t
+
+    dtype = _t.from_numpy(np.zeros(0, st.dtype)).dtype
+    mats = {}
+    for name in SOURCES:
+        lay = st.layouts.get(name)
+        if lay is None or holds_all(st.path, st.group, lay) is not None:
+            continue
+        try:
+            mats[name] = StoredF.load(st.path, st.group, lay, dtype).matrix
+        except (OSError, ValueError, MemoryError):
+            return [], True  # the integrity report says what is damaged
+    if len(mats) < 2:
+        return [], True
+    a, b = mats["columns"].tocsr(), mats["rows"].tocsr()
+    scale = max(float(abs(a).max()) if a.nnz else 0.0, 1e-300)
+    diff = float(abs(a - b).max()) / scale if (a.nnz or b.nnz) else 0.0
+    tol = 1e-9 if st.dtype == np.float64 else 1e-4
+    ok = diff <= tol
+    return [f"stored F: the columns and the rows hold the same F ({a.nnz:,} non-zero entries), "
+            f"max |Δ| relative {diff:.3g} (tolerance {tol:g}) " + ("OK" if ok else "MISMATCH")], ok
