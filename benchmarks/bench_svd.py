@@ -1,90 +1,177 @@
-"""Sequential batched passes and wall time of the SVD solvers to reach a residual, per k.
+"""The top-k SVD three ways, side by side: network block Krylov, the paper's Algorithm 1, and the
+F the store holds (issue 17).
 
-    python benchmarks/bench_svd.py examples/pixelshuffle.yaml --image examples/images/astronaut-64.png
-    python benchmarks/bench_svd.py benchmarks/edsr-baseline-x4.yaml --random-weights --k 1 8
-    python benchmarks/bench_svd.py CONFIG.yaml --k 1 8 32 --methods block power --tol 1e-3
+    python benchmarks/bench_svd.py                       # quick: PixelShuffle 32², bicubic ×3 32²
+    python benchmarks/bench_svd.py --cases ps32 ps64 ps144 bicubic32
+    python benchmarks/bench_svd.py --cases ps144 --solvers store   # the stored F only
 
-Loads the model and image exactly as `precompute run` does (config, crop, dtype, device,
-precision), builds the interpreter and runs `precompute.svd`'s solvers on it (the same code as
-`analyses.svd`), without a store. For each (method, k) it prints one Markdown table row: the
-forward and backward passes until every top-k residual estimate is ≤ tol (block: Ritz residuals;
-power: each triplet's), the solver's wall time, and the largest residual measured afterwards
-(one more forward and backward call, not counted). ``--max-calls`` caps each solve.
+Cases (the shipped examples, `examples/pixelshuffle.yaml` and `examples/bicubic-x3.yaml`, with
+their windows and tolerances, float32 on the CPU unless --device): ``ps32``, ``ps64``, ``ps144``
+(PixelShuffle ×3 on astronaut-32/64/144.png) and ``bicubic32``. Each case first sweeps the columns
+into a temporary store (timed: "sweep"), then runs, for the same k:
+
+- ``network``: block Krylov on batched network passes (``operator: network, method: block``);
+- ``power``: the paper's Algorithm 1 on network passes, one vector per pass; it is run for the
+  first ``--power-triplets`` triplets only (default 2), each **capped** at ``--power-cap`` steps
+  (default 150), and its passes and seconds are **extrapolated** linearly to k (marked so in the
+  table, with "not converged" where the cap stopped it);
+- ``store``: what ``method: auto`` does on the stored F (exact SVD via the Gram matrix, or block
+  Krylov on sparse products); "assembly" is reading the store into a sparse matrix.
+
+Every row's max residual is measured afterwards with one forward and one backward network pass
+(not counted). Seconds depend on the machine and its load: compare rows of one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+import yaml
 
 from precompute import inputs
+from precompute import stored_operator as SO
 from precompute import svd as S
-from precompute.config import load_config
 from precompute.engine import Engine
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = {
+    "ps32": ("pixelshuffle.yaml", "astronaut-32.png"),
+    "ps64": ("pixelshuffle.yaml", "astronaut-64.png"),
+    "ps144": ("pixelshuffle.yaml", "astronaut-144.png"),
+    "bicubic32": ("bicubic-x3.yaml", "astronaut-32.png"),
+}
+
+
+def case_config(case: str, out: Path, device: str | None) -> tuple[Path, dict]:
+    example, image = CASES[case]
+    cfg = yaml.safe_load((REPO / "examples" / example).read_text())
+    if cfg["model"].get("checkpoint"):
+        cfg["model"]["checkpoint"] = str(REPO / "examples" / cfg["model"]["checkpoint"])
+    cfg["image"] = str(REPO / "examples" / "images" / image)
+    svd = cfg["analyses"].pop("svd")
+    cfg["analyses"]["rows"] = False  # the stored F needs the columns only
+    cfg.update(name=case, output=str(out))
+    if device:
+        cfg["device"] = device
+    path = out / f"{case}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, svd
+
+
+def sweep(path: Path) -> float:
+    from precompute.run import Options, run
+
+    t0 = time.perf_counter()
+    run(str(path), Options(quiet=True))
+    return time.perf_counter() - t0
+
+
+def row(case, F, solver, passes, products, seconds, residual, note=""):
+    print(f"| {case} | {F} | {solver} | {passes} | {products} | {seconds} | {residual:.1e} | "
+          f"{note} |", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config")
-    ap.add_argument("--k", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--methods", nargs="+", default=["block", "power"],
-                    choices=["block", "power", "dense"])
-    ap.add_argument("--tol", type=float, default=1e-3, help="relative residual to reach")
-    ap.add_argument("--block", default="auto", help="vectors per block (auto: 2k in 32…64)")
-    ap.add_argument("--max-calls", type=int, default=None,
-                    help="pass budget per solve (default: the analysis' defaults)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None, help="override the config's device")
-    ap.add_argument("--image", default=None, help="override the config's image")
-    ap.add_argument("--crop", type=int, nargs=4, default=None, metavar=("TOP", "LEFT", "H", "W"))
-    ap.add_argument("--random-weights", action="store_true",
-                    help="seeded untrained weights instead of the checkpoint")
+    ap.add_argument("--cases", nargs="+", default=["ps32", "bicubic32"], choices=list(CASES))
+    ap.add_argument("--solvers", nargs="+", default=["network", "power", "store"],
+                    choices=["network", "power", "store"])
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--power-triplets", type=int, default=2,
+                    help="triplets Algorithm 1 computes before extrapolating to k")
+    ap.add_argument("--power-cap", type=int, default=150,
+                    help="Algorithm 1: at most this many steps (1 forward + 1 backward pass) "
+                         "per triplet")
+    ap.add_argument("--device", default=None, help="override the examples' device")
     args = ap.parse_args()
-
-    res = load_config(args.config)
-    cfg = res.as_dict(res.images[0])
-    if args.image:
-        cfg["image"] = str(args.image)
-    if args.crop:
-        cfg["crop"] = args.crop
-    if args.random_weights:
-        cfg["model"]["checkpoint"] = None
-    device = inputs.resolve_device(args.device or cfg["device"])
-    inputs.set_precision(device, cfg["precision"])
-    prep = inputs.prepare(cfg, res.config_path.parent, device, random_weights=args.random_weights)
+    from precompute.config import load_config
     from precompute.interpreter import LinearInterpreter
 
-    li = LinearInterpreter(prep.spec.module, prep.x0, rule=cfg["interpreter"], batch=64,
-                           exact=cfg["precision"] == "ieee")
-    n, N = li.n_inputs, li.n_outputs
-    dev = inputs.describe_device(device)
-    print(f"{prep.spec.model_id}, x0 {tuple(prep.x0.shape[1:])} → {tuple(li.out_shape)} "
-          f"(F {N:,} × {n:,}), {cfg['dtype']}, {dev}, torch threads {torch.get_num_threads()}, "
-          f"tol {args.tol:g}")
-    print("| method | k | block | converged | forward passes | backward passes | wall s "
-          "| max measured residual |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|")
-    for method in args.methods:
-        for k in args.k:
-            p = S.make_plan(k, n, N, cfg["dtype"], method, args.block, args.tol, args.max_calls,
-                            args.seed)
-            li.batch = p.pass_size
-            op = S.Operator.from_engine(Engine(li, device, prep.dtype), p.pass_size)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            sol = S.solve(op, p)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall = time.perf_counter() - t0
-            calls = dict(op.passes)
-            tri = S.finish(op, sol)
-            print(f"| {method} | {k} | {p.block if method == 'block' else 1} | "
-                  f"{'yes' if sol.converged else 'no'} | {calls['forward']} | {calls['backward']} "
-                  f"| {wall:.1f} | {tri.residual.max():.1e} |", flush=True)
+    print(f"torch threads {torch.get_num_threads()}, k = {args.k}")
+    print("| case | F (N × n) | solver | network passes (fwd + bwd) | sparse products | seconds "
+          "| max residual | notes |")
+    print("|---|---|---|---:|---:|---:|---:|---|")
+    for case in args.cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            path, svd = case_config(case, Path(tmp), args.device)
+            tol = svd.get("tol")
+            res = load_config(str(path))
+            cfg = res.as_dict(res.images[0])
+            device = inputs.resolve_device(cfg["device"])
+            inputs.set_precision(device, cfg["precision"])
+            t_sweep = sweep(path) if "store" in args.solvers else 0.0
+            prep = inputs.prepare(cfg, path.parent, device)
+            li = LinearInterpreter(prep.spec.module, prep.x0, rule=cfg["interpreter"], batch=64,
+                                   exact=cfg["precision"] == "ieee")
+            n, N = li.n_inputs, li.n_outputs
+            F = f"{N:,} × {n:,}"
+
+            def network(p):
+                li.batch = p.pass_size
+                return S.Operator.from_engine(Engine(li, device, prep.dtype), p.pass_size)
+
+            if "network" in args.solvers:
+                p = S.make_plan(args.k, n, N, cfg["dtype"], "block", "auto", tol)
+                op = network(p)
+                t0 = time.perf_counter()
+                sol = S.solve(op, p)
+                wall = time.perf_counter() - t0
+                c = dict(op.passes)
+                tri = S.finish(op, sol)
+                row(case, F, f"network block Krylov (blocks of {p.block})",
+                    f"{c['forward']} + {c['backward']}", "–", f"{wall:.1f}",
+                    tri.residual.max(), "" if sol.converged else "not converged")
+            if "power" in args.solvers:
+                kp = min(args.k, args.power_triplets)
+                p = S.make_plan(kp, n, N, cfg["dtype"], "power", "auto", tol,
+                                2 * args.power_cap * kp)
+                op = network(p)
+                t0 = time.perf_counter()
+                sol = S.solve(op, p)
+                wall = time.perf_counter() - t0
+                c = dict(op.passes)
+                tri = S.finish(op, sol)
+                f = args.k / kp
+                row(case, F, "Algorithm 1 (power, 1 vector per pass)",
+                    f"≈ {c['forward'] * f:,.0f} + {c['backward'] * f:,.0f}", "–",
+                    f"≈ {wall * f:.0f}", tri.residual.max(),
+                    f"extrapolated ×{f:g} from {kp} triplets ({c['forward']} + {c['backward']} "
+                    f"passes, {wall:.1f} s)" + ("" if sol.converged else
+                                                f", capped at {args.power_cap} steps per "
+                                                "triplet: not converged"))
+            if "store" in args.solvers:
+                import zarr
+
+                from precompute import store as St
+
+                store = Path(tmp) / f"{case}.zarr"
+                st = St.open_store(store)
+                t0 = time.perf_counter()
+                sf, why = SO.load_if_whole(store, zarr.open_group(str(store), mode="r"),
+                                           list(st.layouts.values()), prep.dtype, device)
+                t_asm = time.perf_counter() - t0
+                if sf is None:
+                    print(f"| {case} | {F} | store | – | – | – | – | {why} |")
+                    continue
+                p = S.make_plan(args.k, n, N, cfg["dtype"], "auto", "auto", tol,
+                                operator="store")
+                op = S.Operator(sf.F, sf.Ft, n, N, sf.dtype, sf.device, p.pass_size)
+                t0 = time.perf_counter()
+                sol = S.solve_stored(sf, op, p)
+                wall = time.perf_counter() - t0
+                tri = S.finish(network(p), sol)
+                c = op.passes
+                row(case, F, f"stored F, {p.method}" + (f" (blocks of {p.block})"
+                                                        if p.method == "block" else ""),
+                    "0 + 0", f"{c['forward']} + {c['backward']}", f"{t_asm + wall:.1f}",
+                    tri.residual.max(), f"sweep {t_sweep:.1f} s; assembly {t_asm:.1f} s "
+                    f"({sf.nnz:,} entries), solver {wall:.1f} s")
 
 
 if __name__ == "__main__":

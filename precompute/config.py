@@ -145,6 +145,9 @@ class SvdConfig(_Strict):
     max_calls: Annotated[int, Field(ge=1)] | None = None  # operator calls (F·V or Fᵀ·U passes)
     seed: int = 0
     block: Annotated[int | str, BeforeValidator(_batch)] = "auto"  # vectors per block
+    # where F·V and Fᵀ·U come from: the sparse F of the stored columns/rows when the store holds
+    # all of F (`store`), network passes (`network`), or `auto` (store when it can)
+    operator: Literal["auto", "store", "network"] = "auto"
 
 
 class AdversarialConfig(_Strict):

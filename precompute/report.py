@@ -67,6 +67,9 @@ def _svd_info(st: S.Store) -> list[str]:
     return [
         head + (f" (blocks of {a['block']})" if a["method"] == "block" else "")
         + f": σ_1 = {sig[0]:.4g} … σ_{len(sig)} = {sig[-1]:.4g}; "
+        + (f"on the stored {a.get('operator_source')} ({a['products']['forward']} + "
+           f"{a['products']['backward']} sparse products), " if a.get("operator") == "store"
+           else "")
         + f"{c['forward']} forward + {c['backward']} backward passes"
         + (f" (+{rc.get('forward', 0)}+{rc.get('backward', 0)} to measure residuals)" if rc else "")
         + f", {a['wall_time']:.1f} s; "

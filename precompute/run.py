@@ -106,8 +106,12 @@ def whole_f_changes(attrs: dict, cfg: dict) -> tuple[list[str], list[str]]:
     now = cfg.get("analyses") or {}
     added = [n for n in WHOLE_F if now.get(n) is not None and stored.get(n) is None]
     changed = [n for n in WHOLE_F if now.get(n) is not None and stored.get(n) is not None
-               and stored.get(n) != now.get(n)]
+               and _LATER_KEYS.get(n, {}) | stored.get(n) != now.get(n)]
     return added, changed
+
+
+#: settings added after stores were made: absent from an older store's config = this default
+_LATER_KEYS = {"svd": {"operator": "auto"}}
 
 
 def adopt_whole_f(rp: "RunPlan") -> None:

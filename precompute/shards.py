@@ -1,4 +1,4 @@
-"""Writing whole shards of ``columns`` / ``rows`` directly, byte for byte as zarr writes them.
+"""Writing and reading whole shards of ``columns`` / ``rows`` directly, byte for byte as zarr.
 
 A tile of a store is one shard of one-pixel inner chunks (docs/FORMAT.md): 256 chunks for a
 16×16 tile. zarr 3 encodes every inner chunk through its async pipeline, with a thread hop per
@@ -9,6 +9,11 @@ end) :func:`encode_shard` produces the same bytes with the same libraries (numco
 google_crc32c) and zarr's own Morton order, in a tight loop; any other metadata falls back to
 zarr (:func:`fast_path`). The file is written like zarr's LocalStore does (``<key>.<uuid>.partial``,
 then renamed), so "a tile is done when its shard file exists" still holds.
+
+:func:`decode_shard` is the reverse, for the analyses that read every stored window back (the
+SVD on the stored F, :mod:`precompute.stored_operator`): zarr's per-chunk overhead made reading
+a 144×144 store's columns take longer than the SVD it feeds. Every inner chunk's crc32c and the
+index's are checked, as zarr checks them.
 """
 
 from __future__ import annotations
@@ -121,3 +126,45 @@ def write_shard(path: Path, data: bytes | None) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class ShardError(ValueError):
+    """A shard that does not decode: its index or a chunk fails its checksum, or points outside."""
+
+
+def decode_shard(data: bytes, shard_shape: tuple[int, ...], chunk_shape: tuple[int, ...],
+                 dtype, level: int) -> np.ndarray:
+    """The block of one shard written by :func:`encode_shard` (or zarr, same codec chain), with
+    NaN where an inner chunk is absent; :class:`ShardError` if a checksum or offset is wrong."""
+    import google_crc32c
+
+    dt = np.dtype(dtype).newbyteorder("<")
+    cps = tuple(s // c for s, c in zip(shard_shape, chunk_shape))
+    n = int(np.prod(cps))
+    buf = np.frombuffer(data, np.uint8)  # read-only views: what google_crc32c accepts
+    size = 16 * n + 4
+    if len(buf) < size:
+        raise ShardError(f"shorter ({len(buf)} bytes) than its {size}-byte index")
+    index_bytes = buf[len(buf) - size:len(buf) - 4]
+    if google_crc32c.value(index_bytes) != int(buf[len(buf) - 4:].view("<u4")[0]):
+        raise ShardError("shard index checksum mismatch")
+    index = index_bytes.view("<u8").reshape(cps + (2,))
+    out = np.full(shard_shape, np.nan, dtype=dt)
+    whole = all(c == 1 for c in chunk_shape[:2]) and tuple(chunk_shape[2:]) == tuple(shard_shape[2:])
+    flat = out.reshape(cps[:2] + (-1,)) if whole else None
+    zstd = _zstd(level)
+    end = len(buf) - size
+    for coords in np.argwhere(index[..., 0] != MAX_UINT_64):
+        offset, length = (int(v) for v in index[tuple(coords)])
+        if length < 4 or offset + length > end:
+            raise ShardError(f"inner chunk {tuple(coords)} points outside the shard")
+        chunk = buf[offset:offset + length]
+        if google_crc32c.value(chunk[:-4]) != int(chunk[-4:].view("<u4")[0]):
+            raise ShardError(f"inner chunk {tuple(coords)} checksum mismatch")
+        raw = np.frombuffer(zstd.decode(chunk[:-4]), dtype=dt)
+        if whole:
+            flat[tuple(coords[:2])] = raw
+        else:
+            sl = tuple(slice(int(i) * c, (int(i) + 1) * c) for i, c in zip(coords, chunk_shape))
+            out[sl] = raw.reshape(chunk_shape)
+    return out

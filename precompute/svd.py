@@ -45,6 +45,8 @@ from torch import Tensor
 from precompute.errors import UserError
 
 DENSE_LIMIT = 10**7            # auto: dense when N·n ≤ this (F of ≤ 80 MB in float64)
+STORE_DENSE_LIMIT = 10**8      # auto on the stored F: dense when N·n ≤ this ...
+STORE_DENSE_SIDE = 4096        # ... and the Gram matrix of the smaller side is at most this wide
 DEFAULT_TOL = {"float32": 1e-4, "float64": 1e-8}
 BLOCK_MAX_CALLS = 100          # default pass budget of the block solver
 POWER_CALLS_PER_TRIPLET = 2000  # default pass budget of Algorithm 1, per triplet
@@ -703,7 +705,11 @@ class State:
 
 @dataclass(frozen=True)
 class Plan:
-    """The resolved `analyses.svd` of a run (what the store records under ``analyses.svd``)."""
+    """The resolved `analyses.svd` of a run (what the store records under ``analyses.svd``).
+
+    ``operator``: ``store`` (sparse products with the F the store holds,
+    :mod:`precompute.stored_operator`; ``source`` names the analysis, ``why`` says how the plan
+    knows) or ``network`` (batched passes of the interpreter)."""
 
     k: int
     method: str
@@ -714,10 +720,13 @@ class Plan:
     n: int
     N: int
     dtype: str
+    operator: str = "network"
+    source: str | None = None
+    why: str = ""
 
     def attrs(self) -> dict:
         return {"k": self.k, "method": self.method, "block": self.block, "tol": self.tol,
-                "max_calls": self.max_calls, "seed": self.seed}
+                "max_calls": self.max_calls, "seed": self.seed, "operator": self.operator}
 
     @property
     def pass_size(self) -> int:
@@ -732,13 +741,17 @@ def default_block(k: int) -> int:
 
 
 def make_plan(k: int, n: int, N: int, dtype: str, method: str = "auto", block="auto",
-              tol: float | None = None, max_calls: int | None = None, seed: int = 0) -> Plan:
+              tol: float | None = None, max_calls: int | None = None, seed: int = 0,
+              operator: str = "network", source: str | None = None, why: str = "") -> Plan:
     """Resolve ``auto`` method/block, the dtype's default tolerance and the default budgets for
-    an F of N × n (UserError if impossible)."""
+    an F of N × n on the given operator (UserError if impossible)."""
     if k > min(n, N):
         raise UserError(f"analyses.svd.k = {k} is more than F ({N} × {n}) has singular "
                         f"values; use k ≤ {min(n, N)}")
-    if method == "auto":
+    if method == "auto" and operator == "store":
+        method = ("dense" if n * N <= STORE_DENSE_LIMIT and min(n, N) <= STORE_DENSE_SIDE
+                  else "block")
+    elif method == "auto":
         method = "dense" if n * N <= DENSE_LIMIT else "block"
     block = default_block(k) if block == "auto" else int(block)
     tol = float(tol) if tol is not None else DEFAULT_TOL.get(dtype, 1e-3)
@@ -749,13 +762,26 @@ def make_plan(k: int, n: int, N: int, dtype: str, method: str = "auto", block="a
     if method == "power" and max_calls < 2 * k:
         raise UserError(f"analyses.svd.max_calls = {max_calls} leaves the power method less than "
                         f"one step (2 passes) per triplet; use at least {2 * k}")
-    return Plan(k, method, block, tol, max_calls if method != "dense" else None, seed, n, N, dtype)
+    return Plan(k, method, block, tol, max_calls if method != "dense" else None, seed, n, N, dtype,
+                operator, source, why)
 
 
-def resolve(rp, cfg) -> Plan:
-    """`analyses.svd` of the config for this run's shapes and dtype."""
+def resolve(rp, cfg, operator: str | None = None) -> Plan:
+    """`analyses.svd` of the config for this run's shapes and dtype, and its operator: the
+    stored F when the store will hold all of it (:func:`precompute.stored_operator
+    .planned_source`), else network passes (``operator`` overrides the config's)."""
+    from precompute import stored_operator as SO
+
+    want = operator or getattr(cfg, "operator", "auto")
+    source, why = None, "operator: network"
+    if want != "network":
+        source, why = SO.planned_source(rp.layouts, rp.support)
+        if source is None and want == "store":
+            raise UserError(f"analyses.svd.operator: store needs a store that holds all of F, "
+                            f"but {why}; use operator: auto (or network)")
+    op = "store" if source is not None else "network"
     return make_plan(cfg.k, math.prod(rp.in_shape), math.prod(rp.out_shape), rp.res.config.dtype,
-                     cfg.method, cfg.block, cfg.tol, cfg.max_calls, cfg.seed)
+                     cfg.method, cfg.block, cfg.tol, cfg.max_calls, cfg.seed, op, source, why)
 
 
 def top_k(li, k: int = 16, *, method: str = "auto", block="auto", tol: float | None = None,
@@ -780,6 +806,8 @@ def planned(rp, cfg) -> dict:
 
 
 def _method_text(p: Plan) -> str:
+    if p.operator == "store":
+        return _store_method_text(p)
     if p.method == "dense":
         side, kind = (p.n, "column") if p.n <= p.N else (p.N, "row")
         return (f"the exact SVD of F materialised from {side:,} {kind} impulses "
@@ -794,10 +822,25 @@ def _method_text(p: Plan) -> str:
             f"{p.max_calls} passes)")
 
 
+def _store_method_text(p: Plan) -> str:
+    """The solver on the stored F (no state is saved: a killed run redoes it in seconds)."""
+    if p.method == "dense":
+        side, gram = (p.n, "FᵀF") if p.n <= p.N else (p.N, "FFᵀ")
+        how = (f"the exact SVD (eigen-decomposition of the {side:,} × {side:,} Gram matrix {gram} "
+               "in float64, then Rayleigh–Ritz on F)")
+    elif p.method == "block":
+        how = f"block Krylov (blocks of {p.block}, at most {p.max_calls} sparse products)"
+    else:
+        how = f"the paper's Algorithm 1 (at most {p.max_calls} sparse products)"
+    return how
+
+
 def _state_bytes(p: Plan) -> int:
     """The most disk the resumable solver state takes while it runs (block: every saved block of
-    the Krylov basis, both sides; power: the triplets found so far)."""
+    the Krylov basis, both sides; power: the triplets found so far; none on the stored F)."""
     itemsize = np.dtype(p.dtype).itemsize
+    if p.operator == "store":
+        return 0
     if p.method == "block":
         iters = max(1, min(p.max_calls // 2, -(-p.n // p.block)))
         return iters * p.block * (p.n + p.N) * itemsize
@@ -818,8 +861,16 @@ def describe(rp, cfg) -> str:
     p = resolve(rp, cfg)
     finished = rp.exists and _complete(rp.path) and not rp.whole_f_pending("svd")
     state = "already done" if finished else f"tolerance {p.tol:g}"
-    return (f"svd: top-{p.k} singular triplets of F ({p.N:,} × {p.n:,}) by {_method_text(p)}, "
-            f"{state}.")
+    if p.operator == "store":
+        where = (f" on the F the store holds ({p.why}; sparse products, no network pass; the "
+                 f"residuals are measured with {-(-p.k // p.pass_size)} + "
+                 f"{-(-p.k // p.pass_size)} network passes)")
+    elif getattr(cfg, "operator", "auto") == "network":
+        where = " by network passes (operator: network)"
+    else:
+        where = f" by network passes (the store does not hold all of F: {p.why})"
+    return (f"svd: top-{p.k} singular triplets of F ({p.N:,} × {p.n:,}){where}, by "
+            f"{_method_text(p)}, {state}.")
 
 
 def _complete(path: Path) -> bool:
@@ -894,7 +945,8 @@ def mark_complete(group, attrs: dict) -> None:
 
 def run(rp, cfg) -> float:
     """Compute the top-k SVD of the run's interpreter into ``svd/`` (resumably); returns the
-    seconds this process spent."""
+    seconds this process spent. On the stored F when the store holds all of it (else network
+    passes, and it says why); the residuals are always measured with the network."""
     from precompute.engine import Engine
     from precompute.text import say
     from precompute.interpreter import LinearInterpreter
@@ -902,15 +954,18 @@ def run(rp, cfg) -> float:
     t_start = time.perf_counter()
     p = resolve(rp, cfg)
     c = rp.res.config
+    quiet = rp.opts.quiet
+    tell = (lambda s: None) if quiet else say
+    stored = None
+    if p.operator == "store":
+        stored, p = _stored_operator(rp, cfg, p, tell)
     # an interpreter whose passes hold one block (the sweep's may hold a different batch)
     li = LinearInterpreter(rp.prep.spec.module, rp.prep.x0, rule=c.interpreter,
                            batch=p.pass_size, exact=c.precision == "ieee")
     eng = Engine(li, rp.device, rp.prep.dtype)
-    op = Operator.from_engine(eng, p.pass_size)
-    quiet = rp.opts.quiet
+    net = Operator.from_engine(eng, p.pass_size)
     state = State(rp.path / "svd" / "state",
-                  p.attrs() | {"dtype": p.dtype, "n": p.n, "N": p.N},
-                  say=(lambda s: None) if quiet else say)
+                  p.attrs() | {"dtype": p.dtype, "n": p.n, "N": p.N}, say=tell)
     import zarr
 
     g = zarr.open_group(str(rp.path / "svd"), mode="a")
@@ -918,15 +973,20 @@ def run(rp, cfg) -> float:
         g.attrs.put({"complete": False})
     bar, update = _progress_bar(p, quiet or p.method == "dense")
     try:
-        sol = solve(op, p, state, update)
+        if stored is None:
+            op, sol = net, solve(net, p, state, update)
+        else:  # seconds of work: no state to resume from
+            op = Operator(stored.F, stored.Ft, p.n, p.N, stored.dtype, stored.device, p.pass_size)
+            sol = solve_stored(stored, op, p, update)
     finally:
         if bar is not None:
             bar.close()
-    tri = finish(op, sol)
+    tri = finish(net, sol)  # against the network: a wrong stored F cannot hide here
+    passes = {kind: net.passes[kind] - tri.residual_passes[kind] for kind in net.passes}
     attrs = p.attrs() | {
-        "calls": {kind: op.passes[kind] - tri.residual_passes[kind] for kind in op.passes},
+        "calls": passes,
         "residual_calls": tri.residual_passes,
-        "pass_size": op.pass_size,
+        "pass_size": net.pass_size,
         "iterations": sol.iterations,
         "wall_time": sol.seconds,
         "converged": bool(sol.converged),
@@ -935,15 +995,56 @@ def run(rp, cfg) -> float:
         "oom_splits": eng.oom_splits,
         "device": str(rp.device),
     } | ({"power_iterations": sol.extra["iterations"], "power_momentum": sol.extra["momentum"]}
-         if sol.method == "power" else {})
+         if sol.method == "power" else {}) | ({
+             "operator_source": stored.source, "operator_nnz": stored.nnz,
+             "operator_seconds": stored.seconds, "products": dict(op.passes)}
+        if stored is not None else {})
     write_result(rp.path, p, sol, tri, rp.in_shape, rp.out_shape, attrs)
     state.remove()
     if not quiet:
+        how = (f"{attrs['calls']['forward']}+{attrs['calls']['backward']} passes"
+               if stored is None else
+               f"{op.passes['forward']}+{op.passes['backward']} sparse products"
+               * (p.method != "dense") + f" on the stored {stored.source} (assembled in "
+               f"{stored.seconds:.1f} s)")
         say(f"svd: σ_1 … σ_{p.k} = {tri.sigma[0]:.4g} … {tri.sigma[-1]:.4g} by {p.method} in "
-            f"{attrs['calls']['forward']}+{attrs['calls']['backward']} passes, max residual "
-            f"{attrs['max_residual']:.2e}" + ("" if sol.converged else
-                                              f" — NOT converged to tol {p.tol:g}"))
+            f"{how}, max residual {attrs['max_residual']:.2e} (measured with the network)"
+            + ("" if sol.converged else f" — NOT converged to tol {p.tol:g}"))
     return time.perf_counter() - t_start
+
+
+def _stored_operator(rp, cfg, p: Plan, tell):
+    """The stored F of a plan on the store operator, or (None, the network plan) with a line
+    saying why the store does not hold all of F after all."""
+    import zarr
+
+    from precompute import stored_operator as SO
+
+    group = zarr.open_group(str(rp.path), mode="r")
+    try:
+        stored, why = SO.load_if_whole(rp.path, group, rp.layouts, rp.prep.dtype, rp.device,
+                                       prefer=p.source)
+    except MemoryError:
+        stored, why = None, "assembling it ran out of memory"
+    if stored is not None:
+        return stored, p
+    if getattr(cfg, "operator", "auto") == "store":
+        raise UserError(f"analyses.svd.operator: store, but the store does not hold all of F "
+                        f"({why}); use operator: auto (or network)")
+    tell(f"svd: the store does not hold all of F ({why}): network passes instead")
+    return None, resolve(rp, cfg, operator="network")
+
+
+def solve_stored(stored, op: Operator, p: Plan, progress=None) -> Solution:
+    """Run the plan's solver on the stored F: ``dense`` is the exact SVD of
+    :meth:`~precompute.stored_operator.StoredF.dense_svd`; ``block`` and ``power`` are the same
+    solvers as on the network, on sparse products (``op`` counts them)."""
+    if p.method != "dense":
+        return solve(op, p, None, progress)
+    t0 = time.perf_counter()
+    s, u, v = stored.dense_svd(p.k)
+    return Solution(s, u.to(op.device, op.dtype), v.to(op.device, op.dtype), True, "dense",
+                    seconds=time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -999,4 +1100,36 @@ def recheck(st, engine, samples: int = 4, seed: int = 0) -> tuple[list[str], boo
              f"(stored ≤ {stored.max():.3g}; excess {max(worst, 0):.3g}, tolerance {tol:g}), "
              f"unit norms ±{norms:.1g}, σ {'descending' if ordered else 'NOT descending'} "
              + ("OK" if ok else "MISMATCH")]
-    return lines, ok
+    more, good = recheck_stored(st, sigma, tol)
+    return lines + more, ok and good
+
+
+def recheck_stored(st, sigma: np.ndarray, tol: float) -> tuple[list[str], bool]:
+    """Every stored triplet against the F the store holds (when it holds all of it: sparse
+    products, no network pass): its residuals must not exceed the stored ones (measured with
+    the network) by more than ``tol``. Nothing when the store holds only part of F."""
+    from precompute import stored_operator as SO
+
+    try:
+        stored, _why = SO.load_if_whole(st.path, st.group, list(st.layouts.values()),
+                                        torch.from_numpy(np.zeros(0, st.dtype)).dtype, "cpu")
+    except MemoryError:
+        return [], True
+    if stored is None:
+        return [], True
+    k = len(sigma)
+    u = torch.from_numpy(np.asarray(st.array("svd/u"), np.float64).reshape(k, -1))
+    v = torch.from_numpy(np.asarray(st.array("svd/v"), np.float64).reshape(k, -1))
+    res = np.asarray(st.array("svd/residual"), np.float64)
+    s = torch.from_numpy(sigma)
+    den = denominators(s, zero_floor(stored.dtype, stored.n, stored.N))
+    r1 = torch.linalg.vector_norm(stored.F(v.to(stored.dtype)).double() - s[:, None] * u,
+                                  dim=1) / den
+    r2 = torch.linalg.vector_norm(stored.Ft(u.to(stored.dtype)).double() - s[:, None] * v,
+                                  dim=1) / den
+    excess = float(np.max(torch.stack([r1, r2], 1).numpy() - res))
+    ok = excess <= tol
+    return [f"svd: all {k} triplets against the F of the stored {stored.source} (sparse, no "
+            f"network pass): max ‖Fv − σu‖/σ = {float(r1.max()):.3g}, max ‖Fᵀu − σv‖/σ = "
+            f"{float(r2.max()):.3g} (excess over stored {max(excess, 0):.3g}, tolerance "
+            f"{tol:g}) " + ("OK" if ok else "MISMATCH")], ok

@@ -125,7 +125,12 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
     more, good = verify_lines(st, prep, tol)
     lines += more
     ok &= good
+    from precompute.stored_operator import verify_lines as stored_f_lines
     from precompute.svd import recheck
+
+    more, good = stored_f_lines(st)
+    lines += more
+    ok &= good
 
     svd_lines, svd_ok = recheck(st, eng, samples=max(2, samples // 2), seed=seed)
     lines += svd_lines

@@ -45,6 +45,7 @@ def run_meta(st: Store, rid: str, res: SvdResult, precision: str) -> dict:
         "calls": a.get("calls"), "residualCalls": a.get("residual_calls"),
         "wallTime": a.get("wall_time"), "converged": a.get("converged"),
         "sign": a.get("sign_convention"),
+        "operator": a.get("operator", "network"), "operatorSource": a.get("operator_source"),
     }
     if st.kind != "image":
         labels = [str(x) for x in (st.model.get("labels") or [])]

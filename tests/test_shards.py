@@ -58,3 +58,42 @@ def test_other_codecs_fall_back_to_zarr(tmp_path):
     a = g.create_array("a", shape=(4, 4), chunks=(1, 1), shards=(2, 2), dtype="f4")
     assert shards.fast_path(a) is None  # default codecs (no crc32c): zarr writes these
     shutil.rmtree(tmp_path / "x.zarr")
+
+
+@pytest.mark.parametrize("name, window, shape_in, shape_out, tile, dtype", [
+    ("rows", 6, (1, 13, 11), (1, 39, 33), 8, "float32"),      # edge tiles
+    ("columns", 5, (3, 10, 9), (3, 20, 18), 4, "float64"),
+])
+def test_decode_shard_reads_what_zarr_reads(tmp_path, name, window, shape_in, shape_out, tile,
+                                            dtype):
+    """decode_shard (the fast reader of the stored F) returns zarr's values for shards zarr wrote,
+    absent inner chunks as NaN, and refuses a flipped byte in a chunk or in the index."""
+    lay = S.make_layout(name, window, tile, P.Selection(), shape_in, shape_out, 2.0, 0.0,
+                        np.dtype(dtype).itemsize)
+    path = tmp_path / "z.zarr"
+    g = S.create_store(path, attrs={}, dtype=dtype, input=np.zeros(shape_in),
+                       output=np.zeros(shape_out), residual=None,
+                       display_input=np.zeros((2, 2, 3), np.uint8), display_output=None,
+                       layouts=[lay])
+    arr = g[name]
+    rng = np.random.default_rng(1)
+    for t in lay.tiles():
+        th, tw = t.shape
+        b = rng.standard_normal((th, tw) + lay.chunk[2:]).astype(dtype)
+        b[0, 0] = np.nan  # left out of the shard
+        arr[t.y0:t.y1, t.x0:t.x1] = b
+    level = shards.fast_path(arr)
+    for t in lay.tiles():
+        f = S.shard_file(path, arr, name, t)
+        got = shards.decode_shard(f.read_bytes(), arr.shards, arr.metadata.codecs[0].chunk_shape,
+                                  dtype, level)
+        th, tw = t.shape
+        assert np.array_equal(got[:th, :tw], arr[t.y0:t.y1, t.x0:t.x1], equal_nan=True)
+        assert np.isnan(got[0, 0]).all() and np.isnan(got[th:]).all()
+    data = bytearray(f.read_bytes())
+    for pos in (10, len(data) - 10):  # a chunk's byte, then an index byte
+        bad = bytearray(data)
+        bad[pos] ^= 0xFF
+        with pytest.raises(shards.ShardError, match="checksum"):
+            shards.decode_shard(bytes(bad), arr.shards, arr.metadata.codecs[0].chunk_shape,
+                                dtype, level)

@@ -182,7 +182,7 @@ def _resume_equals_reference(tmp_path, monkeypatch, model, svd, interrupt_at, ex
 def test_block_resumes_from_its_last_saved_block(tmp_path, monkeypatch):
     progress = _resume_equals_reference(
         tmp_path, monkeypatch, f"python:{TINY}:relu_pool_up",
-        {"k": 4, "method": "block", "block": 4, "tol": 1e-12}, interrupt_at=4,
+        {"k": 4, "method": "block", "block": 4, "tol": 1e-12, "operator": "network"}, interrupt_at=4,
         expect="svd: resuming block Krylov after 3 saved iteration(s)")
     assert progress["iterations"] == 3 and progress["passes"] == {"forward": 3, "backward": 3}
 
@@ -230,7 +230,8 @@ def test_killed_before_the_marker_leaves_no_result(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sigkill_during_block_then_resume(tmp_path):
-    svd = {"k": 4, "method": "block", "block": 4, "tol": 1e-13, "max_calls": 16}
+    svd = {"k": 4, "method": "block", "block": 4, "tol": 1e-13, "max_calls": 16,
+           "operator": "network"}  # the network solver's saved state (the stored F keeps none)
     model = f"python:{TINY}:relu_pool_up"
     assert cli("run", "-q", config(tmp_path, "ref", model, svd)).exit_code == 0
     cfg = config(tmp_path, "cut", model, svd)

@@ -135,7 +135,8 @@ def test_svd_state_counts_in_the_disk_check(tmp_path, monkeypatch):
     refused before the SVD starts, with the numbers."""
     cfg = _config(tmp_path, "out", SWEEP)
     assert cli("run", "-q", cfg).exit_code == 0
-    cfg = _config(tmp_path, "out", SWEEP | {"svd": {"k": 2, "method": "block"}})
+    cfg = _config(tmp_path, "out", SWEEP | {"svd": {"k": 2, "method": "block",
+                                                    "operator": "network"}})  # (its state)
     monkeypatch.setenv("LINEARSCOPE_FREE_BYTES", "4096")  # 108 × 108 F: the state is larger
     r = cli("run", cfg)
     assert r.exit_code == 2 and "is free at" in r.stderr, r.output + r.stderr

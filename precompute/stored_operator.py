@@ -1,0 +1,339 @@
+"""F from the store: the exact filter matrix as a sparse matrix of the stored windows.
+
+A store whose ``columns`` hold every input pixel with nothing outside its window
+(``columns_outside`` exactly 0 everywhere: always for ``full`` windows, and whenever the window
+covers the structural support, :func:`covers_support`) holds F itself, entry for entry:
+``F[(b, oy+y, ox+x), (a, i, j)] = columns[i, j, a, b, y, x]`` (docs/FORMAT.md), and zero elsewhere.
+The same holds for ``rows``. :class:`StoredF` assembles that sparse matrix — n·(window)² entries
+per channel pair at most, exact zeros dropped — and applies ``F·V`` and ``Fᵀ·U`` to blocks of
+vectors (paper eq. 5 and 6 with the constants off) without any network pass: a whole-F analysis
+after a sweep (the SVD, :mod:`precompute.svd`; the SVD recheck of ``precompute verify``) then
+costs sparse products instead of batched passes of the network.
+
+scipy.sparse does the products on a CPU (compiled CSR/CSC kernels; torch's CPU CSR matmul was
+slower here) and torch's sparse CSR on a GPU (cuSPARSE), in the store's dtype. Assembling reads
+every shard once with :func:`precompute.shards.decode_shard` (checksums checked), far faster than
+zarr's per-chunk pipeline for one-pixel inner chunks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from precompute import probes as P
+from precompute import shards
+from precompute import store as S
+
+SOURCES = ("columns", "rows")
+
+
+# ---------------------------------------------------------------------------------------------
+# Does (will) the store hold all of F?
+
+
+def _interval_ok(lo: np.ndarray, hi: np.ndarray, origin: np.ndarray, w: int) -> bool:
+    """Every non-empty [lo_i, hi_i] lies inside [origin_i, origin_i + w)."""
+    empty = lo > hi
+    return bool(np.all(empty | ((lo >= origin) & (hi < origin + w))))
+
+
+def covers_support(lay: S.Layout, support) -> bool:
+    """Whether every window of ``lay`` contains its filter's whole structural support
+    (:class:`precompute.support.Support`): then nothing can lie outside it, whatever x0 is."""
+    if lay.full:
+        return True
+    if support is None or support.is_global:
+        return False
+    lo, hi = ((support.col_lo, support.col_hi) if lay.name == "columns"
+              else (support.row_lo, support.row_hi))
+    rule = P.column_origin if lay.name == "columns" else P.row_origin
+    _, hp, wp = lay.probe_shape
+    _, ho, wo = lay.other_shape
+    for axis, (n, other) in enumerate(((hp, ho), (wp, wo))):
+        w = lay.window[axis]
+        origin = np.array([rule(i, lay.scale, lay.offset, w, other) for i in range(n)])
+        if not _interval_ok(np.asarray(lo[axis]), np.asarray(hi[axis]), origin, w):
+            return False
+    return True
+
+
+def whole_selection(lay: S.Layout) -> bool:
+    """The layout stores a filter for every pixel of its domain (no region, stride 1)."""
+    _, h, w = lay.probe_shape
+    return lay.selection.as_list(h, w) == [0, 0, h, w] and lay.selection.stride == 1
+
+
+def planned_source(layouts, support) -> tuple[str | None, str]:
+    """At plan time: the analysis (``columns`` or ``rows``) whose stored windows will hold all of
+    F, and why — or (None, why not)."""
+    why_not = []
+    by_name = {lay.name: lay for lay in layouts}
+    for name in SOURCES:
+        lay = by_name.get(name)
+        if lay is None:
+            continue
+        if not whole_selection(lay):
+            why_not.append(f"the {name} cover part of the image only")
+            continue
+        if lay.full:
+            return name, f"the full-window {name}"
+        win = f"{lay.window[0]}×{lay.window[1]}"
+        if support is None:  # (probing: single, or a resumed store): known after the sweep
+            return name, (f"the {name} if nothing lies outside their {win} windows (checked "
+                          "after the sweep)")
+        if covers_support(lay, support):
+            return name, f"the {name}: their {win} windows cover the structural support"
+        if support.is_global:
+            why_not.append(f"the {name} are cut to {win} windows and the structural support is "
+                           "global")
+        else:
+            why_not.append(f"the {name} are cut to {win} windows, smaller than their structural "
+                           "support")
+    if not why_not:
+        why_not.append("the store has no columns or rows")
+    return None, "; ".join(why_not)
+
+
+def holds_all(path: Path, group, lay: S.Layout) -> str | None:
+    """After the sweep: why the stored ``lay`` does not hold all of F, or None when it does
+    (every pixel selected and done, every ``*_outside`` fraction exactly 0)."""
+    if not whole_selection(lay):
+        return f"the {lay.name} cover part of the image only"
+    arrays = S.tiled_arrays(group)
+    for t in lay.tiles():
+        if not S.tile_done(path, arrays, lay, t, full=False):
+            return f"{lay.name} tile ({t.ty}, {t.tx}) is not on disk"
+    out = np.asarray(group[f"{lay.name}_outside"][...])
+    if np.isnan(out).any():
+        return f"{int(np.isnan(out).any(-1).sum())} {lay.name} were not computed"
+    if (out != 0).any():
+        n = int((out != 0).any(-1).sum())
+        return (f"{n} of {out.shape[0] * out.shape[1]} {lay.name} have part of their norm "
+                f"outside their {lay.window[0]}×{lay.window[1]} window (up to "
+                f"{float(out.max()):.2g})")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the windows.
+
+
+def _tile_values(path: Path, arr, lay: S.Layout, t: P.Tile) -> np.ndarray:
+    """The stored windows of one tile, (th, tw, C_probe, C_other, wh, ww)."""
+    level = shards.fast_path(arr)
+    if level is None:
+        return np.asarray(arr[t.y0:t.y1, t.x0:t.x1])
+    data = S.shard_file(path, arr, lay.name, t).read_bytes()
+    inner = arr.metadata.codecs[0].chunk_shape
+    block = shards.decode_shard(data, tuple(arr.shards), tuple(inner), arr.dtype, level)
+    th, tw = t.shape
+    return block[:th, :tw]
+
+
+def _tile_entries(lay: S.Layout, t: P.Tile, values: np.ndarray, origin: np.ndarray):
+    """(F row indices, F column indices, values) of the non-zero entries of one tile."""
+    cp, hp, wp = lay.probe_shape
+    co, ho, wo = lay.other_shape
+    wh, ww = lay.window
+    th, tw = t.shape
+    i = np.arange(t.y0, t.y1)[:, None, None]
+    j = np.arange(t.x0, t.x1)[None, :, None]
+    probe = (np.arange(cp)[None, None, :] * hp + i) * wp + j                    # (th, tw, cp)
+    yy = origin[..., 0][:, :, None, None] + np.arange(wh)[None, None, :, None]  # (th, tw, wh, 1)
+    xx = origin[..., 1][:, :, None, None] + np.arange(ww)[None, None, None, :]  # (th, tw, 1, ww)
+    other = ((np.arange(co)[None, None, :, None, None] * ho + yy[:, :, None]) * wo
+             + xx[:, :, None])                                                  # (th, tw, co, wh, ww)
+    nz = values != 0
+    full = (th, tw, cp, co, wh, ww)
+    p_idx = np.broadcast_to(probe[..., None, None, None], full)[nz]
+    o_idx = np.broadcast_to(other[:, :, None], full)[nz]
+    vals = values[nz]
+    return (o_idx, p_idx, vals) if lay.name == "columns" else (p_idx, o_idx, vals)
+
+
+# ---------------------------------------------------------------------------------------------
+# The operator.
+
+
+@dataclass
+class StoredF:
+    """F (N × n) assembled from a store's ``columns`` or ``rows``: ``F(V)`` maps ``(K, n) →
+    (K, N)`` and ``Ft(U)`` maps ``(K, N) → (K, n)`` (torch tensors on ``device``, the store's
+    dtype), like :class:`precompute.svd.Operator`'s callables."""
+
+    matrix: object            # scipy.sparse CSR/CSC array (N × n)
+    source: str               # "columns" or "rows"
+    dtype: torch.dtype
+    device: torch.device
+    seconds: float = 0.0      # reading and assembling
+    _torch: tuple | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def N(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.matrix.nnz)
+
+    @classmethod
+    def load(cls, path: Path, group, lay: S.Layout, dtype: torch.dtype,
+             device: torch.device | str = "cpu") -> "StoredF":
+        """Assemble F from every tile of ``lay`` (call :func:`holds_all` first)."""
+        import scipy.sparse as sp
+
+        t0 = time.perf_counter()
+        path = Path(path)
+        arr = group[lay.name]
+        org = group[f"{lay.name}_origin"]
+        n, N = math.prod(lay.probe_shape), math.prod(lay.other_shape)
+        if lay.name == "rows":
+            n, N = N, n
+        rows, cols, vals = [], [], []
+        for t in lay.tiles():
+            values = _tile_values(path, arr, lay, t)
+            if np.isnan(values).any():
+                raise ValueError(f"{lay.name} tile ({t.ty}, {t.tx}) holds NaN")
+            r, c, v = _tile_entries(lay, t, values, np.asarray(org[t.y0:t.y1, t.x0:t.x1]))
+            rows.append(r.astype(np.int64))
+            cols.append(c.astype(np.int64))
+            vals.append(v)
+        data = np.concatenate(vals) if vals else np.zeros(0, arr.dtype)
+        ri = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        ci = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        # the natural order: a column's window is contiguous in C order (sorted row indices)
+        fmt = sp.csc_array if lay.name == "columns" else sp.csr_array
+        matrix = fmt((data, (ri, ci)), shape=(N, n))
+        return cls(matrix, lay.name, dtype, torch.device(device), time.perf_counter() - t0)
+
+    # -- products -----------------------------------------------------------------------------
+    def _on_torch(self) -> tuple:
+        """F and Fᵀ as torch sparse CSR tensors on the (CUDA) device, built once."""
+        if self._torch is None:
+            def csr(m):
+                m = m.tocsr()
+                return torch.sparse_csr_tensor(
+                    torch.from_numpy(m.indptr.astype(np.int64)),
+                    torch.from_numpy(m.indices.astype(np.int64)),
+                    torch.from_numpy(np.asarray(m.data)), size=m.shape
+                ).to(self.device, self.dtype)
+
+            self._torch = (csr(self.matrix), csr(self.matrix.T))
+        return self._torch
+
+    def _apply(self, X: Tensor, transpose: bool) -> Tensor:
+        if self.device.type != "cpu":
+            A = self._on_torch()[1 if transpose else 0]
+            return (A @ X.to(self.device, self.dtype).T).T
+        A = self.matrix.T if transpose else self.matrix
+        x = np.ascontiguousarray(X.detach().cpu().numpy().astype(A.dtype, copy=False).T)
+        return torch.from_numpy(np.ascontiguousarray((A @ x).T)).to(self.dtype)
+
+    def F(self, V: Tensor) -> Tensor:
+        return self._apply(V.reshape(V.shape[0], self.n), False)
+
+    def Ft(self, U: Tensor) -> Tensor:
+        return self._apply(U.reshape(U.shape[0], self.N), True)
+
+    # -- the exact SVD ------------------------------------------------------------------------
+    def dense_svd(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Exact top-k SVD (σ float64 descending, u (k, N), v (k, n) float64) from the
+        eigen-decomposition of the smaller Gram matrix (FᵀF or FFᵀ, float64), block by block of
+        its connected components (e.g. one block per colour channel of bicubic), followed by a
+        Rayleigh–Ritz step on F itself (an SVD of F·V_k), which gives the singular values to
+        the precision of F rather than of the squared Gram matrix."""
+        from threadpoolctl import threadpool_limits
+
+        # LAPACK's tridiagonalisation is mostly matrix-vector work: one thread is as fast on two
+        # cores, and 10–60× faster than two when the machine is busy (threads spin for each other)
+        with threadpool_limits(1):
+            return self._dense_svd(k)
+
+    def _dense_svd(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        import scipy.linalg as la
+        from scipy.sparse.csgraph import connected_components
+
+        A = self.matrix.astype(np.float64)
+        small = self.n <= self.N
+        G = (A.T @ A) if small else (A @ A.T)
+        G = G.tocsr()
+        m = G.shape[0]
+        n_comp, labels = connected_components(abs(G) + abs(G.T), directed=False)
+        cand_w, cand_q = [], []
+        for c in range(n_comp):
+            idx = np.flatnonzero(labels == c)
+            sub = G[idx][:, idx].toarray()
+            kk = min(k, len(idx))
+            w, q = la.eigh(sub, subset_by_index=[len(idx) - kk, len(idx) - 1])
+            Q = np.zeros((m, kk))
+            Q[idx] = q
+            cand_w.append(w)
+            cand_q.append(Q)
+        w = np.concatenate(cand_w)
+        Q = np.concatenate(cand_q, axis=1)
+        top = np.argsort(-w, kind="stable")[:k]
+        Q = Q[:, top]                                  # (m, k) orthonormal
+        Y = (A @ Q) if small else (A.T @ Q)            # F·V or Fᵀ·U: (other side, k)
+        P_, s, Wt = np.linalg.svd(Y, full_matrices=False)
+        other = Q @ Wt.T                               # rotated Ritz vectors of the small side
+        v, u = (other, P_) if small else (P_, other)
+        return (torch.from_numpy(s.copy()), torch.from_numpy(np.ascontiguousarray(u.T)),
+                torch.from_numpy(np.ascontiguousarray(v.T)))
+
+
+def load_if_whole(path: Path, group, layouts, dtype: torch.dtype, device,
+                  prefer: str | None = None) -> tuple[StoredF | None, str]:
+    """The stored F from the first analysis that holds all of it (``prefer`` first), or
+    (None, why none does)."""
+    by_name = {lay.name: lay for lay in layouts}
+    order = ([prefer] if prefer in by_name else []) + [n for n in SOURCES
+                                                       if n in by_name and n != prefer]
+    why = []
+    for name in order:
+        lay = by_name[name]
+        problem = holds_all(path, group, lay)
+        if problem is not None:
+            why.append(problem)
+            continue
+        try:
+            return StoredF.load(path, group, lay, dtype, device), f"the stored {name}"
+        except (OSError, ValueError, shards.ShardError) as e:
+            why.append(f"the stored {name} could not be read ({e})")
+    return None, "; ".join(why) or "the store has no columns or rows"
+
+
+def verify_lines(st) -> tuple[list[str], bool]:
+    """``precompute verify``: when both the stored columns and the stored rows hold all of F,
+    they must be the same matrix entry for entry (they were computed by different passes)."""
+    import torch as _t
+
+    dtype = _t.from_numpy(np.zeros(0, st.dtype)).dtype
+    mats = {}
+    for name in SOURCES:
+        lay = st.layouts.get(name)
+        if lay is None or holds_all(st.path, st.group, lay) is not None:
+            continue
+        try:
+            mats[name] = StoredF.load(st.path, st.group, lay, dtype).matrix
+        except (OSError, ValueError, MemoryError):
+            return [], True  # the integrity report says what is damaged
+    if len(mats) < 2:
+        return [], True
+    a, b = mats["columns"].tocsr(), mats["rows"].tocsr()
+    scale = max(float(abs(a).max()) if a.nnz else 0.0, 1e-300)
+    diff = float(abs(a - b).max()) / scale if (a.nnz or b.nnz) else 0.0
+    tol = 1e-9 if st.dtype == np.float64 else 1e-4
+    ok = diff <= tol
+    return [f"stored F: the columns and the rows hold the same F ({a.nnz:,} non-zero entries), "
+            f"max |Δ| relative {diff:.3g} (tolerance {tol:g}) " + ("OK" if ok else "MISMATCH")], ok
