@@ -63,6 +63,18 @@ def _shared_rows(rp) -> dict:
     return {tuple(Cm.block_probes(lay, rows, support, b)): b for b in rp.todo_blocks["rows"]}
 
 
+def _note_fallback(rp, stats: dict) -> None:
+    """Say once per run that a block's halo crop was refused (it ran on the full image)."""
+    why = stats.get("crop_fallback")
+    if why and not getattr(rp, "_crop_fallback_said", False):
+        from precompute.inputs import say
+
+        say(f"note: a block's halo crop of x0 does not reproduce the full image ({why}): the "
+            "network is not translation-equivariant there (e.g. statistics frozen over the whole "
+            "image); such blocks run on the full image (exact, not bounded in memory)")
+        rp._crop_fallback_said = True
+
+
 def sweep(rp, writer: Writer) -> dict[str, float]:
     """Compute every tile left in ``rp.todo`` and hand it to ``writer``; return the seconds
     spent per analysis (passes shared by both analyses count for ``columns``)."""
@@ -105,7 +117,9 @@ def sweep(rp, writer: Writer) -> dict[str, float]:
                          for t in targets}
                 progress = _Progress([(bars[t.lay.name], Cm.filters(t.lay, tiles[t.lay.name]))
                                       for t in targets])
-                Cm.run_probes(eng, support, probes, targets, k, np_dtype, progress)
+                stats: dict = {}
+                Cm.run_probes(eng, support, probes, targets, k, np_dtype, progress, stats)
+                _note_fallback(rp, stats)
                 for t in targets:
                     for tile in tiles[t.lay.name]:
                         writer.put((t.lay, tile, *t.buf.tile(tile, np_dtype)))
