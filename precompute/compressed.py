@@ -467,6 +467,40 @@ def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target],
     return targets
 
 
+def pairs(cols_lay, cols_plan: ProbingPlan, rows_lay, rows_plan: ProbingPlan) -> bool:
+    """Can rows read out of columns share the passes of the columns blocks on halo crops? Both
+    on crops of one lattice and period, every input pixel selected (one lattice for both), and a
+    rows block that covers exactly the outputs of a columns block (integer scale)."""
+    s = H._fraction(cols_lay.scale)
+    return (cols_plan.method == "compressed" and rows_plan.method == "from_columns"
+            and cols_plan.crop and cols_plan.crop == rows_plan.crop
+            and tuple(cols_plan.period) == tuple(rows_plan.period)
+            and cols_lay.selection == P.Selection() and s is not None and s.denominator == 1
+            and rows_plan.block * rows_lay.tile == s * cols_plan.block * cols_lay.tile)
+
+
+def paired_probes(cols_lay, cols_plan: ProbingPlan, rows_lay, rows_plan: ProbingPlan, support,
+                  cblk: P.Block, rblk: P.Block) -> list[BlockProbe]:
+    """The probes a columns block and its rows block share: every colour of the lattice over
+    the union of the columns' impulses and the rows' halo, per axis (an impulse outside a block
+    is harmless to its decoder: footprints of one colour never meet)."""
+    lat = _lattices(cols_lay, cols_plan)
+    ranges = []
+    for ax, (c, r) in enumerate((((cblk.y0, cblk.y1), (rblk.y0, rblk.y1)),
+                                 ((cblk.x0, cblk.x1), (rblk.x0, rblk.x1)))):
+        rng = H._union(_impulse_range(cols_lay, cols_plan, support, ax, *c),
+                       _impulse_range(rows_lay, rows_plan, support, ax, *r))
+        ranges.append(rng or (0, 0))
+    out = []
+    for ky in (lat[0].keys(*ranges[0]) if ranges[0][1] > ranges[0][0] else []):
+        rows = tuple(lat[0].members(*ranges[0], ky))
+        for kx in (lat[1].keys(*ranges[1]) if ranges[1][1] > ranges[1][0] else []):
+            cols = tuple(lat[1].members(*ranges[1], kx))
+            for a in range(cols_lay.probe_shape[0]):
+                out.append(BlockProbe((ky, kx), a, rows, cols))
+    return out
+
+
 def block_engine(engine, support, targets: list, stats: dict | None = None):
     """(engine, shift, offset) for the passes of ``targets``: the interpreter on the block's halo
     crop of x0 (:mod:`precompute.halo`) with the full-image pixel of the crop's (0, 0) in the

@@ -576,6 +576,24 @@ def _choose_probing(rp: RunPlan, attrs: dict | None, notes: bool = True) -> None
             plan, rp.probing_costs[lay.name] = Cm.choose(
                 lay, rp.get_support(), rp.np_dtype.itemsize, rp.block_budget)
         rp.probing[lay.name] = plan
+    _pair_blocks(rp, stored)
+
+
+def _pair_blocks(rp: RunPlan, stored: dict) -> None:
+    """New stores with columns and rows on halo crops: rows blocks of exactly the outputs of a
+    columns block, so that the rows are read out of the columns' passes (no passes of their own)."""
+    cols, rows = rp.probing.get("columns"), rp.probing.get("rows")
+    if stored or not (cols and rows and cols.method == "compressed"
+                      and rows.method == "from_columns" and cols.crop and rows.crop):
+        return
+    lays = {lay.name: lay for lay in rp.layouts}
+    side = Cm.H._fraction(lays["columns"].scale) * cols.block * lays["columns"].tile
+    if side.denominator != 1 or int(side) % lays["rows"].tile:
+        return
+    paired = Cm.ProbingPlan("rows", rows.method, rows.period, int(side) // lays["rows"].tile,
+                            rows.crop)
+    if Cm.pairs(lays["columns"], cols, lays["rows"], paired):
+        rp.probing["rows"] = paired
 
 
 def _choose_batches(rp: RunPlan, attrs: dict | None) -> None:

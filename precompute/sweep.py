@@ -60,6 +60,9 @@ def _shared_rows(rp) -> dict:
         return {}
     lay = next(x for x in rp.layouts if x.name == "rows")
     support = rp.get_support()
+    col_lay = next(x for x in rp.layouts if x.name == "columns")
+    if Cm.pairs(col_lay, cols, lay, rows):  # halo crops: the rows block of a columns block
+        return {("paired", b.by, b.bx): b for b in rp.todo_blocks["rows"]}
     return {tuple(Cm.block_probes(lay, rows, support, b)): b for b in rp.todo_blocks["rows"]}
 
 
@@ -106,7 +109,11 @@ def sweep(rp, writer: Writer) -> dict[str, float]:
                     continue
                 probes = Cm.block_probes(lay, plan, support, blk)
                 targets = [Cm.Target(lay, plan, Cm.geometry(lay, support, plan), blk)]
-                partner = shared.get(tuple(probes)) if name == "columns" else None
+                partner = (shared.get(tuple(probes)) or shared.get(("paired", blk.by, blk.bx))
+                           if name == "columns" else None)
+                if partner is not None and ("paired", blk.by, blk.bx) in shared:
+                    probes = Cm.paired_probes(lay, plan, lays["rows"], rp.probing["rows"],
+                                              support, blk, partner)
                 if partner is not None:
                     rows_lay, rows_plan = lays["rows"], rp.probing["rows"]
                     targets.append(Cm.Target(rows_lay, rows_plan,
