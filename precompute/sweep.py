@@ -70,11 +70,12 @@ def _note_fallback(rp, stats: dict) -> None:
     """Say once per run that a block's halo crop was refused (it ran on the full image)."""
     why = stats.get("crop_fallback")
     if why and not getattr(rp, "_crop_fallback_said", False):
-        from precompute.inputs import say
+        import sys
 
-        say(f"note: a block's halo crop of x0 does not reproduce the full image ({why}): the "
+        print(f"note: a block's halo crop of x0 does not reproduce the full image ({why}): the "
             "network is not translation-equivariant there (e.g. statistics frozen over the whole "
-            "image); such blocks run on the full image (exact, not bounded in memory)")
+            "image); such blocks run on the full image (exact, not bounded in memory)",
+            file=sys.stderr, flush=True)
         rp._crop_fallback_said = True
 
 
