@@ -348,7 +348,12 @@ class RunPlan:
             eps = 1e-12 if self.prep.dtype == torch.float64 else 1e-5
             if not sup.is_global:
                 _SUPPORTS[key] = (sup, small)
-            checked, ceng = (sup, eng) if small is None else (small, _top_left(eng, small))
+            checked, ceng = sup, eng
+            if small is not None:
+                try:
+                    checked, ceng = small, _top_left(eng, small)
+                except Exception:  # noqa: BLE001 — the crop does not run: check on the image
+                    checked, ceng = sup, eng
             checked = cross_check(copy.copy(checked), lambda flat: ceng.probe(flat, "columns"),
                                   ceng.in_shape, eps, lambda flat: ceng.probe(flat, "rows"),
                                   ceng.out_shape)

@@ -230,3 +230,20 @@ def test_global_support_is_found_on_the_full_image(monkeypatch):
     sup, small = SC.analyse(net, (3, 64, 60), torch.float64, torch.device("cpu"), 1, (64, 60))
     assert small is None and sup.in_hw == (64, 60)
     assert sup.global_reason.startswith("one pixel reaches the whole 64×60 image")
+
+
+@pytest.mark.slow
+def test_run_with_the_support_of_a_small_image_equals_the_full_analysis(tmp_path, monkeypatch):
+    from precompute import run as R
+    from precompute import support_crop as SC
+
+    an = {"residual": True, "columns": {"window": 5, "tile": 16}, "rows": False}
+    monkeypatch.setattr(SC, "FIRST_SIDE", 12)  # 12×12 has too little interior: 24×24
+    small, r = _store(tmp_path, "small", SUPPORT, "relu_same", (52, 50), an, None)
+    assert "analysed on a 24×24 image and extended by translation" in r.stderr, r.stderr
+    monkeypatch.setattr(SC, "FIRST_SIDE", 10**6)
+    R._SUPPORTS.clear()
+    full, r2 = _store(tmp_path, "full", SUPPORT, "relu_same", (52, 50), an, None)
+    assert "extended by translation" not in r2.stderr
+    assert small.attrs["probing"]["support"] == full.attrs["probing"]["support"]
+    assert_same_store(small, full)
