@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from precompute import halo as H
 from precompute import probes as P
 from precompute.errors import UserError
 
@@ -48,6 +49,7 @@ class ProbingPlan:
     method: str
     period: tuple[int, int] = (1, 1)
     block: int = 1
+    crop: int = 0  # blocks run on halo crops of x0 starting on multiples of this (0: full image)
 
     @property
     def kind(self) -> str:
@@ -61,11 +63,14 @@ class ProbingPlan:
         d: dict = {"method": self.method}
         if self.method != "single":
             d.update(period=list(self.period), block=self.block)
+            if self.crop:
+                d["crop"] = self.crop
         return d
 
     @classmethod
     def from_attrs(cls, analysis: str, a: dict) -> "ProbingPlan":
-        return cls(analysis, a["method"], tuple(a.get("period", (1, 1))), int(a.get("block", 1)))
+        return cls(analysis, a["method"], tuple(a.get("period", (1, 1))), int(a.get("block", 1)),
+                   int(a.get("crop", 0)))
 
 
 # --- geometry of one axis ------------------------------------------------------------------
@@ -194,21 +199,58 @@ def block_bytes(lay, g: int, itemsize: int) -> int:
     return side * side * per_pixel
 
 
+#: with halo crops, the plan takes the smallest block whose cost is within this factor of the
+#: cheapest block that fits the memory budget (margin overhead traded for memory per block)
+BLOCK_SLACK = 1.15
+
+
+def target_needs(lay, plan: ProbingPlan, support, block: P.Block) -> tuple[list, list]:
+    """Input and output pixels (per axis) that one block of ``lay`` needs (:func:`halo.needs`)."""
+    axes = [(block.y0, block.y1), (block.x0, block.x1)]
+    impulses = [_impulse_range(lay, plan, support, ax, *axes[ax]) for ax in (0, 1)]
+    return H.needs(support, plan.kind, plan.method, impulses, axes)
+
+
+def block_crop(support, targets: list) -> "H.Crop | None":
+    """The halo crop of x0 serving ``targets`` (one block, or a columns block and the rows block
+    sharing its passes); None when their plan runs on the full image or the crop is the image."""
+    align = targets[0].plan.crop
+    if (not align or support is None or support.is_global
+            or any(t.plan.crop != align for t in targets)):
+        return None
+    crop = H.crop_for(support, align, targets[0].lay.scale,
+                      [target_needs(t.lay, t.plan, support, t.block) for t in targets])
+    return None if crop.is_full(support.in_hw) else crop
+
+
+def _crop_share(lay, plan: ProbingPlan, support, block: P.Block) -> float:
+    """The fraction of the image one pass of ``block`` runs on (1 without a crop)."""
+    if not plan.crop:
+        return 1.0
+    h, w = support.in_hw
+    crop = H.crop_for(support, plan.crop, lay.scale, [target_needs(lay, plan, support, block)])
+    return crop.area / (h * w)
+
+
 def choose(lay, support, itemsize: int, budget: int) -> tuple[ProbingPlan, dict[str, float]]:
     """The cheapest exact way to probe ``lay`` given the support (None or global: single).
 
-    Cost = forward probes + ``BACKWARD_COST`` × backward probes, over the planned tiles; the
-    block side is the one that minimises it within ``budget`` bytes per block. For rows this
-    compares reading them out of forward probes (whether or not columns are stored: the columns
-    are decoded internally, over their whole support) with compressed backward passes, which win
-    only for networks that shrink the image. Returns the plan and the cost of every candidate
-    method (for the plan paragraph)."""
+    Cost = forward probes + ``BACKWARD_COST`` × backward probes, over the planned tiles, each
+    probe weighted by the share of the image its pass runs on (a halo crop, :mod:`precompute.halo`,
+    when the network has a translation period; else the whole image). The block side: the one
+    that minimises the cost within ``budget`` bytes per block — with crops, the smallest within
+    ``BLOCK_SLACK`` of that minimum (the margin overhead ``((B + 4R)/B)²`` falls with the side
+    B, memory per block grows with it). For rows this compares reading them out of forward probes
+    (whether or not columns are stored: the columns are decoded internally, over their whole
+    support) with compressed backward passes, which win only for networks that shrink the image.
+    Returns the plan and the cost of every candidate method (for the plan paragraph)."""
     tiles = lay.tiles()
     n_single = sum(len(P.tile_pixels(t, lay.selection)) for t in tiles) * lay.probe_shape[0]
     costs = {"single": n_single * (1.0 if lay.name == "columns" else BACKWARD_COST)}
     best = ProbingPlan(lay.name, "single")
     if support is None or support.is_global or not tiles:
         return best, costs
+    align = H.alignment(support, lay.scale)
     candidates = []
     if lay.name == "columns":
         candidates.append(("compressed", support.period_in, 1.0))
@@ -219,30 +261,50 @@ def choose(lay, support, itemsize: int, budget: int) -> tuple[ProbingPlan, dict[
     ntx = max(t.tx for t in tiles) + 1
     g_max = max(nty, ntx)
     for method, period, weight in candidates:
-        best_g, best_n = None, None
+        found: list[tuple[int, float]] = []
         for g in range(1, g_max + 1):
             if g > 1 and block_bytes(lay, g, itemsize) > budget:
                 break
-            plan = ProbingPlan(lay.name, method, tuple(period), g)
-            n = count_probes(lay, plan, support, P.blocks(tiles, g))
-            if best_n is None or n < best_n:
-                best_g, best_n = g, n
-        costs[method] = best_n * weight
+            plan = ProbingPlan(lay.name, method, tuple(period), g, align)
+            cost = sum(count_probes(lay, plan, support, [b]) * _crop_share(lay, plan, support, b)
+                       for b in P.blocks(tiles, g))
+            found.append((g, cost))
+        low = min(c for _, c in found)
+        slack = BLOCK_SLACK if align else 1.0
+        best_g, cost = next((g, c) for g, c in found if c <= slack * low)
+        costs[method] = cost * weight
         if costs[method] < costs[best.method]:
-            best = ProbingPlan(lay.name, method, tuple(period), best_g)
+            best = ProbingPlan(lay.name, method, tuple(period), best_g, align)
     return best, costs
 
 
 # --- execution -----------------------------------------------------------------------------
 
 
-def _build(probes: list[BlockProbe], shape: tuple, dtype, device) -> torch.Tensor:
+def _build(probes: list[BlockProbe], shape: tuple, dtype, device,
+           shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """The probes as vectors of ``shape``; ``shift``: the full-image pixel of the vectors' pixel
+    (0, 0) (a halo crop)."""
     v = torch.zeros((len(probes),) + tuple(shape), dtype=dtype, device=device)
     for k, pr in enumerate(probes):
-        r = torch.as_tensor(pr.rows, device=device)
-        c = torch.as_tensor(pr.cols, device=device)
-        v[k, pr.channel, r[:, None], c[None, :]] = 1
+        r = np.asarray(pr.rows, dtype=np.int64) - shift[0]
+        c = np.asarray(pr.cols, dtype=np.int64) - shift[1]
+        if len(r) and len(c) and (r.min() < 0 or c.min() < 0 or r.max() >= shape[1]
+                                  or c.max() >= shape[2]):
+            raise AssertionError("an impulse of a probe lies outside the block's crop")
+        v[k, pr.channel, torch.as_tensor(r, device=device)[:, None],
+          torch.as_tensor(c, device=device)[None, :]] = 1
     return v
+
+
+def _take(y: np.ndarray, us: np.ndarray, vs: np.ndarray, off: tuple[int, int]) -> np.ndarray:
+    """``y[:, us][:, :, vs]`` for full-image pixels of a probe output that starts at ``off``
+    (a halo crop); a pixel outside it is an internal error, never a wrapped-around index."""
+    a, b = us - off[0], vs - off[1]
+    if (len(a) and (a.min() < 0 or a.max() >= y.shape[1])) or \
+            (len(b) and (b.min() < 0 or b.max() >= y.shape[2])):
+        raise AssertionError("a decoded pixel lies outside the block's crop")
+    return y[:, a][:, :, b]
 
 
 def _selected(n: int, sel: P.Selection, axis: int, b0: int, b1: int) -> np.ndarray:
@@ -283,7 +345,8 @@ class BlockBuffer:
         return self.values[ys, xs], self.origin[ys, xs], frac
 
 
-def _decode_own(buf: BlockBuffer, geo: Geometry, lat, y: np.ndarray, pr: BlockProbe) -> None:
+def _decode_own(buf: BlockBuffer, geo: Geometry, lat, y: np.ndarray, pr: BlockProbe,
+                off: tuple[int, int] = (0, 0)) -> None:
     """Filters of the probed pixels (columns from forward probes, rows from backward ones).
 
     ``y`` (C_other, H_o, W_o) is the probe's output; output pixel (u, v) belongs to the impulse
@@ -300,7 +363,7 @@ def _decode_own(buf: BlockBuffer, geo: Geometry, lat, y: np.ndarray, pr: BlockPr
     us, vs = np.nonzero(cand[0] >= 0)[0], np.nonzero(cand[1] >= 0)[0]
     if not len(us) or not len(vs):
         return
-    sub = y[:, us][:, :, vs]                                   # (C_o, nu, nv)
+    sub = _take(y, us, vs, off)                                # (C_o, nu, nv)
     sq = np.square(sub, dtype=np.float64).sum(0)               # (nu, nv)
     bi, bj = cand[0][us] - b.y0, cand[1][vs] - b.x0
     if buf.sketch is not None:  # the whole decoded filters, before windowing (Freivalds)
@@ -326,7 +389,7 @@ def _selected_at(buf: BlockBuffer, axis: int, local: np.ndarray) -> np.ndarray:
 
 
 def _decode_rows_from_columns(buf: BlockBuffer, geo: Geometry, lat, y: np.ndarray,
-                              pr: BlockProbe) -> None:
+                              pr: BlockProbe, off: tuple[int, int] = (0, 0)) -> None:
     """Rows of the block's output pixels from a forward probe: output pixel (u, v) holds
     ``F[(b, u, v), (a, i, j)]`` for the probe's impulse (i, j) inside its row support."""
     b = buf.block
@@ -340,7 +403,7 @@ def _decode_rows_from_columns(buf: BlockBuffer, geo: Geometry, lat, y: np.ndarra
     us, vs = local
     if not len(us) or not len(vs):
         return
-    sub = y[:, b.y0 + us][:, :, b.x0 + vs]                     # (C', nu, nv)
+    sub = _take(y, b.y0 + us, b.x0 + vs, off)                  # (C', nu, nv)
     if buf.sketch is not None:  # the whole decoded rows, before windowing (Freivalds)
         buf.sketch.add_transposed(sub, b.y0 + us, b.x0 + vs, cand[0][us], cand[1][vs],
                                   pr.channel)
@@ -379,6 +442,7 @@ def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target],
 
     stats = {} if stats is None else stats
     kind = targets[0].plan.kind
+    engine, shift, off = block_engine(engine, support, targets, stats)
     shape = engine.in_shape if kind == "columns" else engine.out_shape
     decoders = []
     for t in targets:
@@ -390,7 +454,7 @@ def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target],
     for group in P.passes(probes, k):
         t0 = time.perf_counter()
         out = engine.run(list(group), kind,
-                         lambda part: _build(part, shape, engine.dtype, engine.device))
+                         lambda part: _build(part, shape, engine.dtype, engine.device, shift))
         if not torch.isfinite(out).all():
             b = targets[0].block
             raise UserError(f"the interpreter produced NaN/Inf in a compressed "
@@ -400,7 +464,7 @@ def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target],
         t1 = time.perf_counter()
         for n, pr in enumerate(group):
             for decode, t, lat in decoders:
-                decode(t.buf, t.geo, lat, y[n], pr)
+                decode(t.buf, t.geo, lat, y[n], pr, off)
         t2 = time.perf_counter()
         stats["passes"] = stats.get("passes", 0.0) + t1 - t0
         stats["decode"] = stats.get("decode", 0.0) + t2 - t1
@@ -408,6 +472,62 @@ def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target],
         if on_pass is not None:
             on_pass(done, len(probes))
     return targets
+
+
+def pairs(cols_lay, cols_plan: ProbingPlan, rows_lay, rows_plan: ProbingPlan) -> bool:
+    """Can rows read out of columns share the passes of the columns blocks on halo crops? Both
+    on crops of one lattice and period, every input pixel selected (one lattice for both), and a
+    rows block that covers exactly the outputs of a columns block (integer scale)."""
+    s = H._fraction(cols_lay.scale)
+    return (cols_plan.method == "compressed" and rows_plan.method == "from_columns"
+            and cols_plan.crop and cols_plan.crop == rows_plan.crop
+            and tuple(cols_plan.period) == tuple(rows_plan.period)
+            and cols_lay.selection == P.Selection() and s is not None and s.denominator == 1
+            and rows_plan.block * rows_lay.tile == s * cols_plan.block * cols_lay.tile)
+
+
+def paired_probes(cols_lay, cols_plan: ProbingPlan, rows_lay, rows_plan: ProbingPlan, support,
+                  cblk: P.Block, rblk: P.Block) -> list[BlockProbe]:
+    """The probes a columns block and its rows block share: every colour of the lattice over
+    the union of the columns' impulses and the rows' halo, per axis (an impulse outside a block
+    is harmless to its decoder: footprints of one colour never meet)."""
+    lat = _lattices(cols_lay, cols_plan)
+    ranges = []
+    for ax, (c, r) in enumerate((((cblk.y0, cblk.y1), (rblk.y0, rblk.y1)),
+                                 ((cblk.x0, cblk.x1), (rblk.x0, rblk.x1)))):
+        rng = H._union(_impulse_range(cols_lay, cols_plan, support, ax, *c),
+                       _impulse_range(rows_lay, rows_plan, support, ax, *r))
+        ranges.append(rng or (0, 0))
+    out = []
+    for ky in (lat[0].keys(*ranges[0]) if ranges[0][1] > ranges[0][0] else []):
+        rows = tuple(lat[0].members(*ranges[0], ky))
+        for kx in (lat[1].keys(*ranges[1]) if ranges[1][1] > ranges[1][0] else []):
+            cols = tuple(lat[1].members(*ranges[1], kx))
+            for a in range(cols_lay.probe_shape[0]):
+                out.append(BlockProbe((ky, kx), a, rows, cols))
+    return out
+
+
+def block_engine(engine, support, targets: list, stats: dict | None = None):
+    """(engine, shift, offset) for the passes of ``targets``: the interpreter on the block's halo
+    crop of x0 (:mod:`precompute.halo`) with the full-image pixel of the crop's (0, 0) in the
+    probe domain (``shift``) and in the probes' output domain (``offset``), or the full image's
+    engine and (0, 0) twice when the plan has no crop or the crop's f(x0) differs from the full
+    image's (``stats["crop_fallback"]`` then says why)."""
+    crop = block_crop(support, targets)
+    if crop is None:
+        return engine, (0, 0), (0, 0)
+    sub = H.crop_engine(engine, crop)
+    why = H.mismatch(engine, sub, crop)
+    if why is not None:
+        if stats is not None:
+            stats.setdefault("crop_fallback", why)
+        return engine, (0, 0), (0, 0)
+    if stats is not None:
+        stats["crop_pixels"] = max(stats.get("crop_pixels", 0), crop.area)
+    forward = targets[0].plan.kind == "columns"
+    return (sub, crop.offset("input" if forward else "output"),
+            crop.offset("output" if forward else "input"))
 
 
 def block_arrays(engine, support, lay, block: P.Block, plan: ProbingPlan, geo: Geometry, k: int,

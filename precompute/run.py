@@ -320,24 +320,45 @@ class RunPlan:
         if self.support is None:
             import json
 
-            from precompute.support import analyse, cross_check
+            from precompute.support import cross_check
 
             key = (json.dumps(self.prep.model_attrs, sort_keys=True, default=str), self.in_shape,
                    str(self.prep.dtype), self.device.type, self.res.config.interpreter)
-            sup = _SUPPORTS.get(key)
+            from precompute import support_crop
+
+            sup, small = _SUPPORTS.get(key, (None, None))
             if sup is None:
                 batch = 64 if self.device.type == "cuda" else 16
-                sup = analyse(self.prep.spec.module, self.in_shape, self.prep.dtype, self.device,
-                              rule=self.res.config.interpreter, batch=batch)
-            # the cross-check is data-dependent (this x0's columns): run it for every image
+                # a large image: analysed on a small one and extended by translation
+                sup, small = support_crop.analyse(
+                    self.prep.spec.module, self.in_shape, self.prep.dtype, self.device,
+                    self.scale, self.out_shape[1:], rule=self.res.config.interpreter, batch=batch)
+            # the cross-check is data-dependent (this x0's columns): run it for every image —
+            # for an assembled support, on the small image's size (x0's top-left crop of it)
             eng = self.get_engine(max(self.batches.values(), default=16))
             eps = 1e-12 if self.prep.dtype == torch.float64 else 1e-5
             if not sup.is_global:
-                _SUPPORTS[key] = sup
-            self.support = cross_check(copy.copy(sup), lambda flat: eng.probe(flat, "columns"),
-                                       self.in_shape, eps, lambda flat: eng.probe(flat, "rows"),
-                                       self.out_shape)
+                _SUPPORTS[key] = (sup, small)
+            checked, ceng = sup, eng
+            if small is not None:
+                try:
+                    checked, ceng = small, _top_left(eng, small)
+                except Exception:  # noqa: BLE001 — the crop does not run: check on the image
+                    checked, ceng = sup, eng
+            checked = cross_check(copy.copy(checked), lambda flat: ceng.probe(flat, "columns"),
+                                  ceng.in_shape, eps, lambda flat: ceng.probe(flat, "rows"),
+                                  ceng.out_shape)
+            self.support = copy.copy(sup)
+            self.support.global_reason = checked.global_reason
         return self.support
+
+
+def _top_left(eng: Engine, small) -> Engine:
+    """The engine of x0's top-left crop of the small image's size (its own image, edges too)."""
+    from precompute import halo
+
+    h, w = small.in_hw
+    return halo.crop_engine(eng, halo.Crop(0, h, 0, w, 0, 0, (0, 0, 0, 0)))
 
 
 def _layouts(c, a, spec, in_shape, out_shape, scale, offset, np_dtype) -> list[S.Layout]:
@@ -493,10 +514,14 @@ def _estimate(rp: RunPlan) -> None:
             shape = eng.in_shape if kind == "columns" else eng.out_shape
             build = lambda part, shape=shape: eng._impulses(part, shape)  # noqa: E731
         else:
-            items = Cm.block_probes(lay, plan, rp.get_support(), rp.todo_blocks[lay.name][0])
+            blk = rp.todo_blocks[lay.name][0]
+            items = Cm.block_probes(lay, plan, rp.get_support(), blk)
             kind = plan.kind
+            # time a pass on the block's halo crop when it has one (what the sweep runs)
+            eng, shift, _ = Cm.block_engine(eng, rp.get_support(), [Cm.Target(lay, plan, None, blk)])
             shape = eng.in_shape if kind == "columns" else eng.out_shape
-            build = lambda part, shape=shape: Cm._build(part, shape, eng.dtype, eng.device)  # noqa: E731
+            build = lambda part, shape=shape, eng=eng, shift=shift: Cm._build(  # noqa: E731
+                part, shape, eng.dtype, eng.device, shift)
         n = min(k, ESTIMATE_PROBES, len(items))
         eng.run(items[:1], kind, build)  # warm-up (kernel selection, allocator)
         if rp.device.type == "cuda":
@@ -549,6 +574,24 @@ def _choose_probing(rp: RunPlan, attrs: dict | None, notes: bool = True) -> None
             plan, rp.probing_costs[lay.name] = Cm.choose(
                 lay, rp.get_support(), rp.np_dtype.itemsize, rp.block_budget)
         rp.probing[lay.name] = plan
+    _pair_blocks(rp, stored)
+
+
+def _pair_blocks(rp: RunPlan, stored: dict) -> None:
+    """New stores with columns and rows on halo crops: rows blocks of exactly the outputs of a
+    columns block, so that the rows are read out of the columns' passes (no passes of their own)."""
+    cols, rows = rp.probing.get("columns"), rp.probing.get("rows")
+    if stored or not (cols and rows and cols.method == "compressed"
+                      and rows.method == "from_columns" and cols.crop and rows.crop):
+        return
+    lays = {lay.name: lay for lay in rp.layouts}
+    side = Cm.H._fraction(lays["columns"].scale) * cols.block * lays["columns"].tile
+    if side.denominator != 1 or int(side) % lays["rows"].tile:
+        return
+    paired = Cm.ProbingPlan("rows", rows.method, rows.period, int(side) // lays["rows"].tile,
+                            rows.crop)
+    if Cm.pairs(lays["columns"], cols, lays["rows"], paired):
+        rp.probing["rows"] = paired
 
 
 def _choose_batches(rp: RunPlan, attrs: dict | None) -> None:
@@ -571,14 +614,31 @@ def _choose_batches(rp: RunPlan, attrs: dict | None) -> None:
             else:  # at most the probes of a block
                 per_unit = max(1, max((Cm.count_probes(lay, plan, rp.get_support(), [b])
                                        for b in P.blocks(lay.tiles(), plan.block)), default=1))
+            # a pass runs on a block's halo crop of x0 when the plan has crops: size it for that
+            side = _largest_crop(rp, lay, plan)
+            x0 = rp.prep.x0[..., :side[0], :side[1]] if side else rp.prep.x0
             rp.batches[lay.name] = choose_batch(rp.get_engine(GPU_MAX_BATCH), plan.kind, per_unit,
-                                                rp.prep.spec.module, rp.prep.x0)
+                                                rp.prep.spec.module, x0)
     # rows read out of compressed columns: the same passes as the columns (precompute.sweep
     # shares them when the probes are the same), so the same batch
     cols, rows = rp.probing.get("columns"), rp.probing.get("rows")
     if (c.batch == "auto" and cols and rows and cols.method == "compressed"
             and rows.method == "from_columns" and not (attrs or {}).get("analyses")):
         rp.batches["columns"] = rp.batches["rows"] = max(rp.batches["columns"], rp.batches["rows"])
+
+
+def _largest_crop(rp: RunPlan, lay: S.Layout, plan: Cm.ProbingPlan) -> tuple[int, int] | None:
+    """The largest halo crop (height, width) of a block of ``plan`` (None: full-image passes)."""
+    if plan.method == "single" or not plan.crop:
+        return None
+    sup = rp.get_support()
+    hw = [0, 0]
+    for b in P.blocks(lay.tiles(), plan.block):
+        crop = Cm.block_crop(sup, [Cm.Target(lay, plan, None, b)])
+        if crop is None:
+            return None
+        hw = [max(hw[0], crop.y1 - crop.y0), max(hw[1], crop.x1 - crop.x0)]
+    return tuple(hw)
 
 
 def _schedule(rp: RunPlan, group, candidates: dict[str, list[P.Tile]] | None = None) -> None:
@@ -678,7 +738,9 @@ def _describe_support(rp: RunPlan) -> str:
     sup = rp.support
     if sup is None:
         return "Probing: as recorded in the store."
-    found = f"(found with {sup.probes} line probes in {fmt_time(sup.seconds)})"
+    small = next((n for n in sup.notes if n.startswith("analysed on a")), None)
+    found = (f"(found with {sup.probes} line probes in {fmt_time(sup.seconds)}"
+             + (f", {small}" if small else "") + ")")
     if sup.is_global:
         return (f"Probing: one impulse per probe, the structural support is global {found}: "
                 f"{sup.global_reason}.")
@@ -697,8 +759,11 @@ def _describe_method(rp: RunPlan, lay: S.Layout) -> str:
     else:
         what = ("compressed probes" if plan.method == "compressed"
                 else "read out of columns (no backward pass)")
+        side = _largest_crop(rp, lay, plan)
+        on = (f" on halo crops of x0 of ≤ {side[0]}×{side[1]} input px (crops start on "
+              f"multiples of {plan.crop} px)" if side else "")
         how = (f"{what}, period {plan.period[0]}×{plan.period[1]} px, blocks of "
-               f"{plan.block}×{plan.block} tiles ({len(rp.todo_blocks[lay.name])} to do): "
+               f"{plan.block}×{plan.block} tiles ({len(rp.todo_blocks[lay.name])} to do){on}: "
                f"{probes:,} {direction} probes")
     how += f" in {passes:,} pass{'' if passes == 1 else 'es'} of ≤ {k}"
     if plan.method != "single" and "single" in costs:

@@ -60,7 +60,23 @@ def _shared_rows(rp) -> dict:
         return {}
     lay = next(x for x in rp.layouts if x.name == "rows")
     support = rp.get_support()
+    col_lay = next(x for x in rp.layouts if x.name == "columns")
+    if Cm.pairs(col_lay, cols, lay, rows):  # halo crops: the rows block of a columns block
+        return {("paired", b.by, b.bx): b for b in rp.todo_blocks["rows"]}
     return {tuple(Cm.block_probes(lay, rows, support, b)): b for b in rp.todo_blocks["rows"]}
+
+
+def _note_fallback(rp, stats: dict) -> None:
+    """Say once per run that a block's halo crop was refused (it ran on the full image)."""
+    why = stats.get("crop_fallback")
+    if why and not getattr(rp, "_crop_fallback_said", False):
+        import sys
+
+        print(f"note: a block's halo crop of x0 does not reproduce the full image ({why}): the "
+            "network is not translation-equivariant there (e.g. statistics frozen over the whole "
+            "image); such blocks run on the full image (exact, not bounded in memory)",
+            file=sys.stderr, flush=True)
+        rp._crop_fallback_said = True
 
 
 def sweep(rp, writer: Writer) -> dict[str, float]:
@@ -100,7 +116,11 @@ def sweep(rp, writer: Writer) -> dict[str, float]:
                     continue
                 probes = Cm.block_probes(lay, plan, support, blk)
                 targets = [Cm.Target(lay, plan, Cm.geometry(lay, support, plan), blk)]
-                partner = shared.get(tuple(probes)) if name == "columns" else None
+                partner = (shared.get(tuple(probes)) or shared.get(("paired", blk.by, blk.bx))
+                           if name == "columns" else None)
+                if partner is not None and ("paired", blk.by, blk.bx) in shared:
+                    probes = Cm.paired_probes(lay, plan, lays["rows"], rp.probing["rows"],
+                                              support, blk, partner)
                 if partner is not None:
                     rows_lay, rows_plan = lays["rows"], rp.probing["rows"]
                     targets.append(Cm.Target(rows_lay, rows_plan,
@@ -113,8 +133,11 @@ def sweep(rp, writer: Writer) -> dict[str, float]:
                                       for t in targets])
                 for t in targets:
                     t.sketch = Fv.block_sketch(t.lay, t.block)
-                Cm.run_probes(eng, support, probes, targets, k, np_dtype, progress)
-                # every target proves itself (one pass for all) before any tile is written
+                stats: dict = {}
+                Cm.run_probes(eng, support, probes, targets, k, np_dtype, progress, stats)
+                _note_fallback(rp, stats)
+                # every target proves itself (one pass of the whole image for all, whether the
+                # block ran on a halo crop or not) before any tile is written
                 tally.check(eng, [t.sketch for t in targets])
                 for t in targets:
                     for tile in tiles[t.lay.name]:
