@@ -38,12 +38,18 @@ def _default_prepare(image: Image.Image) -> Prepared:
 
 
 def _to_uint8_rgb(t: torch.Tensor, lo: float, hi: float) -> np.ndarray:
-    """(1|C, H, W) tensor in [lo, hi] -> (H, W, 3) uint8 (gray is repeated)."""
+    """(1|C, H, W) tensor in [lo, hi] -> (H, W, 3) uint8, as docs/FORMAT.md defines ``display/*``:
+    gray is repeated; two channels show as red and green (blue at the range's bottom); channels
+    beyond the third are not shown."""
     t = t.detach().to("cpu", torch.float64)
     if t.dim() == 4:
         t = t[0]
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
+    elif t.shape[0] == 2:
+        t = torch.cat([t, torch.full_like(t[:1], lo)])
+    elif t.shape[0] > 3:
+        t = t[:3]
     t = ((t - lo) / (hi - lo) * 255.0).round().clamp(0, 255)
     return t.permute(1, 2, 0).to(torch.uint8).numpy().copy()
 
