@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from browser import chromium
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (pyproject's addopts), share the cores among the workers: each
+    worker's torch would otherwise start one thread per core, and the workers would fight."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="module")
