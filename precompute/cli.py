@@ -70,7 +70,7 @@ def _verbose(command):
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Print the plan (probes, passes, bytes, time) and exit.")
 @click.option("--overwrite", is_flag=True,
               help="Discard an existing store made with a different value-affecting configuration "
@@ -82,7 +82,8 @@ def _verbose(command):
 def run(config, dry_run, overwrite, shard, quiet):
     """Compute the residual, columns and rows of CONFIG (YAML) into Zarr store(s).
 
-    Safe to kill at any moment: the same command continues where it stopped.
+    Several CONFIGs run one after the other in one process (one start-up for all), every one
+    read and checked before any work. Safe to kill at any moment: the same command continues where it stopped.
     Configuration keys: docs/RUN.md; the store layout: docs/FORMAT.md.
     """
     from precompute import run as runner
@@ -129,7 +130,7 @@ def verify(store, samples, seed, device, integrity_only, trust_code):
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--device", default=None, help="Override the config's device.")
 @_verbose
 def audit(config, device):

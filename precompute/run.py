@@ -31,6 +31,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -957,21 +958,41 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return (i, n)
 
 
-def run(config_path: str, opts: Options) -> list[str]:
-    """Every run of the config (one, or a `runs:` list: docs/RUN.md), each image and store of
-    every run checked before any work; one line per store and summary."""
+def run(config_paths: str | os.PathLike | Sequence[str | os.PathLike], opts: Options) -> list[str]:
+    """Every run of the configs (each one run, or a `runs:` list: docs/RUN.md), in order, in one
+    process (one start-up of torch for all). Every config is read and validated first, and no
+    two runs may write the same store; each image and store of a config with several runs or
+    images is checked before any work. One line per store and summary."""
     from precompute.config import load_configs
 
-    configs = load_configs(config_path)
-    for res in configs:
-        if len(res.images) > 1 or len(configs) > 1:  # every image and store checked first
-            check_images(res, always=len(configs) > 1)
-            for image in res.images:
-                existing_attrs(res.store_path(image))
+    paths = [config_paths] if isinstance(config_paths, (str, os.PathLike)) else list(config_paths)
+    files = [load_configs(p) for p in paths]
+    _distinct_stores([res for configs in files for res in configs])
+    for configs in files:
+        for res in configs:
+            if len(res.images) > 1 or len(configs) > 1:  # every image and store checked first
+                check_images(res, always=len(configs) > 1)
+                for image in res.images:
+                    existing_attrs(res.store_path(image))
     lines = []
-    for res in configs:
-        lines += run_config(res, opts)
+    for configs in files:
+        for res in configs:
+            lines += run_config(res, opts)
     return lines
+
+
+def _distinct_stores(runs: list[Resolved]) -> None:
+    """Refuse two runs (of one config or of several) that would write the same store: the
+    second would find the first's store and refuse it, after the first's work."""
+    seen: dict[Path, str] = {}
+    for res in runs:
+        for image in res.images:
+            path = res.store_path(image).resolve()
+            who = f"{res.config_path} (run {res.config.name}, {image.name})"
+            if path in seen:
+                raise UserError(f"{who} and {seen[path]} would both write {path}; give the runs "
+                                "different names or outputs")
+            seen[path] = who
 
 
 def run_config(res: Resolved, opts: Options) -> list[str]:

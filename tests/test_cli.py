@@ -201,3 +201,34 @@ def test_vector_model_without_columns_or_rows_runs(tmp_path):
     g = zarr.open_group(str(tmp_path / "runs" / "t.zarr"), mode="r")
     assert g.attrs["config"]["analyses"]["columns"] is None and "columns" not in g
     assert g["residual"].shape == g["output"].shape and g["output"].ndim == 1
+
+
+def test_several_configs_run_in_one_process_as_they_do_one_by_one(tmp_path):
+    """`precompute run a.yaml b.yaml` (the README's first command): the stores equal those of
+    one process per config, and every config is read before any work."""
+    make_image(tmp_path / "img.png", 6, 6)
+    image = str(tmp_path / "img.png")  # the same image path from both folders
+    a = _cfg(tmp_path, name="a", image=image)
+    b = _cfg(tmp_path, name="b", image=image, model={"arch": f"python:{TINY}:relu_same"})
+    r = cli("run", "-q", a, b)
+    assert r.exit_code == 0, r.output + r.stderr
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for cfg in (a, b):
+        text = cfg.read_text().replace(str(tmp_path / "runs"), str(alone / "runs"))
+        (alone / cfg.name).write_text(text)
+        assert cli("run", "-q", alone / cfg.name).exit_code == 0
+    for name in ("a", "b"):
+        assert_bitwise_equal(tmp_path / "runs" / f"{name}.zarr", alone / "runs" / f"{name}.zarr")
+
+
+def test_several_configs_are_all_checked_before_any_work(tmp_path):
+    good = _cfg(tmp_path, name="good")
+    bad = _cfg(tmp_path, name="bad", dtype="float16")
+    _user_error(cli("run", good, bad), "`dtype`: expected 'float32' or 'float64'")
+    assert not (tmp_path / "runs" / "good.zarr").exists()
+    same = _cfg(tmp_path, name="good", image="img.png", output=str(tmp_path / "runs"))
+    other = tmp_path / "copy.yaml"
+    other.write_text(same.read_text())
+    _user_error(cli("run", same, other), "would both write")
+    assert not (tmp_path / "runs" / "good.zarr").exists()
