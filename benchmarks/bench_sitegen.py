@@ -9,6 +9,11 @@ encoding), the pages and the whole build, plus the process's CPU seconds (all th
 ``--reader zarr`` reads every block with zarr (``precompute.shards.pixel_level`` says None:
 the path sitegen took before the direct reader); ``--batch-size`` sets zarr's
 ``codec_pipeline.batch_size`` for it. torch-free, like sitegen.
+
+    python benchmarks/bench_sitegen.py --synthetic 256
+
+instead reads all rows of a synthetic PixelShuffle-like ``rows`` array (N×N output pixels, one
+channel, 12×12 windows, shards of 16×16 written by precompute's writer) with both readers.
 """
 
 from __future__ import annotations
@@ -64,13 +69,55 @@ def run(sources: list[str], direct: bool) -> dict:
     return acc
 
 
+def synthetic(n: int) -> None:
+    """All rows of an n×n, 1×1×12×12 ``rows`` array, directly and with zarr."""
+    import numpy as np
+
+    from precompute import probes as P
+    from precompute import store as S
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lay = S.make_layout("rows", 12, 16, P.Selection(), (1, n // 3, n // 3), (1, n, n), 3.0,
+                            0.0, 4)
+        g = S.create_store(Path(tmp) / "s.zarr", attrs={}, dtype="float32",
+                           input=np.zeros((1, n // 3, n // 3)), output=np.zeros((1, n, n)),
+                           residual=None, display_input=np.zeros((2, 2, 3), np.uint8),
+                           display_output=None, layouts=[lay])
+        rng = np.random.default_rng(0)
+        for t in lay.tiles():
+            th, tw = t.shape
+            S.write_tile(g, lay, t, rng.standard_normal((th, tw, 1, 1, 12, 12), np.float32),
+                         np.zeros((th, tw, 2), np.int32), np.zeros((th, tw, 1), np.float32))
+        arr = zarr.open_group(str(Path(tmp) / "s.zarr"), mode="r")["rows"]
+        t = time.perf_counter()
+        out = np.empty(arr.shape, np.float32)
+        for tile in lay.tiles():
+            f = Path(tmp) / "s.zarr" / "rows" / arr.metadata.encode_chunk_key(
+                (tile.ty, tile.tx, 0, 0, 0, 0))
+            b = shards.read_pixels(f, tuple(arr.shards), arr.dtype, 3, (0, tile.shape[0]),
+                                   (0, tile.shape[1]))
+            out[tile.y0:tile.y1, tile.x0:tile.x1] = b.reshape(*tile.shape, 1, 1, 12, 12)
+        direct = time.perf_counter() - t
+        t = time.perf_counter()
+        ref = np.asarray(arr[...])
+        slow = time.perf_counter() - t
+        assert np.array_equal(out, ref)
+        print(f"rows {n}×{n}×1×1×12×12 ({n * n} inner chunks): direct {direct:.2f} s, "
+              f"zarr {slow:.2f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sources", nargs="*", default=["runs"])
     ap.add_argument("--reader", nargs="+", default=["zarr", "direct"], choices=["zarr", "direct"])
     ap.add_argument("--batch-size", type=int, nargs="+", default=[1],
                     help="zarr's codec_pipeline.batch_size for --reader zarr (default 1, zarr's)")
+    ap.add_argument("--synthetic", type=int, metavar="N",
+                    help="read an N×N synthetic rows array instead of building a site")
     args = ap.parse_args()
+    if args.synthetic:
+        synthetic(args.synthetic)
+        return
     cols = ["open", "plan", "read", "tiles", "pages", "total", "cpu"]
     print("| reader | " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * len(cols))
