@@ -168,3 +168,143 @@ def decode_shard(data: bytes, shard_shape: tuple[int, ...], chunk_shape: tuple[i
             sl = tuple(slice(int(i) * c, (int(i) + 1) * c) for i, c in zip(coords, chunk_shape))
             out[sl] = raw.reshape(chunk_shape)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading part of a shard of one-pixel inner chunks (sitegen's filter tiles).
+
+
+class NotDirect(Exception):
+    """A shard this reader does not decode itself (a zstd frame without its content size, which
+    neither zarr nor :func:`encode_shard` writes): the caller reads it with zarr instead."""
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def frame_content_size(frame) -> int | None:
+    """The decoded size a zstd frame declares in its header (RFC 8878 §3.1.1.1), None when the
+    header has no Frame_Content_Size; :class:`ShardError` for bytes that are not a zstd frame.
+    Read before decoding so that a hostile chunk cannot make us allocate more than its window:
+    numcodecs allocates whatever the header says."""
+    head = bytes(frame[:18])
+    if len(head) < 5 or head[:4] != _ZSTD_MAGIC:
+        raise ShardError("not a zstd frame")
+    fhd = head[4]
+    single = (fhd >> 5) & 1
+    pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3]   # window descriptor, dictionary id
+    size = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+    if size == 0:
+        return None
+    if len(head) < pos + size:
+        raise ShardError("truncated zstd frame header")
+    value = int.from_bytes(head[pos:pos + size], "little")
+    return value + 256 if size == 2 else value
+
+
+def pixel_level(array) -> int | None:
+    """The zstd level when ``array`` is a LinearScope ``columns`` / ``rows`` array exactly as
+    ``precompute/store.py`` creates it (docs/FORMAT.md): the codec chain of :func:`fast_path`,
+    a float dtype with fill value NaN, inner chunks of one pixel holding every trailing axis.
+    None otherwise (read it with zarr)."""
+    level = fast_path(array)
+    try:
+        shard, inner = tuple(array.shards or ()), tuple(array.metadata.codecs[0].chunk_shape)
+        dtype = np.dtype(array.dtype)
+        fill = array.metadata.fill_value
+        ok = (len(shard) >= 2 and inner == (1, 1, *shard[2:])
+              and tuple(shard[2:]) == tuple(array.shape[2:])
+              and dtype.kind == "f" and np.isnan(fill))
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    return level if ok else None
+
+
+def _open_regular(path: Path) -> int | None:
+    """A read-only descriptor of a regular file, None when there is none; links are never
+    followed (a received store must not make us read outside it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if path.is_symlink():
+            raise ShardError("a symbolic link (not followed)") from None
+        raise ShardError(f"unreadable ({e.strerror})") from None
+    return fd
+
+
+def _pread(fd: int, n: int, at: int) -> bytes:
+    data = os.pread(fd, n, at)
+    if len(data) != n:
+        raise ShardError("shorter than its index says (changed while read?)")
+    return data
+
+
+def read_pixels(path: Path, shard_shape: tuple[int, ...], dtype, level: int,
+                ys: tuple[int, int], xs: tuple[int, int]) -> np.ndarray | None:
+    """Pixels ``[ys[0]:ys[1], xs[0]:xs[1]]`` (shard-local) of a shard of one-pixel inner chunks
+    (:func:`pixel_level`), NaN where an inner chunk is absent; None when the shard file does not
+    exist (all fill value). One read of the index at the end of the file and one of the span of
+    the chunks needed; every index entry is bounds-checked, the index's and every decoded
+    chunk's crc32c verified, as zarr does; any damage is a :class:`ShardError`."""
+    import google_crc32c
+
+    dt = np.dtype(dtype).newbyteorder("<")
+    th, tw = shard_shape[:2]
+    per = int(np.prod(shard_shape[2:]))
+    index_size = 16 * th * tw + 4
+    limit = 2 * th * tw * per * dt.itemsize + (1 << 20)  # as precompute/integrity.py
+    fd = _open_regular(Path(path))
+    if fd is None:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not (st.st_mode & 0o170000) == 0o100000:
+            raise ShardError("not a regular file")
+        if st.st_size < index_size:
+            raise ShardError(f"{st.st_size} bytes, shorter than its {index_size}-byte index")
+        if st.st_size > limit:
+            raise ShardError(f"{st.st_size} bytes, more than any shard of this array can take")
+        end = st.st_size - index_size
+        tail = np.frombuffer(_pread(fd, index_size, end), np.uint8)
+        if google_crc32c.value(tail[:-4]) != int(tail[-4:].view("<u4")[0]):
+            raise ShardError("shard index checksum mismatch")
+        index = tail[:-4].view("<u8").reshape(th, tw, 2)
+        present = ~((index[..., 0] == MAX_UINT_64) & (index[..., 1] == MAX_UINT_64))
+        offsets, lengths = index[..., 0], index[..., 1]
+        # no uint64 wrap-around: each term is compared with `end` on its own first
+        bad = present & ((offsets > end) | (lengths > end) | (offsets + np.minimum(lengths, end) > end)
+                         | (lengths < 4))
+        if bad.any():
+            raise ShardError(f"inner chunk {tuple(int(v) for v in np.argwhere(bad)[0])} points "
+                             "outside the shard")
+        want = np.zeros_like(present)
+        want[ys[0]:ys[1], xs[0]:xs[1]] = True
+        want &= present
+        out = np.full((ys[1] - ys[0], xs[1] - xs[0], per), np.nan, dt)
+        if not want.any():
+            return out
+        lo = int(offsets[want].min())
+        raw = _pread(fd, int((offsets[want] + lengths[want]).max()) - lo, lo)
+    finally:
+        os.close(fd)
+    zstd = _zstd(level)
+    span = np.frombuffer(raw, np.uint8)
+    offs, lens = offsets.tolist(), lengths.tolist()  # Python ints: the loop is per inner chunk
+    for y, x in zip(*(c.tolist() for c in np.nonzero(want))):
+        o, n = offs[y][x] - lo, lens[y][x]
+        payload = span[o:o + n - 4]  # a read-only view, as google_crc32c wants
+        if google_crc32c.value(payload) != int.from_bytes(raw[o + n - 4:o + n], "little"):
+            raise ShardError(f"inner chunk {(y, x)} checksum mismatch")
+        dst = out[y - ys[0], x - xs[0]]
+        size = frame_content_size(payload)
+        if size is None:
+            raise NotDirect
+        if size != dst.nbytes:
+            raise ShardError(f"inner chunk {(y, x)} decodes to {size} bytes, not {dst.nbytes}")
+        try:
+            zstd.decode(payload, out=dst)
+        except Exception as e:  # noqa: BLE001 — numcodecs raises RuntimeError/ValueError
+            raise ShardError(f"inner chunk {(y, x)} does not decode ({e})") from None
+    return out

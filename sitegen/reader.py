@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from precompute import store_format  # torch-free (precompute/__init__.py imports lazily)
+from precompute import shards, store_format  # torch-free (precompute/__init__.py imports lazily)
 
 FORMAT_VERSION = 1
 KINDS = ("columns", "rows")
@@ -223,7 +223,7 @@ class Store:
     def read_block(self, kind: str, y0: int, y1: int, x0: int, x1: int):
         """Filters, window origins and outside-energy fractions of pixels [y0:y1, x0:x1]."""
         try:
-            vals = np.asarray(self._array(kind)[y0:y1, x0:x1])
+            vals = self._filters(kind, y0, y1, x0, x1)
             origin = np.asarray(self._array(kind + "_origin")[y0:y1, x0:x1])
             if self.has_array(kind + "_outside"):
                 outside = np.asarray(self._array(kind + "_outside")[y0:y1, x0:x1])
@@ -234,6 +234,47 @@ class Store:
         except Exception as e:
             raise StoreError(f"{self.path}: cannot read '{kind}' tile ({e})") from None
         return vals, origin, outside
+
+    def _filters(self, kind: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """``kind[y0:y1, x0:x1]``, the same array zarr reads.
+
+        zarr decodes each one-pixel inner chunk through its async pipeline (~0.5 ms a chunk,
+        still 5-10x a direct decode with ``codec_pipeline.batch_size`` raised, see
+        docs/benchmarks.md), which made reading the slowest stage of a build. For the one codec
+        chain precompute writes (:func:`precompute.shards.pixel_level`) the shards are read
+        directly: their index, then only the inner chunks needed, checksums verified; any other
+        array, or a frame without its size, is read by zarr."""
+        arr = self._array(kind)
+        levels = self.__dict__.setdefault("_levels", {})
+        if kind not in levels:
+            levels[kind] = shards.pixel_level(arr)
+        level = levels[kind]
+        H, W = int(arr.shape[0]), int(arr.shape[1])
+        y0, y1, x0, x1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
+        if level is None or y1 <= y0 or x1 <= x0:
+            return np.asarray(arr[y0:y1, x0:x1])
+        Th, Tw = int(arr.shards[0]), int(arr.shards[1])
+        out = np.full((y1 - y0, x1 - x0, *arr.shape[2:]), np.nan, np.dtype(arr.dtype))
+        for sy in range(y0 // Th, (y1 - 1) // Th + 1):
+            for sx in range(x0 // Tw, (x1 - 1) // Tw + 1):
+                a0, a1 = max(y0, sy * Th), min(y1, sy * Th + Th)
+                b0, b1 = max(x0, sx * Tw), min(x1, sx * Tw + Tw)
+                p = self.chunk_path(kind, (sy, sx) + (0,) * (arr.ndim - 2))
+                try:
+                    block = shards.read_pixels(p, tuple(arr.shards), arr.dtype, level,
+                                               (a0 - sy * Th, a1 - sy * Th),
+                                               (b0 - sx * Tw, b1 - sx * Tw))
+                except shards.NotDirect:
+                    return np.asarray(arr[y0:y1, x0:x1])
+                except shards.ShardError as e:
+                    raise StoreError(f"{self.path}: cannot read '{kind}' tile ({sy}, {sx}): "
+                                     f"{p.relative_to(self.path)} is damaged ({e}); `precompute "
+                                     "run` on its config recomputes it, `precompute verify "
+                                     "--integrity-only` lists all damage") from None
+                if block is not None:
+                    out[a0 - y0:a1 - y0, b0 - x0:b1 - x0] = block.reshape(
+                        a1 - a0, b1 - b0, *arr.shape[2:])
+        return out
 
     # -- summaries --------------------------------------------------------------------------
     @property

@@ -44,7 +44,7 @@ SITEGEN_LAYERS = [
 
 #: the only precompute modules sitegen may import: torch-free, below the interpreter
 SITEGEN_MAY_IMPORT = {"precompute.errors", "precompute.text", "precompute.store_format",
-                      "precompute.yaml_limits"}
+                      "precompute.yaml_limits", "precompute.shards"}
 
 
 def _modules(package: str) -> dict[str, set[str]]:

@@ -26,8 +26,9 @@ def imports() -> dict[str, set[str]]:
     return graph
 
 
-#: torch-free precompute modules sitegen shares (the store's format checks, bounded YAML)
-SHARED = {"precompute.store_format", "precompute.yaml_limits"}
+#: torch-free precompute modules sitegen shares (the store's format checks, bounded YAML, the
+#: shard byte layout it reads filter tiles with)
+SHARED = {"precompute.store_format", "precompute.yaml_limits", "precompute.shards"}
 
 
 def test_sitegen_never_imports_torch_or_precompute_beyond_the_shared_format():

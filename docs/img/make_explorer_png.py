@@ -1,6 +1,6 @@
 """Regenerate docs/img/explorer.png: the explorer of a real store, probe pinned on an output pixel.
 
-    python docs/img/make_explorer_png.py RUNS_DIR RUN_ID Y X [--kind rows|columns] [-o docs/img/explorer.png]
+    python docs/img/make_explorer_png.py RUNS_DIR RUN_ID Y X [--kind rows|columns] [--small] [-o docs/img/explorer.png]
 
 Builds the site of RUNS_DIR into a temporary folder with `sitegen build`, opens the run's explorer
 from file:// in Debian's Chromium (Playwright), pins the probe at pixel (Y, X) of the output (rows)
@@ -10,12 +10,16 @@ or the input (columns) through the page's permalink, and saves a screenshot of t
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 from sitegen.build import Options, build
+
+sys.path.insert(0, str(Path(__file__).parent))
+from make_site_pngs import small_png  # noqa: E402  (the script next to this one)
 
 
 def main() -> None:
@@ -26,6 +30,8 @@ def main() -> None:
     ap.add_argument("x", type=int)
     ap.add_argument("--kind", choices=("rows", "columns"), default="rows")
     ap.add_argument("--view", default="a=0&b=0&n=f&cm=rdbu&t=lin&p=0.5")
+    ap.add_argument("--small", action="store_true",
+                    help="save as a 256-colour PNG (make_site_pngs.small_png), for docs/img")
     ap.add_argument("-o", "--output", default=str(Path(__file__).with_name("explorer.png")))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,6 +48,8 @@ def main() -> None:
             page.goto(page_url)
             page.wait_for_function("window.__linearscope.lastFilter !== null")
             page.locator("section.run").first.screenshot(path=args.output)
+            if args.small:
+                small_png(Path(args.output))
             b.close()
     print(f"wrote {args.output}")
 
