@@ -41,17 +41,18 @@ def _to_uint8_rgb(t: torch.Tensor, lo: float, hi: float) -> np.ndarray:
     """(1|C, H, W) tensor in [lo, hi] -> (H, W, 3) uint8, as docs/FORMAT.md defines ``display/*``:
     gray is repeated; two channels show as red and green (blue at the range's bottom); channels
     beyond the third are not shown."""
-    t = t.detach().to("cpu", torch.float64)
     if t.dim() == 4:
         t = t[0]
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
-    elif t.shape[0] == 2:
-        t = torch.cat([t, torch.full_like(t[:1], lo)])
-    elif t.shape[0] > 3:
-        t = t[:3]
-    t = ((t - lo) / (hi - lo) * 255.0).round().clamp(0, 255)
-    return t.permute(1, 2, 0).to(torch.uint8).numpy().copy()
+    # one float64 copy of the shown channels, scaled in place (an output may be gigabytes)
+    t = t.detach()[:3].to("cpu", torch.float64, copy=True)
+    t.sub_(lo).div_(hi - lo).mul_(255.0).round_().clamp_(0, 255)
+    u = t.to(torch.uint8)
+    del t
+    if u.shape[0] == 1:
+        u = u.expand(3, -1, -1)
+    elif u.shape[0] == 2:
+        u = torch.cat([u, torch.zeros_like(u[:1])])  # blue at the range's bottom: (lo − lo) → 0
+    return u.permute(1, 2, 0).contiguous().numpy()
 
 
 @dataclass
