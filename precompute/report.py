@@ -15,6 +15,7 @@ from precompute import classify
 from precompute import integrity
 from precompute import store_format
 from precompute import store as S
+from precompute import store_create as SC
 
 
 def _group_attrs(path: Path) -> dict:
@@ -30,7 +31,7 @@ def _group_attrs(path: Path) -> dict:
 def probing_text(probing: dict) -> str:
     """``attrs.probing`` in words (docs/FORMAT.md, "Probing")."""
     parts = []
-    for name in S.ANALYSES:
+    for name in SC.ANALYSES:
         p = probing.get(name)
         if p is None:
             continue

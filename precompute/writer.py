@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from precompute import store as S
+from precompute import store_create as SC
 from precompute.errors import UserError
 
 
@@ -47,7 +47,7 @@ class Writer:
             lay, tile, block, origin, outside = item
             t0 = time.perf_counter()
             try:
-                S.write_tile(self.group, lay, tile, block, origin, outside)
+                SC.write_tile(self.group, lay, tile, block, origin, outside)
             except BaseException as e:  # noqa: BLE001 — handed to the computing thread
                 self.error = e
             with self._lock:
