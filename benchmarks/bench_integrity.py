@@ -34,6 +34,7 @@ from precompute import integrity
 from precompute import probes as P
 from precompute import layout as L
 from precompute import store_create as SC
+from precompute.local_tiles import LocalTileStore
 
 
 def make_store(directory: Path, tiles: int, tile: int, window: int) -> Path:
@@ -50,8 +51,8 @@ def make_store(directory: Path, tiles: int, tile: int, window: int) -> Path:
     for t in lay.tiles():
         th, tw = t.shape
         block = rng.standard_normal((th, tw, *lay.chunk[2:]), dtype=np.float32)
-        SC.write_tile(g, lay, t, block, np.zeros((th, tw, 2), np.int32),
-                     np.zeros((th, tw, 3), np.float32))
+        LocalTileStore(path).write_tile(g, lay, t, block, np.zeros((th, tw, 2), np.int32),
+                                        np.zeros((th, tw, 3), np.float32))
     return path
 
 
@@ -82,7 +83,7 @@ def main() -> None:
 
     def exists():
         for name, t in tiles:
-            SC.shard_file(path, arrays[name], name, t).exists()
+            LocalTileStore(path).has(SC.shard_key(arrays[name], name, t))
 
     def check(full):
         for name, t in tiles:

@@ -22,6 +22,7 @@ import torch
 from precompute import probes as P
 from precompute import layout as L
 from precompute import store_create as SC
+from precompute.local_tiles import LocalTileStore
 from precompute import engine, inputs
 from precompute.assemble import tile_arrays
 from precompute.config import load_config
@@ -91,7 +92,7 @@ def main() -> None:
                                residual=None, display_input=np.zeros((1, 1, 3), np.uint8),
                                display_output=None, layouts=[lay])
             t0 = time.perf_counter()
-            SC.write_tile(g, lay, tile, block, origin, outside)
+            LocalTileStore(Path(d) / "b.zarr").write_tile(g, lay, tile, block, origin, outside)
             dt = time.perf_counter() - t0
             on_disk = sum(f.stat().st_size for f in (Path(d) / "b.zarr" / "columns").rglob("*") if f.is_file())
         print(f"writing one {tile.shape[0]}×{tile.shape[1]} tile of columns: {block.nbytes / 1e6:.1f} MB raw "

@@ -25,7 +25,6 @@ import copy
 import datetime as _dt
 import importlib
 import math
-import os
 import platform
 import shutil
 import time
@@ -40,7 +39,6 @@ from precompute import probes as P
 from precompute import layout as L
 from precompute import store as S
 from precompute import store_create as SC
-from precompute import store_resume as SR
 from precompute.config import VALUE_KEYS, Resolved
 from precompute.errors import UserError
 from precompute.engine import GPU_MAX_BATCH, Engine, choose_batch, mem_available
@@ -48,6 +46,7 @@ from precompute.inputs import (Prepared, check_images, check_memory, describe_de
                                forward_checked, prepare, resolve_device, say, set_precision,
                                first_line)
 from precompute.text import fmt_bytes, fmt_time  # noqa: F401  (re-exported: precompute.run.fmt_bytes)
+from precompute.tile_store import open_tiles
 from precompute.writer import store_lock
 
 
@@ -165,14 +164,15 @@ def mismatch(attrs: dict, cfg: dict, prep: Prepared) -> list[str]:
 def existing_attrs(path: Path) -> dict | None:
     """Attributes of a finished store at ``path``; None if there is none (or an interrupted
     creation); UserError if the directory is something else."""
-    if not path.exists():
+    tiles = open_tiles(path)
+    if not tiles.exists():
         return None
-    if not (path / "zarr.json").is_file():
-        if any(path.iterdir()):
+    if not tiles.has_group():
+        if not tiles.is_empty():
             raise UserError(f"{path} exists and is not a LinearScope store; choose another name/output")
         return None
     try:
-        attrs = S.read_attrs(path)
+        attrs = tiles.read_attrs()
     except S.StoreError as e:
         raise UserError(f"{e}; delete it (or choose another name) to compute it again") from None
     if "format_version" not in attrs:
@@ -193,30 +193,23 @@ def existing_attrs(path: Path) -> dict | None:
 
 
 def store_damage(path: Path, attrs: dict) -> list[str]:
-    """Damage of an existing store outside its tiles (SR.core_damage); damaged tiles are not
-    listed: they are simply computed again."""
-    import zarr
-
+    """Damage of an existing store outside its tiles (``TileStore.core_damage``); damaged tiles
+    are not listed: they are simply computed again."""
+    tiles = open_tiles(path)
     try:
-        return SR.core_damage(path, zarr.open_group(str(path), mode="r"), attrs)
+        return tiles.core_damage(tiles.group("r"), attrs)
     except Exception as e:  # noqa: BLE001 — the group's metadata itself
         return [f"zarr.json ({type(e).__name__})"]
 
 
-def check_writable(directory: Path) -> None:
-    """Refuse early (before any work, without creating anything) an output we cannot write."""
-    p = directory
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to the output directory {directory}: "
-                        f"{p} is {'not a directory' if not p.is_dir() else 'not writable'}")
-    if os.statvfs(p).f_blocks == 0:  # /proc, /sys: root may "write" there, nothing is stored
-        raise UserError(f"cannot write to the output directory {directory}: {p} is on a virtual "
-                        "file system without storage (such as /proc or /sys)")
+def check_writable(path: Path) -> None:
+    """Refuse early (before any work, without creating anything) a store at ``path`` that its
+    tile store cannot write (on local files: its output directory)."""
+    open_tiles(path).check_writable()
 
 
 def check_disk(needed: int, free: int, directory: Path) -> None:
+    """Refuse a plan needing more than ``free`` bytes (``TileStore.free_bytes``)."""
     if needed > free:
         raise UserError(
             f"the plan needs {fmt_bytes(needed)} (before compression) but only "
@@ -408,7 +401,7 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     c = res.config
     path = res.store_path(image)
     shard_i, shard_n = opts.shard
-    check_writable(path.parent)
+    check_writable(path)
     device = resolve_device(c.device)
     set_precision(device, c.precision)
     prep = prepare(cfg, res.config_path.parent, device)
@@ -425,7 +418,7 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     attrs = existing_attrs(path)
     if attrs is None:  # a new store: refuse a plan bigger than the disk before listing its tiles
         check_disk(sum(L.selected_bytes(lay, np_dtype.itemsize) for lay in layouts) // shard_n,
-                   SC.free_disk_bytes(path.parent), path.parent)
+                   open_tiles(path).free_bytes(), path.parent)
 
     # an existing store: same values, or --overwrite
     if attrs is not None:
@@ -469,7 +462,7 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     if rp.shard[0] == 0:  # whole-F analyses run in shard 0's process (svd: its solver state)
         rp.bytes_todo += sum(mod.disk_bytes(rp, acfg) for _n, mod, acfg in whole_f_analyses(rp)
                              if hasattr(mod, "disk_bytes"))
-    rp.free = SC.free_disk_bytes(path.parent)
+    rp.free = open_tiles(path).free_bytes()
     check_disk(rp.bytes_todo, rp.free, path.parent)
     _estimate(rp)
     if not rp.exists or any(rp.todo.values()):
@@ -652,6 +645,7 @@ def _schedule(rp: RunPlan, group, candidates: dict[str, list[P.Tile]] | None = N
     ``candidates`` (the plan's tiles to do), only those are checked again: a tile the plan found
     done and intact stays done (its integrity was checked once)."""
     shard_i, shard_n = rp.shard
+    tiles = open_tiles(rp.path)
     for lay in rp.layouts:
         plan = rp.probing[lay.name]
         planned = lay.tiles()
@@ -667,7 +661,7 @@ def _schedule(rp: RunPlan, group, candidates: dict[str, list[P.Tile]] | None = N
             mine_left = [t for t in mine if (t.ty, t.tx) in keep]
         else:
             mine_left = mine
-        todo = ([t for t in mine_left if not SR.tile_done(rp.path, group, lay, t)]
+        todo = ([t for t in mine_left if not tiles.tile_done(group, lay, t)]
                 if group is not None else list(mine_left))
         rp.todo[lay.name] = todo
         k = rp.batches[lay.name]
@@ -819,14 +813,13 @@ def create(rp: RunPlan) -> None:
     Another ``--shard`` process may have created the store meanwhile: its attributes (batch) win,
     so every tile is computed with the same passes as in a single-process run.
     """
-    import zarr
-
     c = rp.res.config
     spec, prep = rp.prep.spec, rp.prep
     eng = rp.get_engine(max(rp.batches.values(), default=1))
     li = rp.li
     shard_i, shard_n = rp.shard
-    with store_lock(rp.path):
+    tiles = open_tiles(rp.path)
+    with tiles.lock():
         attrs_now = existing_attrs(rp.path)
         if attrs_now is not None and (mismatch(attrs_now, rp.cfg, prep) or (
                 rp.opts.overwrite and store_damage(rp.path, attrs_now))):
@@ -836,8 +829,7 @@ def create(rp: RunPlan) -> None:
             attrs_now = None
         created = attrs_now is None
         if created:
-            if rp.path.exists():
-                shutil.rmtree(rp.path)
+            tiles.remove()
             t0 = time.perf_counter()
             residual = li.residual.detach().reshape(rp.out_shape)
             output = rp.y0[0].detach()
@@ -855,7 +847,7 @@ def create(rp: RunPlan) -> None:
                 display_input=spec.display_input(prep.prepared), display_output=disp_out,
                 layouts=rp.layouts,
             )
-        g = zarr.open_group(str(rp.path), mode="r")
+        g = tiles.group("r")
         # the store's method, blocks and batches win (another --shard process may have made it)
         stored = dict(g.attrs)
         _choose_probing(rp, stored, notes=False)
@@ -867,13 +859,13 @@ def create(rp: RunPlan) -> None:
         arrays = SC.tiled_arrays(g)
         _schedule(rp, arrays, None if created else rp.todo)
         damaged = [f for lay in rp.layouts
-                   for f in SR.clear_damaged(rp.path, arrays, lay, rp.todo[lay.name])]
+                   for f in tiles.clear_damaged(arrays, lay, rp.todo[lay.name])]
         if damaged:
             say(f"{len(damaged)} damaged file(s) of unfinished tiles deleted, the tiles are "
                 f"computed again: {', '.join(damaged[:4])}{' …' if len(damaged) > 4 else ''}")
         owned = {(n, t.ty, t.tx) for n in rp.todo for t in rp.mine[n]}
-        removed = SR.remove_partials(rp.path, [lay.name for lay in rp.layouts],
-                                    owned if shard_n > 1 else None, root=shard_i == 0)
+        removed = tiles.remove_partials([lay.name for lay in rp.layouts],
+                                        owned if shard_n > 1 else None, root=shard_i == 0)
         if removed and not rp.opts.quiet:
             say(f"removed {removed} partial file(s) left by a killed run")
     del eng

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from precompute import integrity
 from precompute import probes as P
-from precompute import store_format
 from precompute.errors import StoreError
 from precompute.layout import Layout
 from precompute.store_create import ANALYSES, CREATING, FORMAT_VERSION, tiled_arrays
-from precompute.store_resume import tile_done
+from precompute.tile_store import open_tiles
 
 
 def read_whole(arr) -> np.ndarray:
@@ -36,21 +33,9 @@ def read_whole(arr) -> np.ndarray:
 
 
 def read_attrs(path: Path) -> dict:
-    """The group attributes of the store at ``path``, read from its ``zarr.json`` with a
-    one-line StoreError for anything unreadable (missing, empty, truncated, not a group)."""
-    meta = Path(path) / "zarr.json"
-    if not meta.is_file():
-        raise StoreError(f"no LinearScope store at {path}")
-    try:
-        node = store_format.read_json(meta)  # bounded size and nesting
-    except store_format.FormatError as e:
-        raise StoreError(f"{path}: {e}; the store is damaged") from None
-    if not isinstance(node, dict) or node.get("node_type") != "group":
-        raise StoreError(f"{path} is not a LinearScope store (its zarr.json is not a Zarr group)")
-    attrs = node.get("attributes") or {}
-    if not isinstance(attrs, dict):
-        raise StoreError(f"{path}: damaged zarr.json (attributes are not a mapping)")
-    return attrs
+    """The group attributes of the store at ``path``, with a one-line StoreError for anything
+    unreadable (missing, empty, truncated, not a group)."""
+    return open_tiles(path).read_attrs()
 
 
 def _check_version(attrs: dict, path: Path) -> None:
@@ -75,13 +60,13 @@ class Store:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.attrs: dict[str, Any] = read_attrs(self.path)
+        self.tiles = open_tiles(self.path)  # where the bytes are (precompute/tile_store.py)
+        self.attrs: dict[str, Any] = self.tiles.read_attrs()
         _check_version(self.attrs, self.path)
         try:
-            self.group = zarr.open_group(str(self.path), mode="r")
+            self.group = self.tiles.group("r")
             # attributes (schema), links, array metadata, arrays written whole: once, here
-            problem = store_format.store_problem(self.path, self.group, self.attrs,
-                                                 files_allowed=store_format.TILED)
+            problem = self.tiles.format_problem(self.group, self.attrs)
             if problem:
                 raise StoreError(f"{self.path}: {problem}; the store is damaged or not a "
                                  "LinearScope store")
@@ -135,11 +120,11 @@ class Store:
         """Tiles whose shard exists with an intact index (finished, whatever happened later to
         the run); the checksums of their chunks are checked by :meth:`check_integrity`."""
         lay = self.layouts[analysis]
-        return [t for t in lay.tiles() if tile_done(self.path, self.arrays, lay, t, full=False)]
+        return [t for t in lay.tiles() if self.tiles.tile_done(self.arrays, lay, t, full=False)]
 
     def check_integrity(self) -> "integrity.Report":
         """Every file of the store checked against its checksums (reads the whole store)."""
-        return integrity.check_store(self.path)
+        return self.tiles.check()
 
     def is_complete(self) -> bool:
         return all(len(self.done_tiles(a)) == len(self.planned_tiles(a)) for a in self.layouts)
@@ -209,7 +194,7 @@ class Store:
         <array name>: array, ...}``; ``adversarial`` for the FGSM copy. None when the store has
         none, or they are incomplete (a killed run)."""
         name = "classify/adversarial" if adversarial else "classify"
-        if not (self.path / name / "zarr.json").is_file():
+        if not self.tiles.has_group(name):
             return None
         g = self.group[name]
         attrs = dict(g.attrs)
@@ -244,16 +229,6 @@ class Store:
 def open_store(path: str | os.PathLike) -> Store:
     """Open a store written by ``precompute run`` read-only (see docs/FORMAT.md)."""
     return Store(path)
-
-
-def size_on_disk(path: Path) -> int:
-    """Bytes of the store's regular files (links are not followed)."""
-    total = 0
-    for f in Path(path).rglob("*"):
-        st = f.lstat()
-        if stat.S_ISREG(st.st_mode):
-            total += st.st_size
-    return total
 
 
 def model_code(attrs: dict) -> str | None:

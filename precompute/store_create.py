@@ -14,8 +14,8 @@ Writing rules that make a run safe to kill at any moment (see the shared zarr no
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import zarr
@@ -33,22 +33,6 @@ CREATING = "linearscope_creating"
 def codecs() -> list:
     """Lossless only: zstd level 3 then a crc32c checksum per (inner) chunk."""
     return [ZstdCodec(level=3), Crc32cCodec()]
-
-
-def free_disk_bytes(path: Path) -> int:
-    """Free bytes on the file system holding ``path`` (its nearest existing parent).
-
-    ``LINEARSCOPE_FREE_BYTES`` overrides the measurement (tests and dry planning).
-    """
-    from precompute.environment import env_int
-
-    env = env_int("LINEARSCOPE_FREE_BYTES")
-    if env is not None:
-        return env
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free
 
 
 def create_store(path: Path, *, attrs: dict, dtype: str, input: np.ndarray, output: np.ndarray,
@@ -91,25 +75,27 @@ def create_store(path: Path, *, attrs: dict, dtype: str, input: np.ndarray, outp
     return g
 
 
-def shard_file(path: Path, array: zarr.Array, name: str, tile: P.Tile) -> Path:
-    key = array.metadata.encode_chunk_key((tile.ty, tile.tx) + (0,) * (array.ndim - 2))
-    return Path(path) / name / key
+def shard_key(array: zarr.Array, name: str, tile: P.Tile) -> str:
+    """The store key of a tile's shard (``columns/c/ty/tx/0/0/0/0``)."""
+    return f"{name}/{array.metadata.encode_chunk_key((tile.ty, tile.tx) + (0,) * (array.ndim - 2))}"
 
 
 def write_tile(group: zarr.Group, lay: Layout, tile: P.Tile, block: np.ndarray,
-               origin: np.ndarray, outside: np.ndarray) -> None:
+               origin: np.ndarray, outside: np.ndarray, *,
+               put: Callable[[str, bytes | None], None] | None) -> None:
     """Write one tile: origins and outside fractions first, then the whole shard (atomically).
 
     Only the shard's existence marks the tile done, so a kill between the writes just makes
-    the tile recomputed and rewritten.
+    the tile recomputed and rewritten. ``put(key, data)`` stores the encoded shard atomically
+    (None: remove it), the tile store's job (:mod:`precompute.tile_store`); without it, or for
+    codecs the fast encoder does not write, zarr writes the shard.
     """
     ys, xs = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
     group[f"{lay.name}_origin"][ys, xs] = origin
     group[f"{lay.name}_outside"][ys, xs] = outside
     arr = group[lay.name]
     level = shards.fast_path(arr)
-    root = getattr(group.store, "root", None)
-    if level is None or root is None:
+    if level is None or put is None:
         arr[ys, xs] = block
         return
     # the same bytes zarr would write, without its per-chunk overhead (precompute/shards.py)
@@ -117,8 +103,7 @@ def write_tile(group: zarr.Group, lay: Layout, tile: P.Tile, block: np.ndarray,
                    if hasattr(arr.dtype, "to_native_dtype") else arr.dtype)
     full[:block.shape[0], :block.shape[1]] = block
     inner = arr.metadata.codecs[0].chunk_shape
-    shards.write_shard(shard_file(Path(root), arr, lay.name, tile),
-                       shards.encode_shard(full, tuple(inner), level))
+    put(shard_key(arr, lay.name, tile), shards.encode_shard(full, tuple(inner), level))
 
 
 def tiled_arrays(group: zarr.Group) -> dict[str, zarr.Array]:

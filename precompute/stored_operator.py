@@ -31,7 +31,7 @@ from precompute import probes as P
 from precompute import shards
 from precompute import layout as L
 from precompute import store_create as SC
-from precompute import store_resume as SR
+from precompute.tile_store import open_tiles
 
 SOURCES = ("columns", "rows")
 
@@ -109,8 +109,9 @@ def holds_all(path: Path, group, lay: L.Layout) -> str | None:
     if not whole_selection(lay):
         return f"the {lay.name} cover part of the image only"
     arrays = SC.tiled_arrays(group)
+    tiles = open_tiles(path)
     for t in lay.tiles():
-        if not SR.tile_done(path, arrays, lay, t, full=False):
+        if not tiles.tile_done(arrays, lay, t, full=False):
             return f"{lay.name} tile ({t.ty}, {t.tx}) is not on disk"
     out = np.asarray(group[f"{lay.name}_outside"][...])
     if np.isnan(out).any():
@@ -132,7 +133,7 @@ def _tile_values(path: Path, arr, lay: L.Layout, t: P.Tile) -> np.ndarray:
     level = shards.fast_path(arr)
     if level is None:
         return np.asarray(arr[t.y0:t.y1, t.x0:t.x1])
-    data = SC.shard_file(path, arr, lay.name, t).read_bytes()
+    data = open_tiles(path).read(SC.shard_key(arr, lay.name, t))
     inner = arr.metadata.codecs[0].chunk_shape
     block = shards.decode_shard(data, tuple(arr.shards), tuple(inner), arr.dtype, level)
     th, tw = t.shape

@@ -12,6 +12,7 @@ from precompute import probes as P
 from precompute import shards
 from precompute import layout as L
 from precompute import store_create as SC
+from precompute.local_tiles import LocalTileStore
 
 
 @pytest.mark.parametrize("name, window, shape_in, shape_out, tile, dtype", [
@@ -40,8 +41,8 @@ def test_shards_are_byte_identical_to_zarr(tmp_path, name, window, shape_in, sha
             if mode == "zarr":
                 g[name][t.y0:t.y1, t.x0:t.x1] = b
             else:
-                SC.write_tile(g, lay, t, b, np.zeros((th, tw, 2), np.int32),
-                             np.zeros((th, tw, lay.probe_shape[0]), dtype))
+                LocalTileStore(path).write_tile(g, lay, t, b, np.zeros((th, tw, 2), np.int32),
+                                                np.zeros((th, tw, lay.probe_shape[0]), dtype))
         stores[mode] = path
     files = sorted(p.relative_to(stores["zarr"]) for p in (stores["zarr"] / name / "c").rglob("*")
                    if p.is_file())
@@ -85,7 +86,7 @@ def test_decode_shard_reads_what_zarr_reads(tmp_path, name, window, shape_in, sh
         arr[t.y0:t.y1, t.x0:t.x1] = b
     level = shards.fast_path(arr)
     for t in lay.tiles():
-        f = SC.shard_file(path, arr, name, t)
+        f = path / SC.shard_key(arr, name, t)
         got = shards.decode_shard(f.read_bytes(), arr.shards, arr.metadata.codecs[0].chunk_shape,
                                   dtype, level)
         th, tw = t.shape
