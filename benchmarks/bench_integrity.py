@@ -81,9 +81,11 @@ def main() -> None:
              for t in P.tiles(arrays[name].shape[0], arrays[name].shape[1], arrays[name].shards[0])]
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
+    local = LocalTileStore(path)
+
     def exists():
         for name, t in tiles:
-            LocalTileStore(path).has(SC.shard_key(arrays[name], name, t))
+            local.has(SC.shard_key(arrays[name], name, t))
 
     def check(full):
         for name, t in tiles:
