@@ -448,9 +448,7 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     _choose_batches(rp, attrs)
     arrays = None
     if rp.exists:
-        import zarr
-
-        arrays = SC.tiled_arrays(zarr.open_group(str(path), mode="r"))
+        arrays = SC.tiled_arrays(open_tiles(path).group("r"))
     _schedule(rp, arrays)
     for lay in layouts:
         bpp = lay.bytes_per_pixel(np_dtype.itemsize) + (2 * 4 + lay.probe_shape[0] * np_dtype.itemsize)

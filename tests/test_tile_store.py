@@ -57,6 +57,7 @@ def test_a_run_goes_through_the_tile_store(tmp_path):
     log, _ = _run(cfg)
     names = [n for n, _ in log]
     st = precompute.open_store(tmp_path / "out" / "d.zarr")
+    assert isinstance(st.tiles, tile_store.TileStore)  # the local backend has every operation
     planned = {(t.ty, t.tx) for t in st.planned_tiles("columns")}
     assert len(planned) == 9 and st.is_complete()
     # every tile was written through the tile store, once
