@@ -18,7 +18,7 @@ bounded by the disk, which every variant but ``exists``/``index`` reads whole.
 
 ``--make DIR`` first writes a synthetic store (random float32 filters, which compress ~1:1 like
 real mantissas) with ``--tiles``² tiles of ``--tile``² pixels and ``--window``² windows, 3×3
-channels, through :func:`precompute.store.create_store` and ``write_tile``.
+channels, through :func:`precompute.store_create.create_store` and ``write_tile``.
 """
 
 from __future__ import annotations
@@ -32,25 +32,27 @@ import zarr
 
 from precompute import integrity
 from precompute import probes as P
-from precompute import store as S
+from precompute import layout as L
+from precompute import store_create as SC
+from precompute.local_tiles import LocalTileStore
 
 
 def make_store(directory: Path, tiles: int, tile: int, window: int) -> Path:
     n = tiles * tile
     shape = (3, n, n)
-    lay = S.make_layout("columns", window, tile, P.Selection(), shape, shape, 1.0, 0.0, 4)
+    lay = L.make_layout("columns", window, tile, P.Selection(), shape, shape, 1.0, 0.0, 4)
     path = directory / "bench.zarr"
     rng = np.random.default_rng(0)
     x = rng.random(shape, dtype=np.float32)
-    S.create_store(path, attrs={"format_version": S.FORMAT_VERSION}, dtype="float32", input=x,
+    SC.create_store(path, attrs={"format_version": SC.FORMAT_VERSION}, dtype="float32", input=x,
                    output=x, residual=x, display_input=np.zeros((n, n, 3), np.uint8),
                    display_output=np.zeros((n, n, 3), np.uint8), layouts=[lay])
     g = zarr.open_group(str(path), mode="r+")
     for t in lay.tiles():
         th, tw = t.shape
         block = rng.standard_normal((th, tw, *lay.chunk[2:]), dtype=np.float32)
-        S.write_tile(g, lay, t, block, np.zeros((th, tw, 2), np.int32),
-                     np.zeros((th, tw, 3), np.float32))
+        LocalTileStore(path).write_tile(g, lay, t, block, np.zeros((th, tw, 2), np.int32),
+                                        np.zeros((th, tw, 3), np.float32))
     return path
 
 
@@ -74,14 +76,16 @@ def main() -> None:
     args = ap.parse_args()
     path = make_store(args.make, args.tiles, args.tile, args.window) if args.make else Path(args.store)
     g = zarr.open_group(str(path), mode="r")
-    arrays = S.tiled_arrays(g)
+    arrays = SC.tiled_arrays(g)
     tiles = [(name, t) for name in integrity.ANALYSES if name in arrays
              for t in P.tiles(arrays[name].shape[0], arrays[name].shape[1], arrays[name].shards[0])]
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
+    local = LocalTileStore(path)
+
     def exists():
         for name, t in tiles:
-            S.shard_file(path, arrays[name], name, t).exists()
+            local.has(SC.shard_key(arrays[name], name, t))
 
     def check(full):
         for name, t in tiles:

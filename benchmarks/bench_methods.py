@@ -48,7 +48,7 @@ from torch.overrides import TorchFunctionMode
 
 from precompute import compressed as Cm
 from precompute import probes as P
-from precompute import store as S
+from precompute import layout as L
 from precompute.engine import CPU_MAX_BATCH, Engine
 from precompute.interpreter import LinearInterpreter
 from precompute.models import load_model
@@ -302,7 +302,7 @@ def compressed(spec, x0, device, k, windows, cols, rows):
     got = {"columns": {}, "rows": {}}
     units = []  # (probes or None, targets)
     for name, win in (("columns", windows[0]), ("rows", windows[1])):
-        lay = S.make_layout(name, win, "auto", P.Selection(), in_shape, out_shape, spec.scale,
+        lay = L.make_layout(name, win, "auto", P.Selection(), in_shape, out_shape, spec.scale,
                             spec.offset, itemsize)
         plan, _ = Cm.choose(lay, sup, itemsize, budget)
         out["plans"][name], out[f"lay_{name}"] = plan, lay

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from precompute import probes as P
-from precompute import store as S
+from precompute import layout as L
+from precompute import store_create as SC
+from precompute.local_tiles import LocalTileStore
 from precompute import engine, inputs
 from precompute.assemble import tile_arrays
 from precompute.config import load_config
@@ -80,17 +82,17 @@ def main() -> None:
 
     if args.write:
         a = cfg["analyses"]["columns"] or {"window": "full", "tile": "auto"}
-        lay = S.make_layout("columns", a["window"], a["tile"], P.Selection(), li.in_shape, li.out_shape,
+        lay = L.make_layout("columns", a["window"], a["tile"], P.Selection(), li.in_shape, li.out_shape,
                             prep.spec.scale, prep.spec.offset, np.dtype(cfg["dtype"]).itemsize)
         tile = lay.tiles()[len(lay.tiles()) // 2]
         block, origin, outside = tile_arrays(eng, lay, tile, max(args.batch), np.dtype(cfg["dtype"]))
         with tempfile.TemporaryDirectory() as d:
-            g = S.create_store(Path(d) / "b.zarr", attrs={}, dtype=cfg["dtype"],
+            g = SC.create_store(Path(d) / "b.zarr", attrs={}, dtype=cfg["dtype"],
                                input=prep.x0[0].cpu().numpy(), output=li.output.cpu().numpy(),
                                residual=None, display_input=np.zeros((1, 1, 3), np.uint8),
                                display_output=None, layouts=[lay])
             t0 = time.perf_counter()
-            S.write_tile(g, lay, tile, block, origin, outside)
+            LocalTileStore(Path(d) / "b.zarr").write_tile(g, lay, tile, block, origin, outside)
             dt = time.perf_counter() - t0
             on_disk = sum(f.stat().st_size for f in (Path(d) / "b.zarr" / "columns").rglob("*") if f.is_file())
         print(f"writing one {tile.shape[0]}×{tile.shape[1]} tile of columns: {block.nbytes / 1e6:.1f} MB raw "

@@ -50,7 +50,7 @@ def _compressed_errors(spec, x0_cpu64, dev, k=8):
 
     from precompute import compressed as Cm
     from precompute import probes as P
-    from precompute import store as S
+    from precompute import layout as L
     from precompute.engine import Engine
     from precompute.support import analyse
 
@@ -65,7 +65,7 @@ def _compressed_errors(spec, x0_cpu64, dev, k=8):
     y, pull = vjp(ref_model, x0_cpu64)
     worst = 0.0
     for name, win in (("columns", (cy + 2)), ("rows", (ry + 2))):
-        lay = S.make_layout(name, win, "auto", P.Selection(), tuple(li.in_shape), tuple(li.out_shape),
+        lay = L.make_layout(name, win, "auto", P.Selection(), tuple(li.in_shape), tuple(li.out_shape),
                             spec.scale, spec.offset, 4)
         plan, _ = Cm.choose(lay, sup, 4, 1 << 30)
         assert plan.method != "single", plan

@@ -13,14 +13,14 @@ import numpy as np
 import torch
 
 from precompute import probes as P
-from precompute import store as S
+from precompute import layout as L
 from precompute.errors import UserError
 from precompute.engine import Engine
 
 
 
 
-def tile_arrays(engine: Engine, lay: S.Layout, tile: P.Tile, k: int, np_dtype,
+def tile_arrays(engine: Engine, lay: L.Layout, tile: P.Tile, k: int, np_dtype,
                 on_pass: Callable[[int], None] | None = None, sketch=None):
     """Compute one tile: its windows (cropped from full columns/rows), origins and outside
     fractions. Returns (block, origin, outside) shaped as the tile's region of the arrays.

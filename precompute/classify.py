@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from precompute import store as S
+from precompute import store_create as SC
 from precompute.config import ClassifyConfig
 from precompute.errors import UserError
 from precompute.contributions import decompose
@@ -161,7 +162,7 @@ def write_group(path: Path, name: str, arrays: dict[str, np.ndarray], attrs: dic
     for key, arr in arrays.items():
         fill = _fill(arr.dtype)
         a = g.create_array(key, shape=arr.shape, chunks=arr.shape, dtype=arr.dtype,
-                           fill_value=fill, compressors=S.codecs(),
+                           fill_value=fill, compressors=SC.codecs(),
                            attributes={"terms": attrs["terms"]} if key == "contributions" else None)
         a[...] = arr
     g.attrs.put(dict(attrs, complete=True))
@@ -392,7 +393,7 @@ def summarize(res) -> str | None:
     if tmp.exists():
         shutil.rmtree(tmp)
     arrays, attrs = _stats(clean)
-    g = zarr.open_group(str(tmp), mode="w", attributes={S.CREATING: True})
+    g = zarr.open_group(str(tmp), mode="w", attributes={SC.CREATING: True})
     for key, arr in arrays.items():
         _small(g, key, arr)
     if adv is not None:
@@ -401,7 +402,7 @@ def summarize(res) -> str | None:
         for key, arr in a_arrays.items():
             _small(ag, key, arr)
     g.attrs.put({
-        "format_version": S.FORMAT_VERSION, "kind": "summary", "analysis": GROUP,
+        "format_version": SC.FORMAT_VERSION, "kind": "summary", "analysis": GROUP,
         "name": res.config.name, "model": first.get("model"), "interpreter": first.get("interpreter"),
         "dtype": first.get("dtype"),
         "stores": [p.name for p in stores],
@@ -426,7 +427,7 @@ def _image_sha(store: Path) -> str | None:
 def _small(group, key: str, arr: np.ndarray) -> None:
     arr = np.asarray(arr)
     a = group.create_array(key, shape=arr.shape, chunks=arr.shape, dtype=arr.dtype,
-                           fill_value=_fill(arr.dtype), compressors=S.codecs())
+                           fill_value=_fill(arr.dtype), compressors=SC.codecs())
     a[...] = arr
 
 

@@ -99,7 +99,7 @@ class Geometry:
 
 
 def geometry(lay, support, plan: ProbingPlan) -> Geometry:
-    """Decode tables for ``lay`` (a :class:`precompute.store.Layout`) under ``plan``."""
+    """Decode tables for ``lay`` (a :class:`precompute.layout.Layout`) under ``plan``."""
     rule = P.column_origin if lay.name == "columns" else P.row_origin
     _, ho, wo = lay.other_shape
     _, hp, wp = lay.probe_shape

@@ -15,6 +15,7 @@ from precompute import classify
 from precompute import integrity
 from precompute import store_format
 from precompute import store as S
+from precompute import store_create as SC
 
 
 def _group_attrs(path: Path) -> dict:
@@ -30,7 +31,7 @@ def _group_attrs(path: Path) -> dict:
 def probing_text(probing: dict) -> str:
     """``attrs.probing`` in words (docs/FORMAT.md, "Probing")."""
     parts = []
-    for name in S.ANALYSES:
+    for name in SC.ANALYSES:
         p = probing.get(name)
         if p is None:
             continue
@@ -111,7 +112,7 @@ def _info_lines(st: S.Store) -> list[str]:
         f"{a['interpreter']} interpreter, {a['dtype']}, geometry {a.get('geometry')}",
     ]
     for name, lay in st.layouts.items():
-        found = [integrity.tile_problem(st.path, st.arrays, name, t.ty, t.tx, full=False)
+        found = [st.tiles.tile_problem(st.arrays, name, t.ty, t.tx, full=False)
                  for t in lay.tiles()]
         done, planned = found.count(None), len(found)
         damaged = planned - done - found.count(integrity.MISSING)
@@ -137,7 +138,7 @@ def _info_lines(st: S.Store) -> list[str]:
     t = a.get("timings", {})
     lines.append("timings   " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items())
                  + f"; oom_splits {a.get('oom_splits', 0)}; last device {a.get('device')}")
-    lines.append(f"size      {S.size_on_disk(st.path) / 1e6:.1f} MB on disk")
+    lines.append(f"size      {st.tiles.size() / 1e6:.1f} MB on disk")
     lines.append("integrity not checked (only that tile shards exist with intact indexes); "
                  f"`precompute verify --integrity-only {st.path}` checks every chunk's checksum")
     return lines

@@ -25,7 +25,6 @@ import copy
 import datetime as _dt
 import importlib
 import math
-import os
 import platform
 import shutil
 import time
@@ -38,7 +37,9 @@ import torch
 
 from precompute import compressed as Cm
 from precompute import probes as P
+from precompute import layout as L
 from precompute import store as S
+from precompute import store_create as SC
 from precompute.config import VALUE_KEYS, Resolved
 from precompute.errors import UserError
 from precompute.engine import GPU_MAX_BATCH, Engine, choose_batch, mem_available
@@ -46,6 +47,7 @@ from precompute.inputs import (Prepared, check_images, check_memory, describe_de
                                forward_checked, prepare, resolve_device, say, set_precision,
                                first_line)
 from precompute.text import fmt_bytes, fmt_time  # noqa: F401  (re-exported: precompute.run.fmt_bytes)
+from precompute.tile_store import open_tiles
 from precompute.writer import store_lock
 
 
@@ -163,18 +165,19 @@ def mismatch(attrs: dict, cfg: dict, prep: Prepared) -> list[str]:
 def existing_attrs(path: Path) -> dict | None:
     """Attributes of a finished store at ``path``; None if there is none (or an interrupted
     creation); UserError if the directory is something else."""
-    if not path.exists():
+    tiles = open_tiles(path)
+    if not tiles.exists():
         return None
-    if not (path / "zarr.json").is_file():
-        if any(path.iterdir()):
+    if not tiles.has_group():
+        if not tiles.is_empty():
             raise UserError(f"{path} exists and is not a LinearScope store; choose another name/output")
         return None
     try:
-        attrs = S.read_attrs(path)
+        attrs = tiles.read_attrs()
     except S.StoreError as e:
         raise UserError(f"{e}; delete it (or choose another name) to compute it again") from None
     if "format_version" not in attrs:
-        if attrs.get(S.CREATING):
+        if attrs.get(SC.CREATING):
             return None  # our creation was interrupted before the attributes: nothing computed
         raise UserError(f"{path} is a Zarr group but not a LinearScope store; choose another "
                         "name/output (it is never deleted)")
@@ -182,39 +185,32 @@ def existing_attrs(path: Path) -> dict | None:
     if not isinstance(version, int) or isinstance(version, bool):
         raise UserError(f"{path} has format_version {str(version)[:20]!r}, not an integer: damaged, "
                         "or not a LinearScope store; choose another name/output")
-    if version > S.FORMAT_VERSION:
+    if version > SC.FORMAT_VERSION:
         raise UserError(
             f"{path} has format_version {attrs['format_version']}, newer than this LinearScope "
-            f"writes ({S.FORMAT_VERSION}); upgrade linearscope or choose another name"
+            f"writes ({SC.FORMAT_VERSION}); upgrade linearscope or choose another name"
         )
     return attrs
 
 
 def store_damage(path: Path, attrs: dict) -> list[str]:
-    """Damage of an existing store outside its tiles (S.core_damage); damaged tiles are not
-    listed: they are simply computed again."""
-    import zarr
-
+    """Damage of an existing store outside its tiles (``TileStore.core_damage``); damaged tiles
+    are not listed: they are simply computed again."""
+    tiles = open_tiles(path)
     try:
-        return S.core_damage(path, zarr.open_group(str(path), mode="r"), attrs)
+        return tiles.core_damage(tiles.group("r"), attrs)
     except Exception as e:  # noqa: BLE001 — the group's metadata itself
         return [f"zarr.json ({type(e).__name__})"]
 
 
-def check_writable(directory: Path) -> None:
-    """Refuse early (before any work, without creating anything) an output we cannot write."""
-    p = directory
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to the output directory {directory}: "
-                        f"{p} is {'not a directory' if not p.is_dir() else 'not writable'}")
-    if os.statvfs(p).f_blocks == 0:  # /proc, /sys: root may "write" there, nothing is stored
-        raise UserError(f"cannot write to the output directory {directory}: {p} is on a virtual "
-                        "file system without storage (such as /proc or /sys)")
+def check_writable(path: Path) -> None:
+    """Refuse early (before any work, without creating anything) a store at ``path`` that its
+    tile store cannot write (on local files: its output directory)."""
+    open_tiles(path).check_writable()
 
 
 def check_disk(needed: int, free: int, directory: Path) -> None:
+    """Refuse a plan needing more than ``free`` bytes (``TileStore.free_bytes``)."""
     if needed > free:
         raise UserError(
             f"the plan needs {fmt_bytes(needed)} (before compression) but only "
@@ -261,7 +257,7 @@ class RunPlan:
     out_shape: tuple
     scale: float | None
     offset: float | None
-    layouts: list[S.Layout]
+    layouts: list[L.Layout]
     attrs: dict | None             # the existing store's attributes (None: to be created)
     batches: dict[str, int] = field(default_factory=dict)
     planned: dict[str, list[P.Tile]] = field(default_factory=dict)
@@ -362,7 +358,7 @@ def _top_left(eng: Engine, small) -> Engine:
     return halo.crop_engine(eng, halo.Crop(0, h, 0, w, 0, 0, (0, 0, 0, 0)))
 
 
-def _layouts(c, a, spec, in_shape, out_shape, scale, offset, np_dtype) -> list[S.Layout]:
+def _layouts(c, a, spec, in_shape, out_shape, scale, offset, np_dtype) -> list[L.Layout]:
     """The windowed analyses ``a`` (columns, rows) of config ``c``, validated against the image."""
     vector = spec.kind != "image"
     if vector and (a.columns is not None or a.rows is not None):
@@ -371,7 +367,7 @@ def _layouts(c, a, spec, in_shape, out_shape, scale, offset, np_dtype) -> list[S
             "apply; leave `columns`/`rows` out (or false) and use `analyses: {classify: {top_k: 5}}` "
             "for its class rows, contributions, discussions and votes"
         )
-    layouts: list[S.Layout] = []
+    layouts: list[L.Layout] = []
     for name, acfg in (("columns", a.columns), ("rows", a.rows)):
         if acfg is None:
             continue
@@ -393,7 +389,7 @@ def _layouts(c, a, spec, in_shape, out_shape, scale, offset, np_dtype) -> list[S
                     f"`{where}` region {list(sel.region)} ([top, left, height, width]) leaves the "
                     f"{unit} image of {H}×{W} pixels (used for {name})"
                 )
-        layouts.append(S.make_layout(name, acfg.window, acfg.tile, sel, in_shape, out_shape,
+        layouts.append(L.make_layout(name, acfg.window, acfg.tile, sel, in_shape, out_shape,
                                      scale, offset, np_dtype.itemsize))
     return layouts
 
@@ -406,7 +402,7 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     c = res.config
     path = res.store_path(image)
     shard_i, shard_n = opts.shard
-    check_writable(path.parent)
+    check_writable(path)
     device = resolve_device(c.device)
     set_precision(device, c.precision)
     prep = prepare(cfg, res.config_path.parent, device)
@@ -422,8 +418,8 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     layouts = _layouts(c, res.analyses(vector), spec, in_shape, out_shape, scale, offset, np_dtype)
     attrs = existing_attrs(path)
     if attrs is None:  # a new store: refuse a plan bigger than the disk before listing its tiles
-        check_disk(sum(S.selected_bytes(lay, np_dtype.itemsize) for lay in layouts) // shard_n,
-                   S.free_disk_bytes(path.parent), path.parent)
+        check_disk(sum(L.selected_bytes(lay, np_dtype.itemsize) for lay in layouts) // shard_n,
+                   open_tiles(path).free_bytes(), path.parent)
 
     # an existing store: same values, or --overwrite
     if attrs is not None:
@@ -453,9 +449,7 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     _choose_batches(rp, attrs)
     arrays = None
     if rp.exists:
-        import zarr
-
-        arrays = S.tiled_arrays(zarr.open_group(str(path), mode="r"))
+        arrays = SC.tiled_arrays(open_tiles(path).group("r"))
     _schedule(rp, arrays)
     for lay in layouts:
         bpp = lay.bytes_per_pixel(np_dtype.itemsize) + (2 * 4 + lay.probe_shape[0] * np_dtype.itemsize)
@@ -467,7 +461,7 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     if rp.shard[0] == 0:  # whole-F analyses run in shard 0's process (svd: its solver state)
         rp.bytes_todo += sum(mod.disk_bytes(rp, acfg) for _n, mod, acfg in whole_f_analyses(rp)
                              if hasattr(mod, "disk_bytes"))
-    rp.free = S.free_disk_bytes(path.parent)
+    rp.free = open_tiles(path).free_bytes()
     check_disk(rp.bytes_todo, rp.free, path.parent)
     _estimate(rp)
     if not rp.exists or any(rp.todo.values()):
@@ -628,7 +622,7 @@ def _choose_batches(rp: RunPlan, attrs: dict | None) -> None:
         rp.batches["columns"] = rp.batches["rows"] = max(rp.batches["columns"], rp.batches["rows"])
 
 
-def _largest_crop(rp: RunPlan, lay: S.Layout, plan: Cm.ProbingPlan) -> tuple[int, int] | None:
+def _largest_crop(rp: RunPlan, lay: L.Layout, plan: Cm.ProbingPlan) -> tuple[int, int] | None:
     """The largest halo crop (height, width) of a block of ``plan`` (None: full-image passes)."""
     if plan.method == "single" or not plan.crop:
         return None
@@ -646,10 +640,11 @@ def _schedule(rp: RunPlan, group, candidates: dict[str, list[P.Tile]] | None = N
     """This process's share (tiles; blocks of tiles for compressed probing: a block is never
     split between processes), what is left of it, and its probes, passes and filters.
 
-    ``group``: the store's tiled arrays (``S.tiled_arrays``), None for a new store. With
+    ``group``: the store's tiled arrays (``SC.tiled_arrays``), None for a new store. With
     ``candidates`` (the plan's tiles to do), only those are checked again: a tile the plan found
     done and intact stays done (its integrity was checked once)."""
     shard_i, shard_n = rp.shard
+    tiles = open_tiles(rp.path)
     for lay in rp.layouts:
         plan = rp.probing[lay.name]
         planned = lay.tiles()
@@ -665,7 +660,7 @@ def _schedule(rp: RunPlan, group, candidates: dict[str, list[P.Tile]] | None = N
             mine_left = [t for t in mine if (t.ty, t.tx) in keep]
         else:
             mine_left = mine
-        todo = ([t for t in mine_left if not S.tile_done(rp.path, group, lay, t)]
+        todo = ([t for t in mine_left if not tiles.tile_done(group, lay, t)]
                 if group is not None else list(mine_left))
         rp.todo[lay.name] = todo
         k = rp.batches[lay.name]
@@ -750,7 +745,7 @@ def _describe_support(rp: RunPlan) -> str:
             f"{cy}×{cx} output px.")
 
 
-def _describe_method(rp: RunPlan, lay: S.Layout) -> str:
+def _describe_method(rp: RunPlan, lay: L.Layout) -> str:
     plan = rp.probing[lay.name]
     k, probes, passes = rp.batches[lay.name], rp.probes_todo[lay.name], rp.passes_todo[lay.name]
     costs = rp.probing_costs.get(lay.name, {})
@@ -781,7 +776,7 @@ def _new_attrs(rp: RunPlan, checks: dict, seconds: float) -> dict:
     c = rp.res.config
     a = rp.res.analyses(rp.vector)
     return {
-        "format_version": S.FORMAT_VERSION,
+        "format_version": SC.FORMAT_VERSION,
         "name": rp.path.name.removesuffix(".zarr"),
         "config": rp.cfg,
         "model": rp.prep.model_attrs,
@@ -817,14 +812,13 @@ def create(rp: RunPlan) -> None:
     Another ``--shard`` process may have created the store meanwhile: its attributes (batch) win,
     so every tile is computed with the same passes as in a single-process run.
     """
-    import zarr
-
     c = rp.res.config
     spec, prep = rp.prep.spec, rp.prep
     eng = rp.get_engine(max(rp.batches.values(), default=1))
     li = rp.li
     shard_i, shard_n = rp.shard
-    with store_lock(rp.path):
+    tiles = open_tiles(rp.path)
+    with tiles.lock():
         attrs_now = existing_attrs(rp.path)
         if attrs_now is not None and (mismatch(attrs_now, rp.cfg, prep) or (
                 rp.opts.overwrite and store_damage(rp.path, attrs_now))):
@@ -834,8 +828,7 @@ def create(rp: RunPlan) -> None:
             attrs_now = None
         created = attrs_now is None
         if created:
-            if rp.path.exists():
-                shutil.rmtree(rp.path)
+            tiles.remove()
             t0 = time.perf_counter()
             residual = li.residual.detach().reshape(rp.out_shape)
             output = rp.y0[0].detach()
@@ -846,14 +839,14 @@ def create(rp: RunPlan) -> None:
             seconds = time.perf_counter() - t0
             disp_out = None if rp.vector else spec.display_output(rp.y0.detach().cpu().float(),
                                                                    prep.prepared)
-            S.create_store(
+            SC.create_store(
                 rp.path, attrs=_new_attrs(rp, checks, seconds), dtype=c.dtype,
                 input=prep.x0[0].detach().cpu().numpy(), output=output.cpu().numpy(),
                 residual=residual.cpu().numpy() if c.analyses.residual else None,
                 display_input=spec.display_input(prep.prepared), display_output=disp_out,
                 layouts=rp.layouts,
             )
-        g = zarr.open_group(str(rp.path), mode="r")
+        g = tiles.group("r")
         # the store's method, blocks and batches win (another --shard process may have made it)
         stored = dict(g.attrs)
         _choose_probing(rp, stored, notes=False)
@@ -862,16 +855,16 @@ def create(rp: RunPlan) -> None:
                 rp.batches[lay.name] = int(g.attrs["analyses"][lay.name].get("batch",
                                                                              rp.batches[lay.name]))
         # tiles done since the plan (another process); a tile found done by the plan stays done
-        arrays = S.tiled_arrays(g)
+        arrays = SC.tiled_arrays(g)
         _schedule(rp, arrays, None if created else rp.todo)
         damaged = [f for lay in rp.layouts
-                   for f in S.clear_damaged(rp.path, arrays, lay, rp.todo[lay.name])]
+                   for f in tiles.clear_damaged(arrays, lay, rp.todo[lay.name])]
         if damaged:
             say(f"{len(damaged)} damaged file(s) of unfinished tiles deleted, the tiles are "
                 f"computed again: {', '.join(damaged[:4])}{' …' if len(damaged) > 4 else ''}")
         owned = {(n, t.ty, t.tx) for n in rp.todo for t in rp.mine[n]}
-        removed = S.remove_partials(rp.path, [lay.name for lay in rp.layouts],
-                                    owned if shard_n > 1 else None, root=shard_i == 0)
+        removed = tiles.remove_partials([lay.name for lay in rp.layouts],
+                                        owned if shard_n > 1 else None, root=shard_i == 0)
         if removed and not rp.opts.quiet:
             say(f"removed {removed} partial file(s) left by a killed run")
     del eng

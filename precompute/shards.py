@@ -7,8 +7,9 @@ run. For the one codec chain LinearScope creates (``sharding_indexed`` with inne
 ``bytes(little) → zstd(level, no checksum) → crc32c`` and index ``bytes(little) → crc32c`` at the
 end) :func:`encode_shard` produces the same bytes with the same libraries (numcodecs' Zstd,
 google_crc32c) and zarr's own Morton order, in a tight loop; any other metadata falls back to
-zarr (:func:`fast_path`). The file is written like zarr's LocalStore does (``<key>.<uuid>.partial``,
-then renamed), so "a tile is done when its shard file exists" still holds.
+zarr (:func:`fast_path`). The tile store writes the encoded shard atomically
+(:meth:`precompute.tile_store.TileStore.write_tile`; on local files like zarr's LocalStore,
+``<key>.<uuid>.partial`` then renamed), so "a tile is done when its shard exists" still holds.
 
 :func:`decode_shard` is the reverse, for the analyses that read every stored window back (the
 SVD on the stored F, :mod:`precompute.stored_operator`): zarr's per-chunk overhead made reading
@@ -18,10 +19,7 @@ index's are checked, as zarr checks them.
 
 from __future__ import annotations
 
-import os
-import uuid
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
@@ -109,23 +107,6 @@ def encode_shard(block: np.ndarray, chunk_shape: tuple[int, ...], level: int) ->
     index_bytes = index.tobytes()
     parts.append(index_bytes + _crc(index_bytes))
     return b"".join(parts)
-
-
-def write_shard(path: Path, data: bytes | None) -> None:
-    """Write a shard file atomically (a ``*.partial`` file renamed into place); None: remove it
-    (an all-fill shard, as zarr)."""
-    if data is None:
-        path.unlink(missing_ok=True)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class ShardError(ValueError):

@@ -1,273 +1,26 @@
-"""Writing and reading LinearScope stores (docs/FORMAT.md is the contract; keep them together).
+"""Reading a LinearScope store (docs/FORMAT.md is the contract; keep them together).
 
-A store is a Zarr v3 group holding one linear interpreter y = F(x0)·x + r(x0) (paper eq. 5).
-Writing rules that make a run safe to kill at any moment (see the shared zarr notes):
-
-* every array is created up front, by the one process that writes metadata;
-* a tile is written whole by one process (origins, outside fractions, then its shard), never
-  pixel by pixel, so no two processes ever touch the same shard;
-* zarr's LocalStore writes each file to ``<key>.<uuid>.partial`` and renames it: a shard file
-  either exists complete or not at all, hence **a tile is done when its shard file exists**;
-* fill value NaN with ``write_empty_chunks`` on, so a computed all-zero filter is still written
-  and "exists ⇔ done" is exact; ``*.partial`` leftovers of a killed run are deleted on resume.
+A store is a Zarr v3 group holding one linear interpreter y = F(x0)·x + r(x0) (paper eq. 5),
+opened read-only by :class:`Store` after its attributes, version and format are checked. Creating
+and writing a store is :mod:`precompute.store_create`, resuming one :mod:`precompute.store_resume`,
+the checksums of its files :mod:`precompute.integrity`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
-import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from precompute import integrity
 from precompute import probes as P
-from precompute import shards
-from precompute import store_format
 from precompute.errors import StoreError
-
-FORMAT_VERSION = 1
-ANALYSES = ("columns", "rows")
-CREATING = "linearscope_creating"
-
-
-
-
-def codecs() -> list:
-    """Lossless only: zstd level 3 then a crc32c checksum per (inner) chunk."""
-    return [ZstdCodec(level=3), Crc32cCodec()]
-
-
-def free_disk_bytes(path: Path) -> int:
-    """Free bytes on the file system holding ``path`` (its nearest existing parent).
-
-    ``LINEARSCOPE_FREE_BYTES`` overrides the measurement (tests and dry planning).
-    """
-    from precompute.environment import env_int
-
-    env = env_int("LINEARSCOPE_FREE_BYTES")
-    if env is not None:
-        return env
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
-# ---------------------------------------------------------------------------------------------
-# Layout of one windowed analysis.
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Geometry of ``columns`` or ``rows``.
-
-    ``probe_shape`` (C, H, W) is the domain whose pixels are probed (input for columns, output for
-    rows), ``other_shape`` the domain the stored windows live in. ``window`` is (wh, ww).
-    """
-
-    name: str
-    probe_shape: tuple[int, int, int]
-    other_shape: tuple[int, int, int]
-    window: tuple[int, int]
-    full: bool
-    tile: int
-    selection: P.Selection
-    scale: float
-    offset: float
-
-    @property
-    def chunk(self) -> tuple[int, ...]:
-        return (1, 1, self.probe_shape[0], self.other_shape[0], *self.window)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.probe_shape[1], self.probe_shape[2], self.probe_shape[0], self.other_shape[0],
-                *self.window)
-
-    def bytes_per_pixel(self, itemsize: int) -> int:
-        return math.prod(self.chunk) * itemsize
-
-    def origin(self, i: int, j: int) -> tuple[int, int]:
-        """Window origin (oy, ox) in the other domain for probed pixel (i, j) (FORMAT.md)."""
-        rule = P.column_origin if self.name == "columns" else P.row_origin
-        _, oh, ow = self.other_shape
-        return (rule(i, self.scale, self.offset, self.window[0], oh),
-                rule(j, self.scale, self.offset, self.window[1], ow))
-
-    def selected_pixels(self) -> int:
-        """How many pixels the selection holds (arithmetic, without listing tiles)."""
-        top, left, h, w = self.selection.as_list(self.probe_shape[1], self.probe_shape[2])
-        s = self.selection.stride
-        return (-(-h // s)) * (-(-w // s))  # ceil(h/s)·ceil(w/s)
-
-    def tiles(self) -> list[P.Tile]:
-        return P.planned_tiles(self.probe_shape[1], self.probe_shape[2], self.tile, self.selection)
-
-    def attrs(self, batch: int | None = None) -> dict:
-        d = {
-            "window": list(self.window),
-            "full": self.full,
-            "tile": self.tile,
-            "region": self.selection.as_list(self.probe_shape[1], self.probe_shape[2]),
-            "stride": self.selection.stride,
-        }
-        if batch is not None:
-            d["batch"] = batch
-        return d
-
-    @classmethod
-    def from_attrs(cls, name: str, a: dict, in_shape, out_shape, geometry: dict) -> "Layout":
-        probe, other = (in_shape, out_shape) if name == "columns" else (out_shape, in_shape)
-        region = tuple(a["region"])
-        sel = P.Selection(None if region == (0, 0, probe[1], probe[2]) else region, a["stride"])
-        return cls(name, tuple(probe), tuple(other), tuple(a["window"]), a["full"], a["tile"], sel,
-                   geometry["scale"], geometry["offset"])
-
-
-def selected_bytes(lay: Layout, itemsize: int) -> int:
-    """Bytes of the windows of every selected pixel (before compression)."""
-    return lay.selected_pixels() * lay.bytes_per_pixel(itemsize)
-
-
-def make_layout(name: str, window: int | str, tile: int | str, sel: P.Selection,
-                in_shape, out_shape, scale: float, offset: float, itemsize: int) -> Layout:
-    probe, other = (in_shape, out_shape) if name == "columns" else (out_shape, in_shape)
-    wh, ww = P.window_side(window, other[1]), P.window_side(window, other[2])
-    full = (wh, ww) == (other[1], other[2])
-    bpp = math.prod((probe[0], other[0], wh, ww)) * itemsize
-    t = P.auto_tile(bpp, probe[1], probe[2]) if tile == "auto" else int(tile)
-    return Layout(name, tuple(probe), tuple(other), (wh, ww), full, t, sel, scale, offset)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing.
-
-
-def create_store(path: Path, *, attrs: dict, dtype: str, input: np.ndarray, output: np.ndarray,
-                 residual: np.ndarray | None, display_input: np.ndarray,
-                 display_output: np.ndarray | None, layouts: list[Layout]) -> zarr.Group:
-    """Create the group and every array, write the small arrays, then the group attributes.
-
-    The attributes (with ``format_version``) are written last, in one atomic file: a store
-    without them is an interrupted creation and may be deleted and made again.
-    """
-    # marker until the real attributes replace it: lets a resumed run tell its own interrupted
-    # creation (safe to delete) from someone else's Zarr data (never deleted)
-    g = zarr.open_group(str(path), mode="w", attributes={CREATING: True})
-    c = codecs()
-
-    def small(name, arr, fill):
-        a = g.create_array(name, shape=arr.shape, chunks=arr.shape, dtype=arr.dtype,
-                           fill_value=fill, compressors=c, config={"write_empty_chunks": True})
-        a[...] = arr
-
-    small("input", input.astype(dtype), np.nan)
-    small("output", output.astype(dtype), np.nan)
-    if residual is not None:
-        small("residual", residual.astype(dtype), np.nan)
-    small("display/input", display_input.astype(np.uint8), 0)
-    if display_output is not None:
-        small("display/output", display_output.astype(np.uint8), 0)
-    for lay in layouts:
-        t = lay.tile
-        g.create_array(lay.name, shape=lay.shape, chunks=lay.chunk,
-                       shards=(t, t, *lay.chunk[2:]), dtype=dtype, fill_value=np.nan,
-                       compressors=c, config={"write_empty_chunks": True})
-        h, w = lay.shape[:2]
-        g.create_array(f"{lay.name}_origin", shape=(h, w, 2), chunks=(t, t, 2), dtype="int32",
-                       fill_value=-1, compressors=c)
-        g.create_array(f"{lay.name}_outside", shape=(h, w, lay.probe_shape[0]),
-                       chunks=(t, t, lay.probe_shape[0]), dtype=dtype, fill_value=np.nan,
-                       compressors=c, config={"write_empty_chunks": True})
-    g.attrs.put(attrs)
-    return g
-
-
-def shard_file(path: Path, array: zarr.Array, name: str, tile: P.Tile) -> Path:
-    key = array.metadata.encode_chunk_key((tile.ty, tile.tx) + (0,) * (array.ndim - 2))
-    return Path(path) / name / key
-
-
-def write_tile(group: zarr.Group, lay: Layout, tile: P.Tile, block: np.ndarray,
-               origin: np.ndarray, outside: np.ndarray) -> None:
-    """Write one tile: origins and outside fractions first, then the whole shard (atomically).
-
-    Only the shard's existence marks the tile done, so a kill between the writes just makes
-    the tile recomputed and rewritten.
-    """
-    ys, xs = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
-    group[f"{lay.name}_origin"][ys, xs] = origin
-    group[f"{lay.name}_outside"][ys, xs] = outside
-    arr = group[lay.name]
-    level = shards.fast_path(arr)
-    root = getattr(group.store, "root", None)
-    if level is None or root is None:
-        arr[ys, xs] = block
-        return
-    # the same bytes zarr would write, without its per-chunk overhead (precompute/shards.py)
-    full = np.full(arr.metadata.chunk_grid.chunk_shape, np.nan, dtype=arr.dtype.to_native_dtype()
-                   if hasattr(arr.dtype, "to_native_dtype") else arr.dtype)
-    full[:block.shape[0], :block.shape[1]] = block
-    inner = arr.metadata.codecs[0].chunk_shape
-    shards.write_shard(shard_file(Path(root), arr, lay.name, tile),
-                       shards.encode_shard(full, tuple(inner), level))
-
-
-def tiled_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
-    """The tiled arrays of a store (``columns``, ``rows`` and their ``_origin`` / ``_outside``),
-    opened once: the tile functions below take this mapping (or the group itself) and look
-    arrays up per tile, which costs a metadata read each on a group."""
-    names = [n + part for n in ANALYSES for part in ("", "_origin", "_outside")]
-    members = {name for name, _ in group.arrays()}
-    return {n: group[n] for n in names if n in members}
-
-
-def tile_done(path: Path, group: zarr.Group, lay: Layout, tile: P.Tile, full: bool = True) -> bool:
-    """A tile is done when its shard exists and it is intact: the shard's index and inner-chunk
-    checksums, and its origin and outside chunks (:mod:`precompute.integrity`). ``full=False``
-    checks the shard's index only (a small read at its end): empty and truncated shards, not
-    flipped bytes inside a chunk."""
-    return integrity.tile_problem(path, group, lay.name, tile.ty, tile.tx, full) is None
-
-
-def tile_files(path: Path, group: zarr.Group, lay: Layout, tile: P.Tile) -> dict[str, Path]:
-    """The files of one tile: its shard, origin chunk and outside chunk, by array name."""
-    files = {lay.name: shard_file(path, group[lay.name], lay.name, tile)}
-    for name in (f"{lay.name}_origin", f"{lay.name}_outside"):
-        if name in group:
-            files[name] = Path(path) / name / group[name].metadata.encode_chunk_key(
-                (tile.ty, tile.tx, 0))
-    return files
-
-
-def clear_damaged(path: Path, group: zarr.Group, lay: Layout, tiles: list[P.Tile]) -> list[str]:
-    """Delete the damaged files of tiles left to do, so that they are written anew rather than
-    merged into (zarr reads a chunk it writes only in part): every file of a tile whose shard is
-    on disk but not intact, and any origin/outside chunk that fails its checksum. Returns the
-    deleted files (relative to the store)."""
-    found = []
-    for t in tiles:
-        problem = integrity.tile_problem(path, group, lay.name, t.ty, t.tx)
-        if problem is None:
-            continue  # done meanwhile (another process)
-        for name, f in tile_files(path, group, lay, t).items():
-            if not (f.exists() or f.is_symlink()):
-                continue
-            if problem == integrity.MISSING and not integrity.file_problem(f, group[name]):
-                continue  # left intact by a killed run: simply overwritten
-            if f.is_dir() and not f.is_symlink():  # a folder where the file belongs (inside
-                shutil.rmtree(f)  # the store: its folders are checked not to be links)
-            else:
-                f.unlink()
-            found.append(str(f.relative_to(path)))
-    return found
+from precompute.layout import Layout
+from precompute.store_create import ANALYSES, CREATING, FORMAT_VERSION, tiled_arrays
+from precompute.tile_store import open_tiles
 
 
 def read_whole(arr) -> np.ndarray:
@@ -279,85 +32,10 @@ def read_whole(arr) -> np.ndarray:
     return arr[...]
 
 
-def core_damage(path: Path, group: zarr.Group, attrs: dict) -> list[str]:
-    """Damage outside the tiles: unreadable array metadata, or a missing or damaged chunk of the
-    arrays written at creation (``input``, ``output``, ``residual``, ``display/*``, FORMAT.md).
-    A store with such damage cannot be resumed; ``--overwrite`` makes it again."""
-    problem = store_format.store_problem(path, group, attrs, files_allowed=store_format.TILED)
-    if problem:
-        return [problem]
-    names = ["input", "output", "display/input"]
-    if (attrs.get("analyses") or {}).get("residual"):
-        names.append("residual")
-    if (attrs.get("model") or {}).get("kind", "image") == "image":
-        names.append("display/output")
-    found = []
-    for name in names + [lay for lay in (attrs.get("analyses") or {}) if lay in ANALYSES]:
-        try:
-            arr = group[name]
-        except Exception as e:  # noqa: BLE001 — missing or unreadable metadata
-            found.append(f"{name}: {'missing' if isinstance(e, KeyError) else 'unreadable metadata'}")
-            continue
-        if name in ANALYSES:
-            continue  # tiles are checked one by one
-        missing = integrity.missing_chunks(arr)
-        if missing:
-            found.append(missing)
-            continue
-        f = Path(path) / name / arr.metadata.encode_chunk_key((0,) * arr.ndim)
-        problem = integrity.file_problem(f, arr) if f.exists() or f.is_symlink() else "missing"
-        if problem:
-            found.append(f"{f.relative_to(path)}: {problem}")
-    return found
-
-
-def remove_partials(path: Path, names: list[str], owned: set[tuple[str, int, int]] | None,
-                    root: bool) -> int:
-    """Delete ``*.partial`` leftovers of killed writers; return how many.
-
-    With ``owned`` (a set of (analysis, ty, tx)) only files of those tiles are touched, so a
-    process never deletes the in-flight temporary file of another shard process. ``root``:
-    also the group-level leftovers (metadata, small arrays), for the metadata process.
-    """
-    n = 0
-    path = Path(path)
-    for f in path.rglob("*.partial"):
-        rel = f.relative_to(path).parts
-        base = rel[0].removesuffix("_origin").removesuffix("_outside")
-        if base in names and len(rel) >= 4 and rel[1] == "c":
-            try:
-                key = (base, int(rel[2]), int(rel[3].split(".")[0]))
-            except ValueError:
-                continue
-            if owned is not None and key not in owned:
-                continue  # another process's tile: its writer may be renaming this file now
-        elif not root:
-            continue
-        f.unlink(missing_ok=True)
-        n += 1
-    return n
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading.
-
-
 def read_attrs(path: Path) -> dict:
-    """The group attributes of the store at ``path``, read from its ``zarr.json`` with a
-    one-line StoreError for anything unreadable (missing, empty, truncated, not a group)."""
-    meta = Path(path) / "zarr.json"
-    if not meta.is_file():
-        raise StoreError(f"no LinearScope store at {path}")
-    try:
-        node = store_format.read_json(meta)  # bounded size and nesting
-    except store_format.FormatError as e:
-        raise StoreError(f"{path}: {e}; the store is damaged") from None
-    if not isinstance(node, dict) or node.get("node_type") != "group":
-        raise StoreError(f"{path} is not a LinearScope store (its zarr.json is not a Zarr group)")
-    attrs = node.get("attributes") or {}
-    if not isinstance(attrs, dict):
-        raise StoreError(f"{path}: damaged zarr.json (attributes are not a mapping)")
-    return attrs
+    """The group attributes of the store at ``path``, with a one-line StoreError for anything
+    unreadable (missing, empty, truncated, not a group)."""
+    return open_tiles(path).read_attrs()
 
 
 def _check_version(attrs: dict, path: Path) -> None:
@@ -382,13 +60,13 @@ class Store:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.attrs: dict[str, Any] = read_attrs(self.path)
+        self.tiles = open_tiles(self.path)  # where the bytes are (precompute/tile_store.py)
+        self.attrs: dict[str, Any] = self.tiles.read_attrs()
         _check_version(self.attrs, self.path)
         try:
-            self.group = zarr.open_group(str(self.path), mode="r")
+            self.group = self.tiles.group("r")
             # attributes (schema), links, array metadata, arrays written whole: once, here
-            problem = store_format.store_problem(self.path, self.group, self.attrs,
-                                                 files_allowed=store_format.TILED)
+            problem = self.tiles.format_problem(self.group, self.attrs)
             if problem:
                 raise StoreError(f"{self.path}: {problem}; the store is damaged or not a "
                                  "LinearScope store")
@@ -442,11 +120,11 @@ class Store:
         """Tiles whose shard exists with an intact index (finished, whatever happened later to
         the run); the checksums of their chunks are checked by :meth:`check_integrity`."""
         lay = self.layouts[analysis]
-        return [t for t in lay.tiles() if tile_done(self.path, self.arrays, lay, t, full=False)]
+        return [t for t in lay.tiles() if self.tiles.tile_done(self.arrays, lay, t, full=False)]
 
     def check_integrity(self) -> "integrity.Report":
         """Every file of the store checked against its checksums (reads the whole store)."""
-        return integrity.check_store(self.path)
+        return self.tiles.check()
 
     def is_complete(self) -> bool:
         return all(len(self.done_tiles(a)) == len(self.planned_tiles(a)) for a in self.layouts)
@@ -516,7 +194,7 @@ class Store:
         <array name>: array, ...}``; ``adversarial`` for the FGSM copy. None when the store has
         none, or they are incomplete (a killed run)."""
         name = "classify/adversarial" if adversarial else "classify"
-        if not (self.path / name / "zarr.json").is_file():
+        if not self.tiles.has_group(name):
             return None
         g = self.group[name]
         attrs = dict(g.attrs)
@@ -551,16 +229,6 @@ class Store:
 def open_store(path: str | os.PathLike) -> Store:
     """Open a store written by ``precompute run`` read-only (see docs/FORMAT.md)."""
     return Store(path)
-
-
-def size_on_disk(path: Path) -> int:
-    """Bytes of the store's regular files (links are not followed)."""
-    total = 0
-    for f in Path(path).rglob("*"):
-        st = f.lstat()
-        if stat.S_ISREG(st.st_mode):
-            total += st.st_size
-    return total
 
 
 def model_code(attrs: dict) -> str | None:

@@ -29,7 +29,9 @@ from torch import Tensor
 
 from precompute import probes as P
 from precompute import shards
-from precompute import store as S
+from precompute import layout as L
+from precompute import store_create as SC
+from precompute.tile_store import open_tiles
 
 SOURCES = ("columns", "rows")
 
@@ -44,7 +46,7 @@ def _interval_ok(lo: np.ndarray, hi: np.ndarray, origin: np.ndarray, w: int) -> 
     return bool(np.all(empty | ((lo >= origin) & (hi < origin + w))))
 
 
-def covers_support(lay: S.Layout, support) -> bool:
+def covers_support(lay: L.Layout, support) -> bool:
     """Whether every window of ``lay`` contains its filter's whole structural support
     (:class:`precompute.support.Support`): then nothing can lie outside it, whatever x0 is."""
     if lay.full:
@@ -64,7 +66,7 @@ def covers_support(lay: S.Layout, support) -> bool:
     return True
 
 
-def whole_selection(lay: S.Layout) -> bool:
+def whole_selection(lay: L.Layout) -> bool:
     """The layout stores a filter for every pixel of its domain (no region, stride 1)."""
     _, h, w = lay.probe_shape
     return lay.selection.as_list(h, w) == [0, 0, h, w] and lay.selection.stride == 1
@@ -101,14 +103,15 @@ def planned_source(layouts, support) -> tuple[str | None, str]:
     return None, "; ".join(why_not)
 
 
-def holds_all(path: Path, group, lay: S.Layout) -> str | None:
+def holds_all(path: Path, group, lay: L.Layout) -> str | None:
     """After the sweep: why the stored ``lay`` does not hold all of F, or None when it does
     (every pixel selected and done, every ``*_outside`` fraction exactly 0)."""
     if not whole_selection(lay):
         return f"the {lay.name} cover part of the image only"
-    arrays = S.tiled_arrays(group)
+    arrays = SC.tiled_arrays(group)
+    tiles = open_tiles(path)
     for t in lay.tiles():
-        if not S.tile_done(path, arrays, lay, t, full=False):
+        if not tiles.tile_done(arrays, lay, t, full=False):
             return f"{lay.name} tile ({t.ty}, {t.tx}) is not on disk"
     out = np.asarray(group[f"{lay.name}_outside"][...])
     if np.isnan(out).any():
@@ -125,19 +128,19 @@ def holds_all(path: Path, group, lay: S.Layout) -> str | None:
 # Reading the windows.
 
 
-def _tile_values(path: Path, arr, lay: S.Layout, t: P.Tile) -> np.ndarray:
+def _tile_values(path: Path, arr, lay: L.Layout, t: P.Tile) -> np.ndarray:
     """The stored windows of one tile, (th, tw, C_probe, C_other, wh, ww)."""
     level = shards.fast_path(arr)
     if level is None:
         return np.asarray(arr[t.y0:t.y1, t.x0:t.x1])
-    data = S.shard_file(path, arr, lay.name, t).read_bytes()
+    data = open_tiles(path).read(SC.shard_key(arr, lay.name, t))
     inner = arr.metadata.codecs[0].chunk_shape
     block = shards.decode_shard(data, tuple(arr.shards), tuple(inner), arr.dtype, level)
     th, tw = t.shape
     return block[:th, :tw]
 
 
-def _tile_entries(lay: S.Layout, t: P.Tile, values: np.ndarray, origin: np.ndarray):
+def _tile_entries(lay: L.Layout, t: P.Tile, values: np.ndarray, origin: np.ndarray):
     """(F row indices, F column indices, values) of the non-zero entries of one tile."""
     cp, hp, wp = lay.probe_shape
     co, ho, wo = lay.other_shape
@@ -188,7 +191,7 @@ class StoredF:
         return int(self.matrix.nnz)
 
     @classmethod
-    def load(cls, path: Path, group, lay: S.Layout, dtype: torch.dtype,
+    def load(cls, path: Path, group, lay: L.Layout, dtype: torch.dtype,
              device: torch.device | str = "cpu") -> "StoredF":
         """Assemble F from every tile of ``lay`` (call :func:`holds_all` first)."""
         import scipy.sparse as sp

@@ -594,7 +594,7 @@ class State:
     def _begin(self, arrays: dict[str, tuple[tuple, tuple, str]]) -> None:
         import zarr
 
-        from precompute.store import codecs
+        from precompute.store_create import codecs
 
         self.remove()
         g = zarr.open_group(str(self.path), mode="w", attributes={"key": self.key})
@@ -923,7 +923,7 @@ def write_result(path: Path, p: Plan, sol: Solution, tri: Triplets, in_shape, ou
     """The result arrays, then the group attributes with ``complete: true`` (one atomic write)."""
     import zarr
 
-    from precompute.store import codecs
+    from precompute.store_create import codecs
 
     g = zarr.open_group(str(Path(path) / "svd"), mode="a")
     g.attrs.put({"complete": False})

@@ -17,6 +17,7 @@ import time
 from precompute import compressed as Cm
 from precompute import freivalds as Fv
 from precompute.assemble import tile_arrays
+from precompute.tile_store import open_tiles
 from precompute.writer import Writer
 
 
@@ -37,17 +38,17 @@ class _Progress:
 def open_writer(rp) -> Writer:
     """One writer for every analysis of a run, so that writing one analysis's last tiles
     overlaps computing the next. Its queue holds up to 8 tiles (≤ 1 GiB) beyond whole blocks of
-    compressed probing (whose windows are in memory anyway)."""
-    import zarr
-
-    group = zarr.open_group(str(rp.path), mode="r+")
+    compressed probing (whose windows are in memory anyway). Tiles go through the store's tile
+    store (:mod:`precompute.tile_store`)."""
+    tiles = open_tiles(rp.path)
+    group = tiles.group("r+")
     itemsize = rp.np_dtype.itemsize
     depth = 1
     for lay in rp.layouts:
         tile_bytes = lay.tile * lay.tile * lay.bytes_per_pixel(itemsize)
         depth += int(max(1, min(8, (1 << 30) // max(tile_bytes, 1))))
         depth += max((len(b.tiles) for b in rp.todo_blocks.get(lay.name) or []), default=0)
-    return Writer(group, rp.opts.writer_threads, depth)
+    return Writer(group, rp.opts.writer_threads, depth, tiles)
 
 
 def _shared_rows(rp) -> dict:

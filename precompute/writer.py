@@ -1,20 +1,20 @@
 """Writing: finished tiles go through a bounded queue to writer threads; one lock per store.
 
-Compression (zstd releases the GIL) and disk never stall the device. Store creation and metadata
-updates are serialised between processes (``--shard``, torchrun) by :func:`store_lock`.
+Compression (zstd releases the GIL) and disk never stall the device. Tiles are written through
+the store's tile store (:mod:`precompute.tile_store`), which makes each shard appear atomically.
+Store creation and metadata updates are serialised between processes (``--shard``, torchrun) by
+:func:`store_lock`, the tile store's lock.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import queue
 import threading
 import time
 from pathlib import Path
 
-from precompute import store as S
 from precompute.errors import UserError
+from precompute.tile_store import TileStore, open_tiles
 
 
 
@@ -26,8 +26,9 @@ class Writer:
     is slower than the device. A writer error is re-raised in the computing thread.
     """
 
-    def __init__(self, group, threads: int, depth: int):
+    def __init__(self, group, threads: int, depth: int, tiles: TileStore):
         self.group = group
+        self.tiles = tiles
         self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.error: BaseException | None = None
         self.written = 0
@@ -47,7 +48,7 @@ class Writer:
             lay, tile, block, origin, outside = item
             t0 = time.perf_counter()
             try:
-                S.write_tile(self.group, lay, tile, block, origin, outside)
+                self.tiles.write_tile(self.group, lay, tile, block, origin, outside)
             except BaseException as e:  # noqa: BLE001 — handed to the computing thread
                 self.error = e
             with self._lock:
@@ -75,23 +76,8 @@ class Writer:
         self.raise_error()
 
 
-@contextlib.contextmanager
 def store_lock(path: Path):
-    """Serialise store creation and metadata updates between processes (``--shard``).
-
-    An flock is released by the kernel when its holder dies, so a SIGKILL never leaves the store
-    locked.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path.with_name(f".{path.name}.lock"), "a+")
-    except OSError as e:
-        raise UserError(f"cannot write to the output directory {path.parent}: {e.strerror}") from None
-    with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
+    """Serialise store creation and metadata updates between processes (``--shard``): the lock
+    of the store's tile store (on local files an flock, released by the kernel when its holder
+    dies, so a SIGKILL never leaves the store locked)."""
+    return open_tiles(path).lock()

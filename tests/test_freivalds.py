@@ -127,7 +127,7 @@ def test_sketch_of_dense_columns_and_rows_matches_the_interpreter():
     # Sketch.add_full against the dense F of a tiny model (float64): Σ_j v_j·F[:, j] for the
     # columns of a tile, F[i, :]·v for its rows
     from precompute import probes as P
-    from precompute import store as S
+    from precompute import layout as L
     from precompute.engine import Engine
     from precompute.interpreter import LinearInterpreter
 
@@ -139,7 +139,7 @@ def test_sketch_of_dense_columns_and_rows_matches_the_interpreter():
     eng = Engine(li, torch.device("cpu"), torch.float64)
     dense = li.dense().reshape(2 * 36, 2 * 36).numpy()
     for name in ("columns", "rows"):
-        lay = S.make_layout(name, 6, 3, P.Selection(None, 1), (2, 6, 6), (2, 6, 6), 1.0, 0.0, 8)
+        lay = L.make_layout(name, 6, 3, P.Selection(None, 1), (2, 6, 6), (2, 6, 6), 1.0, 0.0, 8)
         tile = lay.tiles()[1]
         sk = Fv.tile_sketch(lay, tile)
         probes = P.tile_probes(tile, 2, 6, 6, lay.selection)

@@ -106,7 +106,7 @@ def test_cropped_blocks_equal_full_image_blocks(tmp_path, monkeypatch, fix, arch
 
 def _block_setup(fix, arch, hw, name, window, tile):
     from precompute import probes as P
-    from precompute import store as S
+    from precompute import layout as L
     from precompute.engine import Engine
     from precompute.interpreter import LinearInterpreter
 
@@ -114,7 +114,7 @@ def _block_setup(fix, arch, hw, name, window, tile):
     x0 = torch.rand((1, 3) + hw, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     eng = Engine(LinearInterpreter(net, x0), torch.device("cpu"), torch.float64)
     sup = analyse(net, (3,) + hw, torch.float64, torch.device("cpu"))
-    lay = S.make_layout(name, window, tile, P.Selection(), (3,) + hw, eng.out_shape,
+    lay = L.make_layout(name, window, tile, P.Selection(), (3,) + hw, eng.out_shape,
                         net.scale, 0.0, 8)
     return eng, sup, lay
 

@@ -10,7 +10,9 @@ import zarr
 
 from precompute import probes as P
 from precompute import shards
-from precompute import store as S
+from precompute import layout as L
+from precompute import store_create as SC
+from precompute.local_tiles import LocalTileStore
 
 
 @pytest.mark.parametrize("name, window, shape_in, shape_out, tile, dtype", [
@@ -19,12 +21,12 @@ from precompute import store as S
     ("columns", "full", (2, 5, 6), (1, 10, 12), 2, "float32"),
 ])
 def test_shards_are_byte_identical_to_zarr(tmp_path, name, window, shape_in, shape_out, tile, dtype):
-    lay = S.make_layout(name, window, tile, P.Selection(), shape_in, shape_out, 2.0, 0.0,
+    lay = L.make_layout(name, window, tile, P.Selection(), shape_in, shape_out, 2.0, 0.0,
                         np.dtype(dtype).itemsize)
     stores = {}
     for mode in ("zarr", "direct"):
         path = tmp_path / f"{mode}.zarr"
-        g = S.create_store(path, attrs={}, dtype=dtype, input=np.zeros(shape_in),
+        g = SC.create_store(path, attrs={}, dtype=dtype, input=np.zeros(shape_in),
                            output=np.zeros(shape_out), residual=None,
                            display_input=np.zeros((2, 2, 3), np.uint8), display_output=None,
                            layouts=[lay])
@@ -39,8 +41,8 @@ def test_shards_are_byte_identical_to_zarr(tmp_path, name, window, shape_in, sha
             if mode == "zarr":
                 g[name][t.y0:t.y1, t.x0:t.x1] = b
             else:
-                S.write_tile(g, lay, t, b, np.zeros((th, tw, 2), np.int32),
-                             np.zeros((th, tw, lay.probe_shape[0]), dtype))
+                LocalTileStore(path).write_tile(g, lay, t, b, np.zeros((th, tw, 2), np.int32),
+                                                np.zeros((th, tw, lay.probe_shape[0]), dtype))
         stores[mode] = path
     files = sorted(p.relative_to(stores["zarr"]) for p in (stores["zarr"] / name / "c").rglob("*")
                    if p.is_file())
@@ -68,10 +70,10 @@ def test_decode_shard_reads_what_zarr_reads(tmp_path, name, window, shape_in, sh
                                             dtype):
     """decode_shard (the fast reader of the stored F) returns zarr's values for shards zarr wrote,
     absent inner chunks as NaN, and refuses a flipped byte in a chunk or in the index."""
-    lay = S.make_layout(name, window, tile, P.Selection(), shape_in, shape_out, 2.0, 0.0,
+    lay = L.make_layout(name, window, tile, P.Selection(), shape_in, shape_out, 2.0, 0.0,
                         np.dtype(dtype).itemsize)
     path = tmp_path / "z.zarr"
-    g = S.create_store(path, attrs={}, dtype=dtype, input=np.zeros(shape_in),
+    g = SC.create_store(path, attrs={}, dtype=dtype, input=np.zeros(shape_in),
                        output=np.zeros(shape_out), residual=None,
                        display_input=np.zeros((2, 2, 3), np.uint8), display_output=None,
                        layouts=[lay])
@@ -84,7 +86,7 @@ def test_decode_shard_reads_what_zarr_reads(tmp_path, name, window, shape_in, sh
         arr[t.y0:t.y1, t.x0:t.x1] = b
     level = shards.fast_path(arr)
     for t in lay.tiles():
-        f = S.shard_file(path, arr, name, t)
+        f = path / SC.shard_key(arr, name, t)
         got = shards.decode_shard(f.read_bytes(), arr.shards, arr.metadata.codecs[0].chunk_shape,
                                   dtype, level)
         th, tw = t.shape

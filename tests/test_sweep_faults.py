@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 
 import precompute
-from precompute import store as S
+from precompute import store_create as SC
 from sweep_helpers import assert_bitwise_equal, cli, make_image, write_config
 
 
@@ -21,7 +21,7 @@ def _cfg(tmp_path, out):
 
 def test_disk_error_keeps_finished_tiles_and_resumes(tmp_path, monkeypatch):
     assert cli("run", "-q", _cfg(tmp_path, "ref")).exit_code == 0
-    real = S.write_tile
+    real = SC.write_tile
     calls = []
 
     def failing(*a, **kw):
@@ -30,7 +30,7 @@ def test_disk_error_keeps_finished_tiles_and_resumes(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*a, **kw)
 
-    monkeypatch.setattr(S, "write_tile", failing)
+    monkeypatch.setattr(SC, "write_tile", failing)
     cfg = _cfg(tmp_path, "full")
     r = cli("run", "-q", cfg)
     assert r.exit_code == 2, r.stderr
@@ -39,6 +39,6 @@ def test_disk_error_keeps_finished_tiles_and_resumes(tmp_path, monkeypatch):
     st = precompute.open_store(tmp_path / "full" / "d.zarr")
     assert len(st.done_tiles("columns")) == 3  # what was written before the failure is kept
 
-    monkeypatch.setattr(S, "write_tile", real)
+    monkeypatch.setattr(SC, "write_tile", real)
     assert cli("run", "-q", cfg).exit_code == 0
     assert_bitwise_equal(tmp_path / "ref" / "d.zarr", tmp_path / "full" / "d.zarr")
