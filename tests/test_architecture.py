@@ -28,7 +28,7 @@ PRECOMPUTE_LAYERS = [
     ("interpreter", {"interpreter", "support", "contributions", "discussions", "fgsm"}),
     ("probing", {"engine", "compressed", "memory", "freivalds", "halo", "support_crop"}),
     ("storage", {"integrity", "shards", "store", "writer", "stored_operator"}),
-    ("analyses", {"svd_solvers", "svd_state", "svd", "classify"}),
+    ("analyses", {"svd_solvers", "svd_state", "svd_gram", "svd", "classify"}),
     ("pipeline", {"inputs", "assemble", "sweep", "run"}),
     ("front", {"report", "verify", "cli", ""}),
 ]
