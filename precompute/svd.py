@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from precompute.analysis import RunContext, WholeF
 from precompute.errors import UserError
 from precompute.svd_solvers import (  # noqa: F401  (re-exported: precompute.svd.Operator, …)
     SIGN_CONVENTION, Operator, Solution, Triplets, block_krylov, dense, denominators, finish,
@@ -116,7 +117,7 @@ def make_plan(k: int, n: int, N: int, dtype: str, method: str = "auto", block="a
                 operator, source, why)
 
 
-def resolve(rp, cfg, operator: str | None = None) -> Plan:
+def resolve(ctx: RunContext, cfg, operator: str | None = None) -> Plan:
     """`analyses.svd` of the config for this run's shapes and dtype, and its operator: the
     stored F when the store will hold all of it (:func:`precompute.stored_operator
     .planned_source`), else network passes (``operator`` overrides the config's)."""
@@ -125,12 +126,12 @@ def resolve(rp, cfg, operator: str | None = None) -> Plan:
     want = operator or getattr(cfg, "operator", "auto")
     source, why = None, "operator: network"
     if want != "network":
-        source, why = SO.planned_source(rp.layouts, rp.support)
+        source, why = SO.planned_source(ctx.layouts, ctx.support)
         if source is None and want == "store":
             raise UserError(f"analyses.svd.operator: store needs a store that holds all of F, "
                             f"but {why}; use operator: auto (or network)")
     op = "store" if source is not None else "network"
-    return make_plan(cfg.k, math.prod(rp.in_shape), math.prod(rp.out_shape), rp.res.config.dtype,
+    return make_plan(cfg.k, math.prod(ctx.in_shape), math.prod(ctx.out_shape), ctx.config.dtype,
                      cfg.method, cfg.block, cfg.tol, cfg.max_calls, cfg.seed, op, source, why)
 
 
@@ -151,8 +152,8 @@ def top_k(li, k: int = 16, *, method: str = "auto", block="auto", tol: float | N
         li.batch = old
 
 
-def planned(rp, cfg) -> dict:
-    return resolve(rp, cfg).attrs()
+def planned(ctx: RunContext, cfg) -> dict:
+    return resolve(ctx, cfg).attrs()
 
 
 def _method_text(p: Plan) -> str:
@@ -201,17 +202,17 @@ def _state_bytes(p: Plan) -> int:
     return 0
 
 
-def disk_bytes(rp, cfg) -> int:
+def disk_bytes(ctx: RunContext, cfg) -> int:
     """What this analysis may write (result and solver state), for the run's disk check."""
-    if done(rp, cfg) and not rp.whole_f_pending("svd"):
+    if done(ctx, cfg) and "svd" not in ctx.pending:
         return 0
-    p = resolve(rp, cfg)
+    p = resolve(ctx, cfg)
     return _state_bytes(p) + p.k * (p.n + p.N + 3) * np.dtype(p.dtype).itemsize
 
 
-def describe(rp, cfg) -> str:
-    p = resolve(rp, cfg)
-    finished = rp.exists and _complete(rp.path) and not rp.whole_f_pending("svd")
+def describe(ctx: RunContext, cfg) -> str:
+    p = resolve(ctx, cfg)
+    finished = ctx.exists and _complete(ctx.path) and "svd" not in ctx.pending
     state = "already done" if finished else f"tolerance {p.tol:g}"
     if p.operator == "store":
         where = (f" on the F the store holds ({p.why}; sparse products, no network pass; the "
@@ -235,9 +236,9 @@ def _complete(path: Path) -> bool:
         return False
 
 
-def done(rp, cfg) -> bool:
-    resolve(rp, cfg)  # refuse an impossible k before anything else
-    return rp.exists and _complete(rp.path)
+def done(ctx: RunContext, cfg) -> bool:
+    resolve(ctx, cfg)  # refuse an impossible k before anything else
+    return ctx.exists and _complete(ctx.path)
 
 
 def solve(op: Operator, p: Plan, state: State | None = None, progress=None) -> Solution:
@@ -295,7 +296,7 @@ def mark_complete(group, attrs: dict) -> None:
     group.attrs.put(attrs | {"complete": True})
 
 
-def run(rp, cfg) -> float:
+def run(ctx: RunContext, cfg) -> float:
     """Compute the top-k SVD of the run's interpreter into ``svd/`` (resumably); returns the
     seconds this process spent. On the stored F when the store holds all of it (else network
     passes, and it says why); the residuals are always measured with the network."""
@@ -304,23 +305,23 @@ def run(rp, cfg) -> float:
     from precompute.interpreter import LinearInterpreter
 
     t_start = time.perf_counter()
-    p = resolve(rp, cfg)
-    c = rp.res.config
-    quiet = rp.opts.quiet
+    p = resolve(ctx, cfg)
+    c = ctx.config
+    quiet = ctx.quiet
     tell = (lambda s: None) if quiet else say
     stored = None
     if p.operator == "store":
-        stored, p = _stored_operator(rp, cfg, p, tell)
+        stored, p = _stored_operator(ctx, cfg, p, tell)
     # an interpreter whose passes hold one block (the sweep's may hold a different batch)
-    li = LinearInterpreter(rp.prep.spec.module, rp.prep.x0, rule=c.interpreter,
+    li = LinearInterpreter(ctx.prep.spec.module, ctx.prep.x0, rule=c.interpreter,
                            batch=p.pass_size, exact=c.precision == "ieee")
-    eng = Engine(li, rp.device, rp.prep.dtype)
+    eng = Engine(li, ctx.device, ctx.prep.dtype)
     net = Operator.from_engine(eng, p.pass_size)
-    state = State(rp.path / "svd" / "state",
+    state = State(ctx.path / "svd" / "state",
                   p.attrs() | {"dtype": p.dtype, "n": p.n, "N": p.N}, say=tell)
     import zarr
 
-    g = zarr.open_group(str(rp.path / "svd"), mode="a")
+    g = zarr.open_group(str(ctx.path / "svd"), mode="a")
     if not g.attrs.get("complete"):
         g.attrs.put({"complete": False})
     bar, update = _progress_bar(p, quiet or p.method == "dense")
@@ -345,13 +346,13 @@ def run(rp, cfg) -> float:
         "max_residual": float(np.max(tri.residual)) if tri.residual.size else 0.0,
         "sign_convention": SIGN_CONVENTION,
         "oom_splits": eng.oom_splits,
-        "device": str(rp.device),
+        "device": str(ctx.device),
     } | ({"power_iterations": sol.extra["iterations"], "power_momentum": sol.extra["momentum"]}
          if sol.method == "power" else {}) | ({
              "operator_source": stored.source, "operator_nnz": stored.nnz,
              "operator_seconds": stored.seconds, "products": dict(op.passes)}
         if stored is not None else {})
-    write_result(rp.path, p, sol, tri, rp.in_shape, rp.out_shape, attrs)
+    write_result(ctx.path, p, sol, tri, ctx.in_shape, ctx.out_shape, attrs)
     state.remove()
     if not quiet:
         how = (f"{attrs['calls']['forward']}+{attrs['calls']['backward']} passes"
@@ -365,16 +366,16 @@ def run(rp, cfg) -> float:
     return time.perf_counter() - t_start
 
 
-def _stored_operator(rp, cfg, p: Plan, tell):
+def _stored_operator(ctx: RunContext, cfg, p: Plan, tell):
     """The stored F of a plan on the store operator, or (None, the network plan) with a line
     saying why the store does not hold all of F after all."""
     import zarr
 
     from precompute import stored_operator as SO
 
-    group = zarr.open_group(str(rp.path), mode="r")
+    group = zarr.open_group(str(ctx.path), mode="r")
     try:
-        stored, why = SO.load_if_whole(rp.path, group, rp.layouts, rp.prep.dtype, rp.device,
+        stored, why = SO.load_if_whole(ctx.path, group, ctx.layouts, ctx.prep.dtype, ctx.device,
                                        prefer=p.source)
     except MemoryError:
         stored, why = None, "assembling it ran out of memory"
@@ -384,7 +385,7 @@ def _stored_operator(rp, cfg, p: Plan, tell):
         raise UserError(f"analyses.svd.operator: store, but the store does not hold all of F "
                         f"({why}); use operator: auto (or network)")
     tell(f"svd: the store does not hold all of F ({why}): network passes instead")
-    return None, resolve(rp, cfg, operator="network")
+    return None, resolve(ctx, cfg, operator="network")
 
 
 def solve_stored(stored, op: Operator, p: Plan, progress=None) -> Solution:
@@ -499,4 +500,65 @@ def recheck_stored(st, sigma: np.ndarray, tol: float) -> tuple[list[str], bool]:
             f"network pass): max ‖Fv − σu‖/σ = {float(r1.max()):.3g}, max ‖Fᵀu − σv‖/σ = "
             f"{float(r2.max()):.3g} (excess over stored {max(excess, 0):.3g}, tolerance "
             f"{tol:g}) " + ("OK" if ok else "MISMATCH")], ok
+
+
+# ---------------------------------------------------------------------------------------------
+# `precompute info`, and the analysis as registered (precompute.whole_f).
+
+
+def info_lines(st) -> list[str]:
+    """`precompute info` lines of the SVD (docs/FORMAT.md, section SVD)."""
+    planned = st.attrs.get("analyses", {}).get("svd")
+    if planned is None:
+        return []
+    head = f"svd       top-{planned['k']} by {planned['method']}"
+    if not st.has_svd():
+        return [head + ": not complete (run the same command to finish it)"]
+    try:
+        a, d = st.svd_attrs, st.svd()
+    except Exception:  # noqa: BLE001 — a damaged chunk (checksum) or metadata
+        return [head + ": unreadable (damaged; see precompute verify)"]
+    sig, res = d["sigma"], d["residual"]
+    c, rc = a["calls"], a.get("residual_calls", {})
+    return [
+        head + (f" (blocks of {a['block']})" if a["method"] == "block" else "")
+        + f": σ_1 = {sig[0]:.4g} … σ_{len(sig)} = {sig[-1]:.4g}; "
+        + (f"on the stored {a.get('operator_source')} ({a['products']['forward']} + "
+           f"{a['products']['backward']} sparse products), " if a.get("operator") == "store"
+           else "")
+        + f"{c['forward']} forward + {c['backward']} backward passes"
+        + (f" (+{rc.get('forward', 0)}+{rc.get('backward', 0)} to measure residuals)" if rc else "")
+        + f", {a['wall_time']:.1f} s; "
+        + ("converged" if a["converged"] else f"NOT converged to tol {a['tol']:g}"),
+        f"          residuals max ‖Fv − σu‖/σ = {res[:, 0].max():.2e}, "
+        f"max ‖Fᵀu − σv‖/σ = {res[:, 1].max():.2e} (tol {a['tol']:g})",
+    ]
+
+
+class SvdAnalysis(WholeF):
+    """The top-k SVD as a whole-F analysis (:mod:`precompute.analysis`)."""
+
+    name = "svd"
+
+    def planned(self, ctx: RunContext, cfg) -> dict:
+        return planned(ctx, cfg)
+
+    def describe(self, ctx: RunContext, cfg) -> str:
+        return describe(ctx, cfg)
+
+    def disk_bytes(self, ctx: RunContext, cfg) -> int:
+        return disk_bytes(ctx, cfg)
+
+    def done(self, ctx: RunContext, cfg) -> bool:
+        return done(ctx, cfg)
+
+    def run(self, ctx: RunContext, cfg) -> float:
+        return run(ctx, cfg)
+
+    def info_lines(self, st) -> list[str]:
+        return info_lines(st)
+
+    def verify_lines(self, st, prep, engine, tol: float, samples: int, seed: int
+                     ) -> tuple[list[str], bool]:
+        return recheck(st, engine, samples=max(2, samples // 2), seed=seed)
 

@@ -28,7 +28,8 @@ PRECOMPUTE_LAYERS = [
     ("interpreter", {"interpreter", "support", "contributions", "discussions", "fgsm"}),
     ("probing", {"engine", "compressed", "memory", "freivalds", "halo", "support_crop"}),
     ("storage", {"integrity", "shards", "store", "writer", "stored_operator"}),
-    ("analyses", {"svd_solvers", "svd_state", "svd_gram", "svd", "classify"}),
+    ("analyses", {"analysis", "svd_solvers", "svd_state", "svd_gram", "svd", "classify",
+                   "whole_f"}),
     ("pipeline", {"inputs", "assemble", "sweep", "run"}),
     ("front", {"report", "verify", "cli", ""}),
 ]
