@@ -19,13 +19,16 @@ into a temporary store (timed: "sweep"), then runs, for the same k:
   Krylov on sparse products); "assembly" is reading the store into a sparse matrix.
 
 Every row's max residual is measured afterwards with one forward and one backward network pass
-(not counted). Seconds depend on the machine and its load: compare rows of one run.
+(not counted in the network rows; the store row reports it as "residual passes", since
+``precompute run`` always measures it). Seconds depend on the machine and its load: compare
+rows of one run, and CPU seconds (user + sys of this process, all threads) across runs.
+``--network-cap P`` stops network block Krylov after P passes (marked "capped": for the
+largest case, whose full run takes many minutes on a busy 2-core machine).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -71,9 +74,20 @@ def sweep(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def row(case, F, solver, passes, products, seconds, residual, note=""):
-    print(f"| {case} | {F} | {solver} | {passes} | {products} | {seconds} | {residual:.1e} | "
-          f"{note} |", flush=True)
+def row(case, F, solver, passes, products, seconds, cpu, residual, note=""):
+    print(f"| {case} | {F} | {solver} | {passes} | {products} | {seconds} | {cpu} | "
+          f"{residual:.1e} | {note} |", flush=True)
+
+
+class Clock:
+    """Wall and CPU seconds (this process, every thread) of a block."""
+
+    def __enter__(self):
+        self.w, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
 
 
 def main() -> None:
@@ -89,14 +103,16 @@ def main() -> None:
                     help="Algorithm 1: at most this many steps (1 forward + 1 backward pass) "
                          "per triplet")
     ap.add_argument("--device", default=None, help="override the examples' device")
+    ap.add_argument("--network-cap", type=int, default=None,
+                    help="network block Krylov: at most this many passes (marked capped)")
     args = ap.parse_args()
     from precompute.config import load_config
     from precompute.interpreter import LinearInterpreter
 
     print(f"torch threads {torch.get_num_threads()}, k = {args.k}")
     print("| case | F (N × n) | solver | network passes (fwd + bwd) | sparse products | seconds "
-          "| max residual | notes |")
-    print("|---|---|---|---:|---:|---:|---:|---|")
+          "| CPU s | max residual | notes |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
     for case in args.cases:
         with tempfile.TemporaryDirectory() as tmp:
             path, svd = case_config(case, Path(tmp), args.device)
@@ -117,61 +133,73 @@ def main() -> None:
                 return S.Operator.from_engine(Engine(li, device, prep.dtype), p.pass_size)
 
             if "network" in args.solvers:
-                p = S.make_plan(args.k, n, N, cfg["dtype"], "block", "auto", tol)
+                p = S.make_plan(args.k, n, N, cfg["dtype"], "block", "auto", tol,
+                                args.network_cap)
                 op = network(p)
-                t0 = time.perf_counter()
-                sol = S.solve(op, p)
-                wall = time.perf_counter() - t0
-                c = dict(op.passes)
+                with Clock() as c:
+                    sol = S.solve(op, p)
+                passes = dict(op.passes)
                 tri = S.finish(op, sol)
+                capped = args.network_cap is not None and not sol.converged
                 row(case, F, f"network block Krylov (blocks of {p.block})",
-                    f"{c['forward']} + {c['backward']}", "–", f"{wall:.1f}",
-                    tri.residual.max(), "" if sol.converged else "not converged")
+                    f"{passes['forward']} + {passes['backward']}", "–", f"{c.wall:.1f}",
+                    f"{c.cpu:.1f}", tri.residual.max(),
+                    (f"capped at {args.network_cap} passes: not converged" if capped else
+                     "" if sol.converged else "not converged"))
             if "power" in args.solvers:
                 kp = min(args.k, args.power_triplets)
                 p = S.make_plan(kp, n, N, cfg["dtype"], "power", "auto", tol,
                                 2 * args.power_cap * kp)
                 op = network(p)
-                t0 = time.perf_counter()
-                sol = S.solve(op, p)
-                wall = time.perf_counter() - t0
-                c = dict(op.passes)
+                with Clock() as c:
+                    sol = S.solve(op, p)
+                passes = dict(op.passes)
                 tri = S.finish(op, sol)
                 f = args.k / kp
                 row(case, F, "Algorithm 1 (power, 1 vector per pass)",
-                    f"≈ {c['forward'] * f:,.0f} + {c['backward'] * f:,.0f}", "–",
-                    f"≈ {wall * f:.0f}", tri.residual.max(),
-                    f"extrapolated ×{f:g} from {kp} triplets ({c['forward']} + {c['backward']} "
-                    f"passes, {wall:.1f} s)" + ("" if sol.converged else
-                                                f", capped at {args.power_cap} steps per "
-                                                "triplet: not converged"))
+                    f"≈ {passes['forward'] * f:,.0f} + {passes['backward'] * f:,.0f}", "–",
+                    f"≈ {c.wall * f:.0f}", f"≈ {c.cpu * f:.0f}", tri.residual.max(),
+                    f"extrapolated ×{f:g} from {kp} triplets ({passes['forward']} + "
+                    f"{passes['backward']} passes, {c.wall:.1f} s)"
+                    + ("" if sol.converged else f", capped at {args.power_cap} steps per "
+                       "triplet: not converged"))
             if "store" in args.solvers:
-                import zarr
+                store_row(args, case, F, Path(tmp), prep, device, cfg, tol, n, N, network,
+                          t_sweep)
 
-                from precompute import store as St
 
-                store = Path(tmp) / f"{case}.zarr"
-                st = St.open_store(store)
-                t0 = time.perf_counter()
-                sf, why = SO.load_if_whole(store, zarr.open_group(str(store), mode="r"),
-                                           list(st.layouts.values()), prep.dtype, device)
-                t_asm = time.perf_counter() - t0
-                if sf is None:
-                    print(f"| {case} | {F} | store | – | – | – | – | {why} |")
-                    continue
-                p = S.make_plan(args.k, n, N, cfg["dtype"], "auto", "auto", tol,
-                                operator="store")
-                op = S.Operator(sf.F, sf.Ft, n, N, sf.dtype, sf.device, p.pass_size)
-                t0 = time.perf_counter()
-                sol = S.solve_stored(sf, op, p)
-                wall = time.perf_counter() - t0
-                tri = S.finish(network(p), sol)
-                c = op.passes
-                row(case, F, f"stored F, {p.method}" + (f" (blocks of {p.block})"
-                                                        if p.method == "block" else ""),
-                    "0 + 0", f"{c['forward']} + {c['backward']}", f"{t_asm + wall:.1f}",
-                    tri.residual.max(), f"sweep {t_sweep:.1f} s; assembly {t_asm:.1f} s "
-                    f"({sf.nnz:,} entries), solver {wall:.1f} s")
+def store_row(args, case, F, tmp, prep, device, cfg, tol, n, N, network, t_sweep):
+    """What `precompute run` does after the sweep: assemble the stored F, solve (`method:
+    auto`), measure the residuals with one forward and one backward network pass."""
+    import zarr
+
+    from precompute import store as St
+
+    store = tmp / f"{case}.zarr"
+    st = St.open_store(store)
+    with Clock() as asm:
+        sf, why = SO.load_if_whole(store, zarr.open_group(str(store), mode="r"),
+                                   list(st.layouts.values()), prep.dtype, device)
+    if sf is None:
+        print(f"| {case} | {F} | store | – | – | – | – | – | {why} |")
+        return
+    p = S.make_plan(args.k, n, N, cfg["dtype"], "auto", "auto", tol, operator="store")
+    op = S.Operator(sf.F, sf.Ft, n, N, sf.dtype, sf.device, p.pass_size)
+    with Clock() as c:
+        sol = S.solve_stored(sf, op, p)
+    net = network(p)
+    with Clock() as fin:
+        tri = S.finish(net, sol)
+    how = {"dense": "exact SVD via the Gram matrix",
+           "block": f"block Lanczos on the Gram matrix, blocks of {p.block}"}.get(p.method,
+                                                                                 p.method)
+    row(case, F, f"stored F ({how})", f"0 + 0 (+ {net.passes['forward']} + "
+        f"{net.passes['backward']} residual)", f"{op.passes['forward']} + {op.passes['backward']}",
+        f"{asm.wall + c.wall + fin.wall:.1f}", f"{asm.cpu + c.cpu + fin.cpu:.1f}",
+        tri.residual.max(),
+        f"after a sweep of {t_sweep:.1f} s: assembly {asm.wall:.1f} s ({asm.cpu:.1f} CPU; "
+        f"{sf.nnz:,} entries), solver {c.wall:.1f} s ({c.cpu:.1f} CPU), residual passes "
+        f"{fin.wall:.1f} s ({fin.cpu:.1f} CPU)")
 
 
 if __name__ == "__main__":

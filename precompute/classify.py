@@ -31,6 +31,7 @@ import torch
 
 from precompute import store as S
 from precompute import store_create as SC
+from precompute.analysis import RunContext, WholeF
 from precompute.config import ClassifyConfig
 from precompute.errors import UserError
 from precompute.contributions import decompose
@@ -168,85 +169,85 @@ def write_group(path: Path, name: str, arrays: dict[str, np.ndarray], attrs: dic
     g.attrs.put(dict(attrs, complete=True))
 
 
-def _settings(rp, cfg: ClassifyConfig) -> tuple[int, int]:
+def _settings(ctx: RunContext, cfg: ClassifyConfig) -> tuple[int, int]:
     """(K, top_k) of this run; refuses image models."""
-    if not rp.vector:
+    if not ctx.vector:
         raise UserError(f"analyses.classify applies to classifiers (vector models); "
-                        f"{rp.prep.spec.model_id} is an image model")
-    K = int(rp.out_shape[0])
+                        f"{ctx.prep.spec.model_id} is an image model")
+    K = int(ctx.out_shape[0])
     return K, min(cfg.top_k, K)
 
 
-def _image_norm(rp) -> tuple[torch.Tensor, torch.Tensor]:
-    norm = rp.prep.spec.image_norm()
+def _image_norm(ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+    norm = ctx.prep.spec.image_norm()
     if norm is None:
-        raise UserError(f"analyses.classify.adversarial: {rp.prep.spec.model_id} does not declare "
+        raise UserError(f"analyses.classify.adversarial: {ctx.prep.spec.model_id} does not declare "
                         "how x0 relates to the image in [0, 1] (ModelSpec.pixel_norm), which the "
                         "FGSM step needs")
     mean, std = (torch.tensor(v, dtype=torch.float64).view(-1, 1, 1) for v in norm)
     return mean, std
 
 
-def _check(rp, cfg: ClassifyConfig) -> tuple[int, int]:
-    K, top_k = _settings(rp, cfg)
+def _check(ctx: RunContext, cfg: ClassifyConfig) -> tuple[int, int]:
+    K, top_k = _settings(ctx, cfg)
     if cfg.adversarial is not None:
-        _image_norm(rp)
+        _image_norm(ctx)
         if cfg.adversarial.label is not None and cfg.adversarial.label >= K:
             raise UserError(f"analyses.classify.adversarial.label {cfg.adversarial.label} is not "
                             f"a label of this model (0 … {K - 1})")
     return K, top_k
 
 
-def _interpreter(rp, x0: torch.Tensor, batch: int):
+def _interpreter(ctx: RunContext, x0: torch.Tensor, batch: int):
     from precompute.interpreter import LinearInterpreter
 
-    c = rp.res.config
-    return LinearInterpreter(rp.prep.spec.module, x0, rule=c.interpreter, batch=batch,
+    c = ctx.config
+    return LinearInterpreter(ctx.prep.spec.module, x0, rule=c.interpreter, batch=batch,
                              exact=c.precision == "ieee")
 
 
-def _choose_batch(rp, K: int) -> int:
+def _choose_batch(ctx: RunContext, K: int) -> int:
     """Rows per backward pass of the votes over all labels: the config's, or from free memory."""
-    c = rp.res.config
+    c = ctx.config
     if c.batch != "auto":
         return int(c.batch)
-    if rp.device.type != "cuda":
-        return choose_batch(_Probe(rp), "rows", K, rp.prep.spec.module, rp.prep.x0)
-    eng = Engine(_interpreter(rp, rp.prep.x0, 2), rp.device, rp.prep.dtype)
-    return choose_batch(eng, "rows", K, rp.prep.spec.module, rp.prep.x0)
+    if ctx.device.type != "cuda":
+        return choose_batch(_Probe(ctx), "rows", K, ctx.prep.spec.module, ctx.prep.x0)
+    eng = Engine(_interpreter(ctx, ctx.prep.x0, 2), ctx.device, ctx.prep.dtype)
+    return choose_batch(eng, "rows", K, ctx.prep.spec.module, ctx.prep.x0)
 
 
 class _Probe:
     """What :func:`choose_batch` reads of an engine on a CPU (the device only)."""
 
-    def __init__(self, rp):
-        self.device = rp.device
+    def __init__(self, ctx):
+        self.device = ctx.device
 
 
-def _votes_batch(rp, K: int) -> int:
+def _votes_batch(ctx: RunContext, K: int) -> int:
     """Rows per backward pass of the votes: the config's ``batch``, else the one recorded when
     the store was created (a resumed run repeats the same passes)."""
     import zarr
 
-    if rp.res.config.batch != "auto":
-        return int(rp.res.config.batch)
-    a = dict(zarr.open_group(str(rp.path), mode="r").attrs).get("analyses", {}).get(GROUP, {})
+    if ctx.config.batch != "auto":
+        return int(ctx.config.batch)
+    a = dict(zarr.open_group(str(ctx.path), mode="r").attrs).get("analyses", {}).get(GROUP, {})
     return int(a.get("batch") or min(CPU_MAX_BATCH, K))
 
 
 # ---------------------------------------------------------------------------------------------
-# The whole-F analysis protocol of precompute.run.
+# The whole-F analysis (precompute.analysis; registered in precompute.whole_f).
 
 
-def planned(rp, cfg: ClassifyConfig) -> dict:
-    K, top_k = _check(rp, cfg)
+def planned(ctx: RunContext, cfg: ClassifyConfig) -> dict:
+    K, top_k = _check(ctx, cfg)
     return {"top_k": top_k, "labels": K,
             "adversarial": None if cfg.adversarial is None else cfg.adversarial.model_dump(),
-            "batch": _choose_batch(rp, K)}
+            "batch": _choose_batch(ctx, K)}
 
 
-def describe(rp, cfg: ClassifyConfig) -> str:
-    K, top_k = _check(rp, cfg)
+def describe(ctx: RunContext, cfg: ClassifyConfig) -> str:
+    K, top_k = _check(ctx, cfg)
     text = (f"classify: the top {top_k} of {K} scores — class rows, residual shares, layer-wise "
             f"contributions and pixel discussions (one backward pass), pixel votes over all {K} "
             f"labels ({K - top_k} more rows)")
@@ -257,41 +258,41 @@ def describe(rp, cfg: ClassifyConfig) -> str:
     return text + "."
 
 
-def done(rp, cfg: ClassifyConfig) -> bool:
-    if not _group_complete(rp.path, GROUP):
+def done(ctx: RunContext, cfg: ClassifyConfig) -> bool:
+    if not _group_complete(ctx.path, GROUP):
         return False
-    return cfg.adversarial is None or _group_complete(rp.path, ADVERSARIAL)
+    return cfg.adversarial is None or _group_complete(ctx.path, ADVERSARIAL)
 
 
-def run(rp, cfg: ClassifyConfig) -> float:
+def run(ctx: RunContext, cfg: ClassifyConfig) -> float:
     """Compute and write ``classify/`` (and ``classify/adversarial/``); returns seconds."""
     from precompute.text import say
 
     t0 = time.perf_counter()
-    K, top_k = _check(rp, cfg)
-    spec, prep = rp.prep.spec, rp.prep
+    K, top_k = _check(ctx, cfg)
+    spec, prep = ctx.prep.spec, ctx.prep
     model, x0 = spec.module, prep.x0
-    rule = rp.res.config.interpreter
-    chunk = _votes_batch(rp, K)
+    rule = ctx.config.interpreter
+    chunk = _votes_batch(ctx, K)
     labels = spec.labels or [str(k) for k in range(K)]
     common = {"labels": [str(v) for v in labels], "share_rule": SHARE_RULE}
-    clean_top1 = top_labels(rp.y0[0], 1)[0]
-    if not _group_complete(rp.path, GROUP):
-        eng = Engine(_interpreter(rp, x0, chunk), rp.device, prep.dtype)
-        res = analyse(model, x0, rp.y0[0].detach(), top_k, rule, eng, chunk)
-        write_group(rp.path, GROUP, res.arrays, dict(res.attrs, **common))
-    if cfg.adversarial is not None and not _group_complete(rp.path, ADVERSARIAL):
+    clean_top1 = top_labels(ctx.y0[0], 1)[0]
+    if not _group_complete(ctx.path, GROUP):
+        eng = Engine(_interpreter(ctx, x0, chunk), ctx.device, prep.dtype)
+        res = analyse(model, x0, ctx.y0[0].detach(), top_k, rule, eng, chunk)
+        write_group(ctx.path, GROUP, res.arrays, dict(res.attrs, **common))
+    if cfg.adversarial is not None and not _group_complete(ctx.path, ADVERSARIAL):
         from precompute.fgsm import fgsm
         from precompute.models.base import Prepared
 
         label = cfg.adversarial.label if cfg.adversarial.label is not None else clean_top1
-        mean, std = _image_norm(rp)
+        mean, std = _image_norm(ctx)
         v_adv, x_adv = fgsm(model, x0, mean, std, cfg.adversarial.fgsm_eps, label)
         with torch.no_grad():
             scores = model(x_adv)[0]
         if not torch.isfinite(scores).all():
             raise UserError(f"{spec.model_id} produced NaN/Inf on the FGSM image")
-        eng = Engine(_interpreter(rp, x_adv, chunk), rp.device, prep.dtype)
+        eng = Engine(_interpreter(ctx, x_adv, chunk), ctx.device, prep.dtype)
         res = analyse(model, x_adv, scores, top_k, rule, eng, chunk)
         adv_top1 = int(res.arrays["top"][0])
         arrays = dict(res.arrays,
@@ -303,8 +304,8 @@ def run(rp, cfg: ClassifyConfig) -> float:
         attrs = dict(res.attrs, **common, attack="fgsm", fgsm_eps=cfg.adversarial.fgsm_eps,
                      label=int(label), clean_top1=int(clean_top1), top1=adv_top1,
                      changed=adv_top1 != clean_top1)
-        write_group(rp.path, ADVERSARIAL, arrays, attrs)
-        if not rp.opts.quiet:
+        write_group(ctx.path, ADVERSARIAL, arrays, attrs)
+        if not ctx.quiet:
             say(f"FGSM ε = {cfg.adversarial.fgsm_eps:g}: top-1 {labels[clean_top1]} → "
                 f"{labels[adv_top1]}")
     return time.perf_counter() - t0
@@ -523,3 +524,29 @@ def verify_lines(st, prep, tol: float) -> tuple[list[str], bool]:
     line = ("classify: " + ", ".join(f"{k} {v:.2g}" for k, v in checks.items())
             + f" (relative; tolerance {tol:g}) " + ("OK" if ok else "MISMATCH"))
     return [line], ok
+
+
+class ClassifyAnalysis(WholeF):
+    """The classifier decompositions as a whole-F analysis (:mod:`precompute.analysis`)."""
+
+    name = "classify"
+
+    def planned(self, ctx: RunContext, cfg: ClassifyConfig) -> dict:
+        return planned(ctx, cfg)
+
+    def describe(self, ctx: RunContext, cfg: ClassifyConfig) -> str:
+        return describe(ctx, cfg)
+
+    def done(self, ctx: RunContext, cfg: ClassifyConfig) -> bool:
+        return done(ctx, cfg)
+
+    def run(self, ctx: RunContext, cfg: ClassifyConfig) -> float:
+        return run(ctx, cfg)
+
+    def info_lines(self, st) -> list[str]:
+        return info_lines(st.group)
+
+    def verify_lines(self, st, prep, engine, tol: float, samples: int, seed: int
+                     ) -> tuple[list[str], bool]:
+        return verify_lines(st, prep, tol)
+

@@ -16,6 +16,7 @@ from precompute import integrity
 from precompute import store_format
 from precompute import store as S
 from precompute import store_create as SC
+from precompute import whole_f
 
 
 def _group_attrs(path: Path) -> dict:
@@ -49,35 +50,6 @@ def probing_text(probing: dict) -> str:
             parts.append(f"support: rows ≤ {sup['rows'][0]}×{sup['rows'][1]} input px, columns ≤ "
                          f"{sup['columns'][0]}×{sup['columns'][1]} output px")
     return "; ".join(parts)
-
-
-def _svd_info(st: S.Store) -> list[str]:
-    """`precompute info` lines of the SVD (docs/FORMAT.md, section SVD)."""
-    planned = st.attrs.get("analyses", {}).get("svd")
-    if planned is None:
-        return []
-    head = f"svd       top-{planned['k']} by {planned['method']}"
-    if not st.has_svd():
-        return [head + ": not complete (run the same command to finish it)"]
-    try:
-        a, d = st.svd_attrs, st.svd()
-    except Exception:  # noqa: BLE001 — a damaged chunk (checksum) or metadata
-        return [head + ": unreadable (damaged; see precompute verify)"]
-    sig, res = d["sigma"], d["residual"]
-    c, rc = a["calls"], a.get("residual_calls", {})
-    return [
-        head + (f" (blocks of {a['block']})" if a["method"] == "block" else "")
-        + f": σ_1 = {sig[0]:.4g} … σ_{len(sig)} = {sig[-1]:.4g}; "
-        + (f"on the stored {a.get('operator_source')} ({a['products']['forward']} + "
-           f"{a['products']['backward']} sparse products), " if a.get("operator") == "store"
-           else "")
-        + f"{c['forward']} forward + {c['backward']} backward passes"
-        + (f" (+{rc.get('forward', 0)}+{rc.get('backward', 0)} to measure residuals)" if rc else "")
-        + f", {a['wall_time']:.1f} s; "
-        + ("converged" if a["converged"] else f"NOT converged to tol {a['tol']:g}"),
-        f"          residuals max ‖Fv − σu‖/σ = {res[:, 0].max():.2e}, "
-        f"max ‖Fᵀu − σv‖/σ = {res[:, 1].max():.2e} (tol {a['tol']:g})",
-    ]
 
 
 def info_text(path: str | os.PathLike) -> str:
@@ -131,8 +103,7 @@ def _info_lines(st: S.Store) -> list[str]:
             lines.append(f"residual  max |r| = {np.abs(st.array('residual')).max():.3g}")
         except Exception:  # noqa: BLE001 — a damaged chunk (checksum) or metadata
             lines.append("residual  unreadable (damaged; see precompute verify --integrity-only)")
-    lines += classify.info_lines(st.group)
-    lines += _svd_info(st)
+    lines += whole_f.info_lines(st)
     ch = a.get("checks", {})
     lines.append("checks    " + ", ".join(f"{k} {v:.2e}" for k, v in ch.items()))
     t = a.get("timings", {})

@@ -8,10 +8,9 @@
               (:mod:`precompute.classify`) — in the process of shard 0
     finish    timings and device into the store's attributes
 
-A whole-F analysis module ``precompute.<name>`` provides ``planned(rp, cfg) -> dict`` (its entry
-in the store's ``analyses`` attribute), ``describe(rp, cfg) -> str`` (a sentence of the plan),
-``done(rp, cfg) -> bool`` (its result is complete in the store) and ``run(rp, cfg) -> float``
-(compute and write it, resumably; returns seconds).
+A whole-F analysis is a :class:`precompute.analysis.WholeF` registered in
+:data:`precompute.whole_f.REGISTRY` (planned, describe, disk_bytes, done, run); it reads the
+run through :func:`run_context` only.
 
 The plan of probes is :mod:`precompute.probes`, their execution :mod:`precompute.engine`, tile
 assembly :mod:`precompute.assemble` and writing :mod:`precompute.writer`. A run killed at any
@@ -23,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import importlib
 import math
 import platform
 import shutil
@@ -49,6 +47,8 @@ from precompute.inputs import (Prepared, check_images, check_memory, describe_de
 from precompute.text import fmt_bytes, fmt_time  # noqa: F401  (re-exported: precompute.run.fmt_bytes)
 from precompute.tile_store import open_tiles
 from precompute.writer import store_lock
+from precompute.analysis import RunContext, WholeF
+from precompute.whole_f import REGISTRY
 
 
 @dataclass
@@ -142,7 +142,7 @@ def adopt_whole_f(rp: "RunPlan") -> None:
                 if (rp.path / name).exists():
                     shutil.rmtree(rp.path / name)
                 config["analyses"][name] = rp.cfg["analyses"][name]
-                analyses[name] = mod.planned(rp, acfg)
+                analyses[name] = mod.planned(run_context(rp), acfg)
         g.attrs.update({"config": config, "analyses": analyses})
     for name in added:
         say(f"{rp.path}: adding {name} to the finished store (its rows and columns are kept)")
@@ -222,14 +222,25 @@ def check_disk(needed: int, free: int, directory: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Analyses of F as a whole (not per pixel).
 
-WHOLE_F = ("svd", "classify")
+WHOLE_F = tuple(REGISTRY)
 
 
-def whole_f_analyses(rp: "RunPlan") -> list[tuple[str, object, object]]:
-    """(name, module, config) of every whole-F analysis the config asks for, in order."""
+def whole_f_analyses(rp: "RunPlan") -> list[tuple[str, WholeF, object]]:
+    """(name, analysis, config) of every whole-F analysis the config asks for, in order."""
     a = rp.res.analyses(rp.vector)
-    return [(name, importlib.import_module(f"precompute.{name}"), getattr(a, name))
-            for name in WHOLE_F if getattr(a, name) is not None]
+    return [(name, an, getattr(a, name)) for name, an in REGISTRY.items()
+            if getattr(a, name) is not None]
+
+
+def run_context(rp: "RunPlan") -> RunContext:
+    """What a whole-F analysis may read of the plan (:class:`precompute.analysis.RunContext`),
+    as it stands now: built in this one place."""
+    added, changed = whole_f_changes(rp.attrs, rp.cfg) if rp.attrs is not None else ([], [])
+    return RunContext(path=rp.path, exists=rp.exists, pending=frozenset(added + changed),
+                      device=rp.device, config=rp.res.config, prep=rp.prep, y0=rp.y0,
+                      vector=rp.vector, in_shape=tuple(rp.in_shape),
+                      out_shape=tuple(rp.out_shape), layouts=tuple(rp.layouts),
+                      support=rp.support, quiet=rp.opts.quiet)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,8 +470,8 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     if not rp.exists:
         rp.bytes_todo += (2 * math.prod(out_shape) + math.prod(in_shape)) * np_dtype.itemsize
     if rp.shard[0] == 0:  # whole-F analyses run in shard 0's process (svd: its solver state)
-        rp.bytes_todo += sum(mod.disk_bytes(rp, acfg) for _n, mod, acfg in whole_f_analyses(rp)
-                             if hasattr(mod, "disk_bytes"))
+        rp.bytes_todo += sum(mod.disk_bytes(run_context(rp), acfg)
+                             for _n, mod, acfg in whole_f_analyses(rp))
     rp.free = open_tiles(path).free_bytes()
     check_disk(rp.bytes_todo, rp.free, path.parent)
     _estimate(rp)
@@ -716,7 +727,7 @@ def describe(rp: RunPlan) -> str:
         )
     whole = whole_f_analyses(rp)
     for _name, mod, acfg in whole:
-        lines.append(mod.describe(rp, acfg))
+        lines.append(mod.describe(run_context(rp), acfg))
     # the whole-F analyses state their passes above; only the per-pixel sweep is timed ahead
     what = " of the rows and columns" if whole and rp.layouts else ""
     lines.append(
@@ -787,7 +798,7 @@ def _new_attrs(rp: RunPlan, checks: dict, seconds: float) -> dict:
         "checks": checks,
         "analyses": ({"residual": True} if a.residual else {})
         | {lay.name: lay.attrs(rp.batches[lay.name]) for lay in rp.layouts}
-        | {name: mod.planned(rp, acfg) for name, mod, acfg in whole_f_analyses(rp)},
+        | {name: mod.planned(run_context(rp), acfg) for name, mod, acfg in whole_f_analyses(rp)},
         "probing": _probing_attrs(rp),
         "timings": {"residual": seconds, "columns": 0.0, "rows": 0.0},
         "versions": versions(),
@@ -911,7 +922,7 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
     # whole-F analyses run in the process of shard 0 only
     whole = [w for w in whole_f_analyses(rp) if rp.shard[0] == 0]
     if rp.exists and all(not t for t in rp.todo.values()) and all(
-            not rp.whole_f_pending(n) and mod.done(rp, acfg) for n, mod, acfg in whole):
+            not rp.whole_f_pending(n) and mod.done(run_context(rp), acfg) for n, mod, acfg in whole):
         return (f"{rp.path}: already done (all planned tiles"
                 f"{' of this shard' if shard_n > 1 else ''} are on disk)")
     create(rp)
@@ -929,8 +940,8 @@ def run_image(res: Resolved, image: Path, opts: Options) -> str:
             if last in timings:
                 timings[last] += time.perf_counter() - t0
     for name, mod, acfg in whole:
-        if not mod.done(rp, acfg):
-            timings[name] = mod.run(rp, acfg)
+        if not mod.done(run_context(rp), acfg):
+            timings[name] = mod.run(run_context(rp), acfg)
     finish(rp, timings)
     done = sum(len(t) for t in rp.todo.values())
     return f"{rp.path}: done ({done} tile(s) written{' by this shard' if shard_n > 1 else ''})"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,29 +141,45 @@ def _tile_values(path: Path, arr, lay: L.Layout, t: P.Tile) -> np.ndarray:
     return block[:th, :tw]
 
 
-def _tile_entries(lay: L.Layout, t: P.Tile, values: np.ndarray, origin: np.ndarray):
-    """(F row indices, F column indices, values) of the non-zero entries of one tile."""
-    cp, hp, wp = lay.probe_shape
+def _window_index(lay: L.Layout, origin: np.ndarray) -> np.ndarray:
+    """The flat index (in the other domain) of every window entry of every probe pixel,
+    ``(hp·wp, co·wh·ww)``: ``(c·ho + oy + y)·wo + ox + x`` (docs/FORMAT.md), increasing along
+    each row (C order of the window), so the compressed matrix has sorted indices."""
     co, ho, wo = lay.other_shape
     wh, ww = lay.window
-    th, tw = t.shape
-    i = np.arange(t.y0, t.y1)[:, None, None]
-    j = np.arange(t.x0, t.x1)[None, :, None]
-    probe = (np.arange(cp)[None, None, :] * hp + i) * wp + j                    # (th, tw, cp)
-    yy = origin[..., 0][:, :, None, None] + np.arange(wh)[None, None, :, None]  # (th, tw, wh, 1)
-    xx = origin[..., 1][:, :, None, None] + np.arange(ww)[None, None, None, :]  # (th, tw, 1, ww)
-    other = ((np.arange(co)[None, None, :, None, None] * ho + yy[:, :, None]) * wo
-             + xx[:, :, None])                                                  # (th, tw, co, wh, ww)
-    nz = values != 0
-    full = (th, tw, cp, co, wh, ww)
-    p_idx = np.broadcast_to(probe[..., None, None, None], full)[nz]
-    o_idx = np.broadcast_to(other[:, :, None], full)[nz]
-    vals = values[nz]
-    return (o_idx, p_idx, vals) if lay.name == "columns" else (p_idx, o_idx, vals)
+    itype = np.int32 if math.prod(lay.other_shape) < 2**31 else np.int64
+    oy = origin[..., 0].astype(itype)[:, :, None, None, None]
+    ox = origin[..., 1].astype(itype)[:, :, None, None, None]
+    c = np.arange(co, dtype=itype)[None, None, :, None, None]
+    y = np.arange(wh, dtype=itype)[None, None, None, :, None]
+    x = np.arange(ww, dtype=itype)[None, None, None, None, :]
+    idx = (c * ho + oy + y) * wo + ox + x                                # (hp, wp, co, wh, ww)
+    return idx.reshape(origin.shape[0] * origin.shape[1], -1)
 
 
 # ---------------------------------------------------------------------------------------------
 # The operator.
+
+
+@contextmanager
+def one_thread():
+    """Run the linear algebra of a whole-F analysis on the stored F with one thread (torch and
+    every BLAS). Its work is sparse products (one thread in scipy anyway) and small dense
+    factorisations: on two cores one thread is as fast, and 10–60× faster than two when the
+    machine is busy (OpenBLAS/OpenMP threads spin waiting for each other; measured: a 576 × 576
+    eigh 2.9 s against 0.18 s, LAPACK's eigh of a 1,024 Gram matrix 4.5 s against 0.1 s).
+    scipy.linalg is imported first: threadpoolctl limits only the BLAS libraries already loaded
+    when it is entered, and scipy ships its own."""
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @dataclass
@@ -203,21 +220,38 @@ class StoredF:
         n, N = math.prod(lay.probe_shape), math.prod(lay.other_shape)
         if lay.name == "rows":
             n, N = N, n
-        rows, cols, vals = [], [], []
+        cp, hp, wp = lay.probe_shape
+        # the windows of every probe pixel, dense (about the size of the sparse F: the windows
+        # are mostly non-zero), then compressed by probe pixel directly — CSC for columns, CSR
+        # for rows — without a COO detour (int64 triplets and a conversion: 2× the memory, and
+        # 60 % of the assembly time on PixelShuffle at 144²)
+        values = np.empty((hp, wp, cp, *lay.other_shape[:1], *lay.window), arr.dtype)
         for t in lay.tiles():
-            values = _tile_values(path, arr, lay, t)
-            if np.isnan(values).any():
+            block = _tile_values(path, arr, lay, t)
+            if np.isnan(block).any():
                 raise ValueError(f"{lay.name} tile ({t.ty}, {t.tx}) holds NaN")
-            r, c, v = _tile_entries(lay, t, values, np.asarray(org[t.y0:t.y1, t.x0:t.x1]))
-            rows.append(r.astype(np.int64))
-            cols.append(c.astype(np.int64))
-            vals.append(v)
-        data = np.concatenate(vals) if vals else np.zeros(0, arr.dtype)
-        ri = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        ci = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-        # the natural order: a column's window is contiguous in C order (sorted row indices)
+            values[t.y0:t.y1, t.x0:t.x1] = block
+        index = _window_index(lay, np.asarray(org[...]))                 # (hp·wp, L)
+        values = values.reshape(hp * wp, cp, -1)
+        indptr = [np.zeros(1, np.int64)]
+        data, indices = [], []
+        for a in range(cp):  # probe index (a·hp + i)·wp + j: channel-major
+            v = values[:, a]
+            nz = v != 0
+            data.append(v[nz])
+            indices.append(index[nz])
+            indptr.append(nz.sum(1).astype(np.int64))
+        data = np.concatenate(data)
+        indices = np.concatenate(indices)
+        indptr = np.cumsum(np.concatenate(indptr))
+        if len(data) < 2**31 and max(N, n) < 2**31:  # 32-bit indices: less to read per product
+            indices, indptr = indices.astype(np.int32, copy=False), indptr.astype(np.int32)
+        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= N):
+            raise ValueError(f"{lay.name} windows reach outside the image")
         fmt = sp.csc_array if lay.name == "columns" else sp.csr_array
-        matrix = fmt((data, (ri, ci)), shape=(N, n))
+        matrix = fmt((data, indices, indptr), shape=(N, n))
+        if not matrix.has_sorted_indices:
+            matrix.sort_indices()
         return cls(matrix, lay.name, dtype, torch.device(device), time.perf_counter() - t0)
 
     # -- products -----------------------------------------------------------------------------
@@ -240,8 +274,10 @@ class StoredF:
             A = self._on_torch()[1 if transpose else 0]
             return (A @ X.to(self.device, self.dtype).T).T
         A = self.matrix.T if transpose else self.matrix
+        # scipy multiplies vectors stored as columns, (n, K) C-contiguous; the result goes back
+        # as a transposed view (no copy): F then Fᵀ (the Gram solver) then needs no copy either
         x = np.ascontiguousarray(X.detach().cpu().numpy().astype(A.dtype, copy=False).T)
-        return torch.from_numpy(np.ascontiguousarray((A @ x).T)).to(self.dtype)
+        return torch.from_numpy((A @ x).T).to(self.dtype)
 
     def F(self, V: Tensor) -> Tensor:
         return self._apply(V.reshape(V.shape[0], self.n), False)
@@ -256,11 +292,7 @@ class StoredF:
         its connected components (e.g. one block per colour channel of bicubic), followed by a
         Rayleigh–Ritz step on F itself (an SVD of F·V_k), which gives the singular values to
         the precision of F rather than of the squared Gram matrix."""
-        from threadpoolctl import threadpool_limits
-
-        # LAPACK's tridiagonalisation is mostly matrix-vector work: one thread is as fast on two
-        # cores, and 10–60× faster than two when the machine is busy (threads spin for each other)
-        with threadpool_limits(1):
+        with one_thread():
             return self._dense_svd(k)
 
     def _dense_svd(self, k: int) -> tuple[Tensor, Tensor, Tensor]:

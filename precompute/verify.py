@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 
 from precompute import store as S
-from precompute.classify import verify_lines
 from precompute.errors import UserError
 from precompute.engine import Engine
 from precompute.inputs import prepare, resolve_device, set_precision
@@ -122,19 +121,15 @@ def verify_store(path: str, samples: int = 8, seed: int = 0, device: str = "auto
         more, good = _freivalds_lines(st, eng, name, lay, report.damaged_tiles.get(name, set()))
         lines += more
         ok &= good
-    more, good = verify_lines(st, prep, tol)
-    lines += more
-    ok &= good
+    from precompute import whole_f
     from precompute.stored_operator import verify_lines as stored_f_lines
-    from precompute.svd import recheck
 
     more, good = stored_f_lines(st)
     lines += more
     ok &= good
-
-    svd_lines, svd_ok = recheck(st, eng, samples=max(2, samples // 2), seed=seed)
-    lines += svd_lines
-    ok &= svd_ok
+    more, good = whole_f.verify_lines(st, prep, eng, tol, samples, seed)
+    lines += more
+    ok &= good
     lines.append("verify: " + ("OK" if ok else "FAILED"))
     return "\n".join(lines), ok
 

@@ -29,7 +29,8 @@ PRECOMPUTE_LAYERS = [
     ("probing", {"engine", "compressed", "memory", "freivalds", "halo", "support_crop"}),
     ("storage", {"layout", "integrity", "shards", "store_create", "store_resume", "local_tiles",
                  "tile_store", "store", "writer", "stored_operator"}),
-    ("analyses", {"svd", "classify"}),
+    ("analyses", {"analysis", "svd_solvers", "svd_state", "svd_gram", "svd", "classify",
+                   "whole_f"}),
     ("pipeline", {"inputs", "assemble", "sweep", "run"}),
     ("front", {"report", "verify", "cli", ""}),
 ]

@@ -21,6 +21,7 @@ from torch.func import jacrev
 
 from precompute import config as precompute_config
 from precompute import svd as S
+from precompute import svd_solvers as K
 from precompute.engine import Engine
 from precompute.interpreter import LinearInterpreter
 
@@ -253,10 +254,10 @@ def test_power_momentum_estimate():
     for _ in range(10):
         ray.append(float(x @ (lam * x) / (x @ x)))
         x = lam * x
-    beta = S._momentum(ray)
+    beta = K._momentum(ray)
     assert beta == pytest.approx(0.8 ** 2 / 4, rel=0.05)
-    assert S._momentum([1.0, 1.0, 1.0, 1.0, 1.0]) == 0.0
-    assert S._momentum([1.0, 0.9]) == 0.0
+    assert K._momentum([1.0, 1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert K._momentum([1.0, 0.9]) == 0.0
 
 
 def test_extend_basis_identity_and_completion():
@@ -267,7 +268,7 @@ def test_extend_basis_identity_and_completion():
     Q = Q.T
     a = torch.randn(20, generator=g, dtype=torch.float64)
     W = torch.stack([a, a, Q[0] * 2 + Q[2]])
-    blk, c_old, c_new = S.extend_basis(Q, W, 17, float(W.norm()), seed=1)
+    blk, c_old, c_new = K.extend_basis(Q, W, 17, float(W.norm()), seed=1)
     assert blk.shape == (3, 20)
     np.testing.assert_allclose((blk @ blk.T).numpy(), np.eye(3), atol=1e-14)
     np.testing.assert_allclose((blk @ Q.T).numpy(), 0, atol=1e-14)
@@ -275,7 +276,7 @@ def test_extend_basis_identity_and_completion():
     assert np.linalg.matrix_rank(c_new.numpy(), tol=1e-10) == 1
     # no room left: an empty block, the coefficients still reproduce W
     full, _ = torch.linalg.qr(torch.randn(20, 20, generator=g, dtype=torch.float64))
-    blk, c_old, c_new = S.extend_basis(full.T, W, 0, 1.0, seed=1)
+    blk, c_old, c_new = K.extend_basis(full.T, W, 0, 1.0, seed=1)
     assert blk.shape == (0, 20) and c_new.shape == (3, 0)
     np.testing.assert_allclose((c_old @ full.T).numpy(), W.numpy(), atol=1e-13)
 
