@@ -74,20 +74,23 @@ def synthetic(n: int) -> None:
     import numpy as np
 
     from precompute import probes as P
-    from precompute import store as S
+    from precompute import layout as L
+    from precompute import store_create as SC
+    from precompute.local_tiles import LocalTileStore
 
     with tempfile.TemporaryDirectory() as tmp:
-        lay = S.make_layout("rows", 12, 16, P.Selection(), (1, n // 3, n // 3), (1, n, n), 3.0,
+        lay = L.make_layout("rows", 12, 16, P.Selection(), (1, n // 3, n // 3), (1, n, n), 3.0,
                             0.0, 4)
-        g = S.create_store(Path(tmp) / "s.zarr", attrs={}, dtype="float32",
+        g = SC.create_store(Path(tmp) / "s.zarr", attrs={}, dtype="float32",
                            input=np.zeros((1, n // 3, n // 3)), output=np.zeros((1, n, n)),
                            residual=None, display_input=np.zeros((2, 2, 3), np.uint8),
                            display_output=None, layouts=[lay])
         rng = np.random.default_rng(0)
         for t in lay.tiles():
             th, tw = t.shape
-            S.write_tile(g, lay, t, rng.standard_normal((th, tw, 1, 1, 12, 12), np.float32),
-                         np.zeros((th, tw, 2), np.int32), np.zeros((th, tw, 1), np.float32))
+            LocalTileStore(Path(tmp) / "s.zarr").write_tile(
+                g, lay, t, rng.standard_normal((th, tw, 1, 1, 12, 12), np.float32),
+                np.zeros((th, tw, 2), np.int32), np.zeros((th, tw, 1), np.float32))
         arr = zarr.open_group(str(Path(tmp) / "s.zarr"), mode="r")["rows"]
         t = time.perf_counter()
         out = np.empty(arr.shape, np.float32)

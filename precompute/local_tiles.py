@@ -85,15 +85,9 @@ class LocalTileStore:
         if not meta.is_file():
             raise StoreError(f"no LinearScope store at {path}")
         try:
-            node = store_format.read_json(meta)  # bounded size and nesting
+            return store_format.root_attributes(path)  # bounded size and nesting
         except store_format.FormatError as e:
-            raise StoreError(f"{path}: {e}; the store is damaged") from None
-        if not isinstance(node, dict) or node.get("node_type") != "group":
-            raise StoreError(f"{path} is not a LinearScope store (its zarr.json is not a Zarr group)")
-        attrs = node.get("attributes") or {}
-        if not isinstance(attrs, dict):
-            raise StoreError(f"{path}: damaged zarr.json (attributes are not a mapping)")
-        return attrs
+            raise StoreError(str(e)) from None
 
     def remove(self, key: str = "") -> None:
         f = self._file(key)

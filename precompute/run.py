@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import math
+import os
 import platform
 import shutil
 import time

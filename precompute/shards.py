@@ -19,7 +19,9 @@ index's are checked, as zarr checks them.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 

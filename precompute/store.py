@@ -17,6 +17,7 @@ import numpy as np
 
 from precompute import integrity
 from precompute import probes as P
+from precompute import store_format
 from precompute.errors import StoreError
 from precompute.layout import Layout
 from precompute.store_create import ANALYSES, CREATING, FORMAT_VERSION, tiled_arrays
@@ -39,20 +40,9 @@ def read_attrs(path: Path) -> dict:
 
 
 def _check_version(attrs: dict, path: Path) -> None:
-    v = attrs.get("format_version")
-    if v is None and attrs.get(CREATING):
-        raise StoreError(f"{path} is still being created (or its creation was interrupted: run the "
-                         "same `precompute run` command to finish it)")
-    if v is None:
-        raise StoreError(f"{path} is not a LinearScope store (no format_version attribute)")
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise StoreError(f"{path} has format_version {str(v)[:20]!r}, not an integer: damaged, "
-                         "or not a LinearScope store")
-    if v > FORMAT_VERSION:
-        raise StoreError(
-            f"{path} has format_version {v}, newer than this LinearScope reads "
-            f"({FORMAT_VERSION}); upgrade linearscope to read it"
-        )
+    problem = store_format.version_problem(attrs, path)
+    if problem:
+        raise StoreError(problem)
 
 
 class Store:

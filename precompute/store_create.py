@@ -24,10 +24,9 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from precompute import probes as P
 from precompute import shards
 from precompute.layout import Layout
+from precompute.store_format import CREATING, FORMAT_VERSION  # noqa: F401  (re-exported)
 
-FORMAT_VERSION = 1
 ANALYSES = ("columns", "rows")
-CREATING = "linearscope_creating"
 
 
 def codecs() -> list:

@@ -31,6 +31,10 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat,
                       StrictInt, StrictStr, ValidationError, model_validator)
 
+#: the store format this code writes and reads (docs/FORMAT.md); a newer store is refused
+FORMAT_VERSION = 1
+#: the root attribute of a store still being created (format_version is written last)
+CREATING = "linearscope_creating"
 #: a ``zarr.json`` larger than this is not metadata LinearScope wrote (its largest, the group's,
 #: holds the config and a few hundred labels: kilobytes)
 MAX_JSON_BYTES = 16 << 20
@@ -75,6 +79,40 @@ def read_json(path: Path) -> Any:
     except ValueError as e:  # bad JSON or bad UTF-8
         text = str(e).splitlines()[0][:100] if str(e) else "empty"
         raise FormatError(f"unreadable {path.name} ({type(e).__name__}: {text})") from None
+
+
+def version_problem(attrs: dict, store: Path) -> str | None:
+    """Why a store with root attributes ``attrs`` cannot be read by this version (still being
+    created, no or a damaged ``format_version``, a newer format), or None."""
+    v = attrs.get("format_version")
+    if v is None and attrs.get(CREATING):
+        return (f"{store} is still being created (or its creation was interrupted: run the same "
+                "`precompute run` command to finish it)")
+    if v is None:
+        return f"{store} is not a LinearScope store (no format_version attribute)"
+    if not isinstance(v, int) or isinstance(v, bool):
+        return (f"{store} has format_version {str(v)[:20]!r}, not an integer: damaged, or not a "
+                "LinearScope store")
+    if v > FORMAT_VERSION:
+        return (f"{store} has format_version {v}, newer than this LinearScope reads "
+                f"({FORMAT_VERSION}); upgrade linearscope to read it")
+    return None
+
+
+def root_attributes(store: Path) -> dict:
+    """The attributes of the group in ``store/zarr.json`` (which must exist), or
+    :class:`FormatError` naming the store: unreadable (:func:`read_json`), not a Zarr group, or
+    attributes that are not a mapping. What `precompute` and sitegen's reader both open first."""
+    try:
+        node = read_json(Path(store) / "zarr.json")
+    except FormatError as e:
+        raise FormatError(f"{store}: {e}; the store is damaged") from None
+    if not isinstance(node, dict) or node.get("node_type") != "group":
+        raise FormatError(f"{store} is not a LinearScope store (its zarr.json is not a Zarr group)")
+    attrs = node.get("attributes") or {}
+    if not isinstance(attrs, dict):
+        raise FormatError(f"{store}: damaged zarr.json (attributes are not a mapping)")
+    return attrs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import zarr
 
 from precompute import shards, store_format  # torch-free (precompute/__init__.py imports lazily)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = store_format.FORMAT_VERSION
 KINDS = ("columns", "rows")
 
 
@@ -89,28 +89,12 @@ class Store:
         if not self.path.is_dir() or not zj.is_file():
             raise StoreError(f"{self.path} is not a LinearScope store (no zarr.json)")
         try:
-            meta = store_format.read_json(zj)  # bounded size and nesting
+            attrs = store_format.root_attributes(self.path)  # bounded size and nesting
         except store_format.FormatError as e:
-            raise StoreError(f"{self.path}: {e}; the store is damaged") from None
-        if not isinstance(meta, dict) or meta.get("node_type") != "group":
-            raise StoreError(f"{self.path} is not a LinearScope store (not a Zarr group)")
-        attrs = meta.get("attributes") or {}
-        if not isinstance(attrs, dict):
-            raise StoreError(f"{self.path}: damaged zarr.json (attributes are not a mapping)")
-        version = attrs.get("format_version")
-        if version is None and attrs.get("linearscope_creating"):
-            raise StoreError(f"{self.path} is still being created, or its creation was "
-                             "interrupted: run `precompute run` on its config again")
-        if version is None:
-            raise StoreError(f"{self.path} is not a LinearScope store (no format_version)")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise StoreError(f"{self.path} has format_version {str(version)[:20]!r}, not an "
-                             "integer: damaged, or not a LinearScope store")
-        if version > FORMAT_VERSION:
-            raise StoreError(
-                f"{self.path} has format_version {version}, newer than the {FORMAT_VERSION} "
-                "this sitegen reads: upgrade linearscope"
-            )
+            raise StoreError(str(e)) from None
+        problem = store_format.version_problem(attrs, self.path)
+        if problem:
+            raise StoreError(problem)
         try:
             self.group = zarr.open_group(str(self.path), mode="r")
             self.attrs = dict(self.group.attrs)
@@ -125,7 +109,7 @@ class Store:
         if problem:
             raise StoreError(f"{self.path}: {problem}; the store is damaged or not a "
                              "LinearScope store")
-        self.format_version = version
+        self.format_version = attrs["format_version"]
         self.model = self.attrs.get("model") or {}
         self.image = self.attrs.get("image") or {}
         self.geometry = self.attrs.get("geometry")

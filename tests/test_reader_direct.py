@@ -18,7 +18,9 @@ import zarr
 
 from precompute import probes as P
 from precompute import shards
-from precompute import store as S
+from precompute import layout as L
+from precompute import store_create as SC
+from precompute.local_tiles import LocalTileStore
 from sitegen.reader import StoreError, open_store
 from tests.site_fixtures import make_store
 
@@ -81,10 +83,10 @@ def test_inner_chunks_left_out_read_as_fill_value(tmp_path):
 ])
 def test_precompute_shards_read_as_zarr_reads_them(tmp_path, name, window, shape_in, shape_out,
                                                    tile, dtype):
-    """Shards written by precompute's own writer (store.write_tile), some tiles not written."""
-    lay = S.make_layout(name, window, tile, P.Selection(), shape_in, shape_out, 2.0, 0.0,
+    """Shards written by precompute's own writer (LocalTileStore.write_tile), some tiles not written."""
+    lay = L.make_layout(name, window, tile, P.Selection(), shape_in, shape_out, 2.0, 0.0,
                         np.dtype(dtype).itemsize)
-    g = S.create_store(tmp_path / "s.zarr", attrs={}, dtype=dtype, input=np.zeros(shape_in),
+    g = SC.create_store(tmp_path / "s.zarr", attrs={}, dtype=dtype, input=np.zeros(shape_in),
                        output=np.zeros(shape_out), residual=None,
                        display_input=np.zeros((2, 2, 3), np.uint8), display_output=None,
                        layouts=[lay])
@@ -95,8 +97,9 @@ def test_precompute_shards_read_as_zarr_reads_them(tmp_path, name, window, shape
         th, tw = t.shape
         b = rng.standard_normal((th, tw) + lay.chunk[2:]).astype(dtype)
         b[0, 0] = np.nan  # left out of the shard
-        S.write_tile(g, lay, t, b, np.zeros((th, tw, 2), np.int32),
-                     np.zeros((th, tw, lay.probe_shape[0]), dtype))
+        LocalTileStore(tmp_path / "s.zarr").write_tile(
+            g, lay, t, b, np.zeros((th, tw, 2), np.int32),
+            np.zeros((th, tw, lay.probe_shape[0]), dtype))
     arr = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")[name]
     level = shards.pixel_level(arr)
     assert level == 3
@@ -118,13 +121,13 @@ def test_precompute_shards_read_as_zarr_reads_them(tmp_path, name, window, shape
 def test_other_metadata_is_read_by_zarr(tmp_path):
     g = zarr.open_group(str(tmp_path / "x.zarr"), mode="w")
     a = g.create_array("a", shape=(4, 4, 2), chunks=(1, 1, 2), shards=(2, 2, 2), dtype="f4",
-                       compressors=S.codecs(), fill_value=0.0)
+                       compressors=SC.codecs(), fill_value=0.0)
     assert shards.fast_path(a) == 3 and shards.pixel_level(a) is None  # fill value 0, not NaN
     b = g.create_array("b", shape=(4, 4, 2), chunks=(1, 1, 1), shards=(2, 2, 2), dtype="f4",
-                       compressors=S.codecs(), fill_value=np.nan)
+                       compressors=SC.codecs(), fill_value=np.nan)
     assert shards.pixel_level(b) is None  # inner chunks are not whole pixels
     c = g.create_array("c", shape=(4, 4, 2), chunks=(1, 1, 2), shards=(2, 2, 2), dtype="f4",
-                       compressors=S.codecs(), fill_value=np.nan)
+                       compressors=SC.codecs(), fill_value=np.nan)
     assert shards.pixel_level(c) == 3
 
 
