@@ -174,19 +174,63 @@ def block_probes(lay, plan: ProbingPlan, support, block: P.Block) -> list[BlockP
 
 def count_probes(lay, plan: ProbingPlan, support, blocks: list[P.Block]) -> int:
     """Probes of ``blocks`` without building them (colours per axis × channels)."""
-    lat = _lattices(lay, plan)
+    return sum(count_each(lay, plan, support, blocks))
+
+
+def count_each(lay, plan: ProbingPlan, support, blocks: list[P.Block],
+               axes: "AxisMemo | None" = None) -> list[int]:
+    """The probes of every block of ``blocks`` (as :func:`count_probes` of each alone)."""
+    axes = axes or AxisMemo(lay, plan, support)
     channels = lay.other_shape[0] if plan.method == "from_columns" else lay.probe_shape[0]
-    n = 0
-    cache: dict = {}
-    for b in blocks:
-        c = []
-        for axis, (b0, b1) in enumerate(((b.y0, b.y1), (b.x0, b.x1))):
-            key = (axis, b0, b1)
-            if key not in cache:
-                cache[key] = len(_axis_keys(lay, plan, support, axis, b0, b1, lat[axis]))
-            c.append(cache[key])
-        n += c[0] * c[1] * channels
-    return n
+    return [axes.keys(0, b.y0, b.y1) * axes.keys(1, b.x0, b.x1) * channels for b in blocks]
+
+
+class AxisMemo:
+    """Per-axis facts of the blocks of one plan, each computed once per block range: colours
+    (probes are their product times the channels) and the halo crop's input range (a crop is
+    the product of its axes' ranges, :func:`halo.crop_axis`). Planning a large image visits
+    thousands of blocks whose ranges repeat along rows and columns."""
+
+    def __init__(self, lay, plan: ProbingPlan, support):
+        self.lay, self.plan, self.support = lay, plan, support
+        self.lat = _lattices(lay, plan)
+        self._keys: dict = {}
+        self._crop: dict = {}
+
+    def keys(self, axis: int, b0: int, b1: int) -> int:
+        key = (axis, b0, b1)
+        if key not in self._keys:
+            self._keys[key] = len(_axis_keys(self.lay, self.plan, self.support, axis, b0, b1,
+                                             self.lat[axis]))
+        return self._keys[key]
+
+    def crop(self, axis: int, b0: int, b1: int) -> tuple[int, int]:
+        """The halo crop's input range ``[c0, c1)`` along ``axis`` for the block range."""
+        key = (axis, b0, b1)
+        if key not in self._crop:
+            imp = _impulse_range(self.lay, self.plan, self.support, axis, b0, b1)
+            want = H.needs_axis(self.support, self.plan.kind, self.plan.method, axis, imp, (b0, b1))
+            self._crop[key] = H.crop_axis(self.support, self.plan.crop, axis, [want])[0]
+        return self._crop[key]
+
+    def crop_hw(self, block: P.Block) -> tuple[int, int]:
+        (y0, y1), (x0, x1) = self.crop(0, block.y0, block.y1), self.crop(1, block.x0, block.x1)
+        return y1 - y0, x1 - x0
+
+
+def largest_crop(lay, plan: ProbingPlan, support) -> tuple[int, int] | None:
+    """The largest halo crop (height, width) of a block of ``plan`` (None: full-image passes,
+    also when some block's crop is the whole image, as :func:`block_crop` then says)."""
+    if plan.method == "single" or not plan.crop or support is None or support.is_global:
+        return None
+    axes = AxisMemo(lay, plan, support)
+    hw = [0, 0]
+    for b in P.blocks(lay.tiles(), plan.block):
+        h, w = axes.crop_hw(b)
+        if (h, w) == tuple(support.in_hw):
+            return None
+        hw = [max(hw[0], h), max(hw[1], w)]
+    return tuple(hw)
 
 
 # --- choosing a method ---------------------------------------------------------------------
@@ -223,13 +267,57 @@ def block_crop(support, targets: list) -> "H.Crop | None":
     return None if crop.is_full(support.in_hw) else crop
 
 
-def _crop_share(lay, plan: ProbingPlan, support, block: P.Block) -> float:
+def _crop_share(lay, plan: ProbingPlan, support, block: P.Block,
+                axes: "AxisMemo | None" = None) -> float:
     """The fraction of the image one pass of ``block`` runs on (1 without a crop)."""
     if not plan.crop:
         return 1.0
     h, w = support.in_hw
-    crop = H.crop_for(support, plan.crop, lay.scale, [target_needs(lay, plan, support, block)])
-    return crop.area / (h * w)
+    ch, cw = (axes or AxisMemo(lay, plan, support)).crop_hw(block)
+    return (ch * cw) / (h * w)
+
+
+def _tile_grid(tiles: list[P.Tile]):
+    """The planned tiles as a product of tile rows ``{ty: (y0, y1)}`` and columns (a selection
+    is separable, so they always are); None if they were not."""
+    ys = {t.ty: (t.y0, t.y1) for t in tiles}
+    xs = {t.tx: (t.x0, t.x1) for t in tiles}
+    return (ys, xs) if len(ys) * len(xs) == len(tiles) else None
+
+
+def _grouped(ranges: dict, g: int) -> list[tuple[int, int]]:
+    """Block ranges along one axis: tile ranges grouped by ``index // g`` (as :func:`P.blocks`)."""
+    out: dict[int, tuple[int, int]] = {}
+    for i, (a, b) in sorted(ranges.items()):
+        lo, hi = out.get(i // g, (a, b))
+        out[i // g] = (min(lo, a), max(hi, b))
+    return [out[k] for k in sorted(out)]
+
+
+def _plan_cost(lay, plan: ProbingPlan, support, tiles, grid) -> float:
+    """Probes of every block of ``plan`` weighted by their crop's share of the image, in block
+    order (the blocks of a product grid are pairs of axis ranges: no Block is built — planning
+    a large image tries every block side over thousands of tiles)."""
+    axes = AxisMemo(lay, plan, support)
+    if grid is None:
+        bs = P.blocks(tiles, plan.block)
+        return sum(n * _crop_share(lay, plan, support, b, axes)
+                   for n, b in zip(count_each(lay, plan, support, bs, axes), bs))
+    channels = lay.other_shape[0] if plan.method == "from_columns" else lay.probe_shape[0]
+    h, w = support.in_hw
+    cost = 0.0
+    rows, cols = _grouped(grid[0], plan.block), _grouped(grid[1], plan.block)
+    for y0, y1 in rows:
+        ky = axes.keys(0, y0, y1)
+        cy = axes.crop(0, y0, y1) if plan.crop else None
+        for x0, x1 in cols:
+            n = ky * axes.keys(1, x0, x1) * channels
+            if cy is None:
+                cost += n * 1.0
+            else:
+                cx = axes.crop(1, x0, x1)
+                cost += n * (((cy[1] - cy[0]) * (cx[1] - cx[0])) / (h * w))
+    return cost
 
 
 def choose(lay, support, itemsize: int, budget: int) -> tuple[ProbingPlan, dict[str, float]]:
@@ -245,7 +333,7 @@ def choose(lay, support, itemsize: int, budget: int) -> tuple[ProbingPlan, dict[
     support) with compressed backward passes, which win only for networks that shrink the image.
     Returns the plan and the cost of every candidate method (for the plan paragraph)."""
     tiles = lay.tiles()
-    n_single = sum(len(P.tile_pixels(t, lay.selection)) for t in tiles) * lay.probe_shape[0]
+    n_single = filters(lay, tiles)
     costs = {"single": n_single * (1.0 if lay.name == "columns" else BACKWARD_COST)}
     best = ProbingPlan(lay.name, "single")
     if support is None or support.is_global or not tiles:
@@ -260,15 +348,14 @@ def choose(lay, support, itemsize: int, budget: int) -> tuple[ProbingPlan, dict[
     nty = max(t.ty for t in tiles) + 1
     ntx = max(t.tx for t in tiles) + 1
     g_max = max(nty, ntx)
+    grid = _tile_grid(tiles)
     for method, period, weight in candidates:
         found: list[tuple[int, float]] = []
         for g in range(1, g_max + 1):
             if g > 1 and block_bytes(lay, g, itemsize) > budget:
                 break
             plan = ProbingPlan(lay.name, method, tuple(period), g, align)
-            cost = sum(count_probes(lay, plan, support, [b]) * _crop_share(lay, plan, support, b)
-                       for b in P.blocks(tiles, g))
-            found.append((g, cost))
+            found.append((g, _plan_cost(lay, plan, support, tiles, grid)))
         low = min(c for _, c in found)
         slack = BLOCK_SLACK if align else 1.0
         best_g, cost = next((g, c) for g, c in found if c <= slack * low)
@@ -430,6 +517,7 @@ class Target:
     block: P.Block
     buf: BlockBuffer | None = None
     sketch: object = None  # precompute.freivalds.Sketch: checked before the tiles are written
+    engine: object = None  # the engine its passes ran on (the block's halo crop or the image)
 
 
 def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target], k: int,
@@ -444,9 +532,16 @@ def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target],
     kind = targets[0].plan.kind
     engine, shift, off = block_engine(engine, support, targets, stats)
     shape = engine.in_shape if kind == "columns" else engine.out_shape
+    # full-image boxes of the passes' input and output (the crop's, or the whole image)
+    (iy, ix), (oy, ox) = (shift, off) if kind == "columns" else (off, shift)
+    in_box = (iy, iy + engine.in_shape[1], ix, ix + engine.in_shape[2])
+    out_box = (oy, oy + engine.out_shape[1], ox, ox + engine.out_shape[2])
     decoders = []
     for t in targets:
+        t.engine = engine
         t.buf = BlockBuffer(t.lay, t.block, t.geo, np_dtype)
+        if t.sketch is not None:  # checked on the boxes the block ran on (Freivalds)
+            t.sketch.place(in_box, out_box, engine)
         t.buf.sketch = t.sketch
         decoders.append((_decode_rows_from_columns if t.plan.method == "from_columns"
                          else _decode_own, t, _lattices(t.lay, t.plan)))
@@ -546,7 +641,7 @@ def block_arrays(engine, support, lay, block: P.Block, plan: ProbingPlan, geo: G
 
 def filters(lay, tiles) -> int:
     """Filters (pixel × channel of the probed domain) stored by ``tiles``."""
-    return sum(len(P.tile_pixels(t, lay.selection)) for t in tiles) * lay.probe_shape[0]
+    return sum(P.tile_count(t, lay.selection) for t in tiles) * lay.probe_shape[0]
 
 
 def passes_of(n_probes: int, k: int) -> int:

@@ -68,6 +68,10 @@ def gate_tolerance(dtype: torch.dtype, tf32: bool = False) -> float:
     return float(2**16 * torch.finfo(dtype).eps)
 
 
+def _amax(t: Tensor) -> float:
+    return t.abs().max().item() if t.numel() else 0.0
+
+
 class IdentityError(ScopeError):
     """The interpreter fails one of its defining identities beyond the gate's tolerance.
 
@@ -104,10 +108,15 @@ class LinearInterpreter:
         batch: probes per pass for ``apply``/``apply_transpose`` (any K is split into passes).
         exact: on CUDA, switch TF32 off (the default; results are then exact in float32). Pass
             False to keep the process-wide precision settings as they are.
+        out_shape: the output's shape when the caller knows it (f(x0) of the plain model): the
+            pass that computes the scoped f(x0) and r(x0) (``output``, ``residual``) then runs
+            on their first use, not here — planning a large image builds the interpreter only
+            to cut halo crops out of it (:mod:`precompute.halo`).
     """
 
     def __init__(self, model: nn.Module, x0: Tensor, rule: str = "freeze",
-                 overrides: dict[str, str] | None = None, batch: int = 16, exact: bool = True):
+                 overrides: dict[str, str] | None = None, batch: int = 16, exact: bool = True,
+                 out_shape: tuple | None = None):
         self.model = unwrap_model(model)
         if not isinstance(x0, Tensor) or not x0.is_floating_point():
             raise ScopeError("x0 must be a floating-point tensor")
@@ -125,11 +134,34 @@ class LinearInterpreter:
         self.batch = int(batch)
         self.rule, self.overrides = rule, dict(overrides or {})
         self.in_shape = tuple(self.x0.shape[1:])
+        self._output = self._residual = None
+        self.out_shape = tuple(out_shape) if out_shape is not None else None
+        if out_shape is None:
+            self._constants_pass()
+
+    def _constants_pass(self) -> None:
+        """f(x0) and r(x0) of the scope (eq. 5 with a zero probe, constants on)."""
         with torch.no_grad():
             y = self._run(torch.zeros_like(self.x0), constants=True)
-        self.output = y[0].detach()
-        self.residual = y[1].detach()
-        self.out_shape = tuple(self.output.shape)
+        if self.out_shape is not None and tuple(y.shape[1:]) != self.out_shape:
+            raise ScopeError(f"the scoped model's output has shape {tuple(y.shape[1:])}, not the "
+                             f"{self.out_shape} of f(x0)")
+        self._output, self._residual = y[0].detach(), y[1].detach()
+        self.out_shape = tuple(self._output.shape)
+
+    @property
+    def output(self) -> Tensor:
+        """f(x0) as the scope computes it."""
+        if self._output is None:
+            self._constants_pass()
+        return self._output
+
+    @property
+    def residual(self) -> Tensor:
+        """r(x0) (eq. 5): the probe branch of a zero probe with the constants on."""
+        if self._residual is None:
+            self._constants_pass()
+        return self._residual
 
     # -- basics ------------------------------------------------------------------------------
     @property
@@ -278,45 +310,57 @@ class LinearInterpreter:
 
         u, v are random; everything is seeded by ``seed``.
         """
+        return self.check_local(seed) | self.check_whole(reference)
+
+    def check_local(self, seed: int = 0) -> dict[str, float]:
+        """The identities of :meth:`check` that are properties of the rules on this x0 —
+        requirement (3), linearity, the adjoint identity, columns against rows — and not of
+        the stored f(x0) and r(x0). For a network with a bounded support they hold on the
+        image if they hold on crops of it (every unit sees a crop of x0), so a run checks them
+        on halo crops; :meth:`check_whole` checks the rest on the whole image."""
         gen = torch.Generator().manual_seed(seed)
 
         def randn(shape):
             return torch.randn((1,) + shape, generator=gen, dtype=torch.float64).to(
                 self.device, self.dtype)
 
-        def amax(t: Tensor) -> float:
-            return t.abs().max().item() if t.numel() else 0.0
-
         with torch.no_grad():
             y = self._run(self.x0, constants=True)
         y0, y1 = y[0], y[1]
-        f = self.output
-        req3 = amax(y1 - y0)
-        fx0 = self.apply(self.x0)[0]
-        recon = amax(fx0 + self.residual - f)
+        req3 = _amax(y1 - y0)
         u, v = randn(self.in_shape), randn(self.in_shape)
         a, b = 0.7, -1.3
         fu, fv, fw = self.apply(torch.cat([u, v, a * u + b * v]))
         combo = a * fu + b * fv
-        lin = amax(fw - combo) / (amax(combo) or 1.0)
+        lin = _amax(fw - combo) / (_amax(combo) or 1.0)
         w = randn(self.out_shape)
         ftw = self.apply_transpose(w)[0]
         lhs = (fv.double() * w[0].double()).sum().item()
         rhs = (v[0].double() * ftw.double()).sum().item()
         adj = abs(lhs - rhs) / (max((fv.norm() * w.norm()).item(), (v.norm() * ftw.norm()).item())
                                 or 1.0)
-        checks = {
+        return {
             "requirement3_abs": req3,
-            "requirement3_rel": req3 / (amax(y0) or 1.0),
-            "reconstruction_abs": recon,
-            "reconstruction_rel": recon / (max(amax(f), amax(fx0), amax(self.residual)) or 1.0),
+            "requirement3_rel": req3 / (_amax(y0) or 1.0),
             "linearity_rel": lin,
             "adjoint_rel": adj,
             "column_row_rel": self._column_row(gen),
         }
+
+    def check_whole(self, reference: Tensor | None = None) -> dict[str, float]:
+        """The identities of :meth:`check` about f(x0) and r(x0) as stored: F·x0 + r = f(x0)
+        (one pass of x0) and, with a ``reference`` f(x0), the scope's f(x0) against it."""
+        f = self.output
+        fx0 = self.apply(self.x0)[0]
+        recon = _amax(fx0 + self.residual - f)
+        checks = {
+            "reconstruction_abs": recon,
+            "reconstruction_rel": recon / (max(_amax(f), _amax(fx0), _amax(self.residual))
+                                           or 1.0),
+        }
         if reference is not None:
             ref = reference.reshape(f.shape).to(f.device, f.dtype)
-            checks["output_rel"] = amax(f - ref) / (amax(ref) or 1.0)
+            checks["output_rel"] = _amax(f - ref) / (_amax(ref) or 1.0)
         return checks
 
     def _column_row(self, gen: torch.Generator, m: int = 3) -> float:
@@ -349,7 +393,11 @@ class LinearInterpreter:
         if reference is None and not any(m.training for m in self.model.modules()):
             with torch.no_grad(), eager():
                 reference = self.model(self.x0)
-        checks = self.check(seed=seed, reference=reference)
+        return self.enforce(self.check(seed=seed, reference=reference))
+
+    def enforce(self, checks: dict[str, float]) -> dict[str, float]:
+        """Raise :class:`IdentityError` for the first identity of ``checks`` above
+        :func:`gate_tolerance` of this dtype (and TF32 setting); returns ``checks``."""
         tf32 = self.dtype == torch.float32 and tf32_enabled(self.device)
         tol = gate_tolerance(self.dtype, tf32)
         for identity in IDENTITIES:

@@ -102,19 +102,31 @@ def tiles(height: int, width: int, t: int) -> list[Tile]:
     ]
 
 
+def axis_members(sel: Selection, axis: int, lo: int, hi: int) -> range:
+    """Selected coordinates in [lo, hi) along ``axis`` (0: y, 1: x). A selection is separable
+    (region × stride lattice per axis), so a tile's pixels are the product of two of these."""
+    start = sel.region[axis] if sel.region is not None else 0
+    stop = start + sel.region[axis + 2] if sel.region is not None else hi
+    first = max(lo, start)
+    first += (start - first) % sel.stride
+    return range(first, min(hi, stop), sel.stride)
+
+
 def tile_pixels(tile: Tile, sel: Selection) -> list[tuple[int, int]]:
     """Selected pixels of a tile, row-major."""
-    return [
-        (i, j)
-        for i in range(tile.y0, tile.y1)
-        for j in range(tile.x0, tile.x1)
-        if sel.contains(i, j)
-    ]
+    ys = axis_members(sel, 0, tile.y0, tile.y1)
+    xs = axis_members(sel, 1, tile.x0, tile.x1)
+    return [(i, j) for i in ys for j in xs]
+
+
+def tile_count(tile: Tile, sel: Selection) -> int:
+    """How many pixels of a tile are selected (``len(tile_pixels(tile, sel))``, in O(1))."""
+    return len(axis_members(sel, 0, tile.y0, tile.y1)) * len(axis_members(sel, 1, tile.x0, tile.x1))
 
 
 def planned_tiles(height: int, width: int, t: int, sel: Selection) -> list[Tile]:
     """Tiles with at least one selected pixel; only these are ever written."""
-    return [tl for tl in tiles(height, width, t) if tile_pixels(tl, sel)]
+    return [tl for tl in tiles(height, width, t) if tile_count(tl, sel)]
 
 
 def tile_probes(tile: Tile, channels: int, height: int, width: int, sel: Selection) -> list[Probe]:
