@@ -144,11 +144,13 @@ def _impulse_range(lay, plan: ProbingPlan, support, axis: int, b0: int, b1: int)
     if plan.method != "from_columns":
         return max(b0, start), min(b1, stop)
     lo, hi = support.row_lo[axis], support.row_hi[axis]
-    us = [u for u in range(max(b0, start), min(b1, stop)) if (u - start) % step == 0]
-    us = [u for u in us if lo[u] <= hi[u]]
-    if not us:
+    first = max(b0, start)
+    first += (start - first) % step
+    us = np.arange(first, min(b1, stop), step)
+    us = us[lo[us] <= hi[us]]
+    if not len(us):
         return 0, 0
-    return int(min(lo[u] for u in us)), int(max(hi[u] for u in us)) + 1
+    return int(lo[us].min()), int(hi[us].max()) + 1
 
 
 def _axis_keys(lay, plan, support, axis: int, b0: int, b1: int, lat: P.Lattice) -> list[int]:
@@ -224,13 +226,18 @@ def largest_crop(lay, plan: ProbingPlan, support) -> tuple[int, int] | None:
     if plan.method == "single" or not plan.crop or support is None or support.is_global:
         return None
     axes = AxisMemo(lay, plan, support)
-    hw = [0, 0]
-    for b in P.blocks(lay.tiles(), plan.block):
-        h, w = axes.crop_hw(b)
-        if (h, w) == tuple(support.in_hw):
-            return None
-        hw = [max(hw[0], h), max(hw[1], w)]
-    return tuple(hw)
+    tiles = lay.tiles()
+    grid = _tile_grid(tiles)
+    if grid is None:
+        sides = {axes.crop_hw(b) for b in P.blocks(tiles, plan.block)}
+    else:  # every pair of a row range and a column range is a block
+        ys, xs = ({b1 - b0 for b0, b1 in (axes.crop(ax, *r)
+                                          for r in _grouped(grid[ax], plan.block))}
+                  for ax in (0, 1))
+        sides = {(h, w) for h in ys for w in xs}
+    if not sides or tuple(support.in_hw) in sides:
+        return None
+    return max(h for h, _ in sides), max(w for _, w in sides)
 
 
 # --- choosing a method ---------------------------------------------------------------------
@@ -303,21 +310,18 @@ def _plan_cost(lay, plan: ProbingPlan, support, tiles, grid) -> float:
         bs = P.blocks(tiles, plan.block)
         return sum(n * _crop_share(lay, plan, support, b, axes)
                    for n, b in zip(count_each(lay, plan, support, bs, axes), bs))
+    # Σ_blocks probes · crop area / image area, with both factors products of their axes':
+    # (Σ_rows k_y·h_y)·(Σ_cols k_x·w_x)·channels / (H·W), in exact integers, one division
     channels = lay.other_shape[0] if plan.method == "from_columns" else lay.probe_shape[0]
-    h, w = support.in_hw
-    cost = 0.0
-    rows, cols = _grouped(grid[0], plan.block), _grouped(grid[1], plan.block)
-    for y0, y1 in rows:
-        ky = axes.keys(0, y0, y1)
-        cy = axes.crop(0, y0, y1) if plan.crop else None
-        for x0, x1 in cols:
-            n = ky * axes.keys(1, x0, x1) * channels
-            if cy is None:
-                cost += n * 1.0
-            else:
-                cx = axes.crop(1, x0, x1)
-                cost += n * (((cy[1] - cy[0]) * (cx[1] - cx[0])) / (h * w))
-    return cost
+    sums = []
+    for ax in (0, 1):
+        total = 0
+        for b0, b1 in _grouped(grid[ax], plan.block):
+            c = axes.crop(ax, b0, b1) if plan.crop else (0, 1)
+            total += axes.keys(ax, b0, b1) * (c[1] - c[0])
+        sums.append(total)
+    area = support.in_hw[0] * support.in_hw[1] if plan.crop else 1
+    return sums[0] * sums[1] * channels / area
 
 
 def choose(lay, support, itemsize: int, budget: int) -> tuple[ProbingPlan, dict[str, float]]:

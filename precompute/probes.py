@@ -13,6 +13,7 @@ blocks of tiles and the lattice colours of one axis — is at the end of this mo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -126,7 +127,18 @@ def tile_count(tile: Tile, sel: Selection) -> int:
 
 def planned_tiles(height: int, width: int, t: int, sel: Selection) -> list[Tile]:
     """Tiles with at least one selected pixel; only these are ever written."""
-    return [tl for tl in tiles(height, width, t) if tile_count(tl, sel)]
+    return list(_planned(height, width, t, sel))
+
+
+@functools.lru_cache(maxsize=16)
+def _planned(height: int, width: int, t: int, sel: Selection) -> tuple[Tile, ...]:
+    # a plan asks for the tiles of an analysis a dozen times: 150,000 of them for the rows of a
+    # 2048² image (×3); tiles are frozen, the list handed out is a fresh one
+    ys = [(ty, ty * t, min(height, (ty + 1) * t)) for ty in range(-(-height // t))]
+    xs = [(tx, tx * t, min(width, (tx + 1) * t)) for tx in range(-(-width // t))]
+    ys = [y for y in ys if len(axis_members(sel, 0, y[1], y[2]))]
+    xs = [x for x in xs if len(axis_members(sel, 1, x[1], x[2]))]
+    return tuple(Tile(ty, tx, y0, y1, x0, x1) for ty, y0, y1 in ys for tx, x0, x1 in xs)
 
 
 def tile_probes(tile: Tile, channels: int, height: int, width: int, sel: Selection) -> list[Probe]:
