@@ -121,13 +121,12 @@ def test_deferred_constants_pass_gives_the_same_interpreter():
         LinearInterpreter(net, x0, out_shape=(3, 5, 5)).output
 
 
-def _relu_config(tmp_path, name="s", hw=(52, 50), **kw):
+def _relu_config(tmp_path, name="s", hw=(52, 50), analyses=None):
     make_image(tmp_path / "img.png", *hw, seed=11)
+    an = analyses or {"residual": True, "columns": {"window": 5, "tile": 16}, "rows": False}
     return write_config(tmp_path / f"{name}.yaml", name=name,
                         model={"arch": f"python:{SUPPORT}:relu_same"}, image="img.png",
-                        dtype="float64", batch=16, output=str(tmp_path / "runs"),
-                        analyses={"residual": True, "columns": {"window": 5, "tile": 16},
-                                  "rows": False}, **kw)
+                        dtype="float64", batch=16, output=str(tmp_path / "runs"), analyses=an)
 
 
 def _plan(cfg, dry_run=True):
@@ -190,6 +189,7 @@ def test_the_gate_on_crops_trips_on_a_broken_rule(tmp_path, monkeypatch):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_freivalds_checks_a_block_on_its_crop_and_a_corruption_still_stops_the_run(tmp_path,
                                                                                    monkeypatch):
     make_image(tmp_path / "img.png", 48, 48, seed=5)
@@ -259,3 +259,34 @@ def test_a_global_support_says_so_and_checks_the_whole_image(tmp_path):
     rp = _plan(cfg)
     assert rp.support.is_global and R._gate_interpreters(rp) == [rp.li]
     assert rp.probing["columns"].method == "single"
+
+
+@pytest.mark.slow
+def test_a_large_image_run_on_crops_equals_the_full_image_run(tmp_path, monkeypatch):
+    # everything on crops (support from a 24×24 image, the gate on two crops, blocks and their
+    # Freivalds checks on halo crops) against LINEARSCOPE_HALO=off (support, gate, blocks and
+    # checks on the whole image): the same store, float64
+    from precompute import run as R
+    from precompute import support_crop as SC
+    from test_halo import assert_same_store
+
+    monkeypatch.setattr(SC, "FIRST_SIDE", 12)
+    monkeypatch.setenv("LINEARSCOPE_BLOCK_BYTES", "60000")
+    an = {"residual": True, "columns": {"window": 5, "tile": 8}, "rows": {"window": 4, "tile": 8}}
+    stores = {}
+    for name, halo in (("crop", None), ("full", "off")):
+        if halo:
+            monkeypatch.setenv("LINEARSCOPE_HALO", halo)
+        R._SUPPORTS.clear()
+        r = cli("run", _relu_config(tmp_path, name=name, analyses=an))
+        assert r.exit_code == 0, r.stderr
+        stores[name] = precompute.open_store(tmp_path / "runs" / f"{name}.zarr")
+    crop, full = stores["crop"], stores["full"]
+    assert set(crop.layouts) == set(an) - {"residual"}
+    assert all(crop.attrs["probing"][n]["crop"] for n in crop.layouts)
+    assert not any(full.attrs["probing"][n].get("crop") for n in full.layouts)
+    assert crop.checks["freivalds_columns_units"] > 1
+    assert_same_store(crop, full)
+    for arr in ("output", "residual"):
+        np.testing.assert_array_equal(crop.array(arr), full.array(arr))
+    assert set(crop.checks) == set(full.checks)
