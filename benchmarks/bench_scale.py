@@ -63,7 +63,7 @@ def _peak_rss(cfg: Path, *extra: str) -> tuple[float, int, str]:
 
 def _method(err: str) -> str:
     m = re.search(r"columns: [^:]*: ([^.]*probes in [\d,]+ pass(?:es)? of ≤ \d+)", err)
-    sup = re.search(r"Structural support \(found with ([^)]*)\)", err)
+    sup = re.search(r"Structural support \(found with (.*?)\): a row", err)
     est = re.search(r"estimated compute time ([^.(]*)", err)
     return "; ".join(x for x in (m and m.group(1), sup and "support: " + sup.group(1),
                                  est and "estimate " + est.group(1).strip()) if x)
@@ -81,6 +81,8 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
+    print(f"load average at the start: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          "(1 / 5 / 15 min)", file=sys.stderr, flush=True)
     for n in args.sizes:
         wall, rss, err = _peak_rss(_config(work, n, args.batch))
         rows.append((f"{n}²", f"{wall:.0f} s", f"{1e3 * wall / n / n:.3f} ms",
@@ -91,6 +93,8 @@ def main() -> None:
         rows.append((f"{n}² (plan only)", f"planned in {wall:.0f} s", "—",
                      f"{rss / 2**30:.2f} GiB (planning)", _method(err)))
         print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+    print(f"load average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"(1 / 5 / 15 min)")
     print("| image | wall time | time per input pixel | peak memory (RSS) | plan |")
     print("|---|---:|---:|---:|---|")
     for r in rows:

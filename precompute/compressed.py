@@ -144,11 +144,13 @@ def _impulse_range(lay, plan: ProbingPlan, support, axis: int, b0: int, b1: int)
     if plan.method != "from_columns":
         return max(b0, start), min(b1, stop)
     lo, hi = support.row_lo[axis], support.row_hi[axis]
-    us = [u for u in range(max(b0, start), min(b1, stop)) if (u - start) % step == 0]
-    us = [u for u in us if lo[u] <= hi[u]]
-    if not us:
+    first = max(b0, start)
+    first += (start - first) % step
+    us = np.arange(first, min(b1, stop), step)
+    us = us[lo[us] <= hi[us]]
+    if not len(us):
         return 0, 0
-    return int(min(lo[u] for u in us)), int(max(hi[u] for u in us)) + 1
+    return int(lo[us].min()), int(hi[us].max()) + 1
 
 
 def _axis_keys(lay, plan, support, axis: int, b0: int, b1: int, lat: P.Lattice) -> list[int]:
@@ -174,19 +176,68 @@ def block_probes(lay, plan: ProbingPlan, support, block: P.Block) -> list[BlockP
 
 def count_probes(lay, plan: ProbingPlan, support, blocks: list[P.Block]) -> int:
     """Probes of ``blocks`` without building them (colours per axis × channels)."""
-    lat = _lattices(lay, plan)
+    return sum(count_each(lay, plan, support, blocks))
+
+
+def count_each(lay, plan: ProbingPlan, support, blocks: list[P.Block],
+               axes: "AxisMemo | None" = None) -> list[int]:
+    """The probes of every block of ``blocks`` (as :func:`count_probes` of each alone)."""
+    axes = axes or AxisMemo(lay, plan, support)
     channels = lay.other_shape[0] if plan.method == "from_columns" else lay.probe_shape[0]
-    n = 0
-    cache: dict = {}
-    for b in blocks:
-        c = []
-        for axis, (b0, b1) in enumerate(((b.y0, b.y1), (b.x0, b.x1))):
-            key = (axis, b0, b1)
-            if key not in cache:
-                cache[key] = len(_axis_keys(lay, plan, support, axis, b0, b1, lat[axis]))
-            c.append(cache[key])
-        n += c[0] * c[1] * channels
-    return n
+    return [axes.keys(0, b.y0, b.y1) * axes.keys(1, b.x0, b.x1) * channels for b in blocks]
+
+
+class AxisMemo:
+    """Per-axis facts of the blocks of one plan, each computed once per block range: colours
+    (probes are their product times the channels) and the halo crop's input range (a crop is
+    the product of its axes' ranges, :func:`halo.crop_axis`). Planning a large image visits
+    thousands of blocks whose ranges repeat along rows and columns."""
+
+    def __init__(self, lay, plan: ProbingPlan, support):
+        self.lay, self.plan, self.support = lay, plan, support
+        self.lat = _lattices(lay, plan)
+        self._keys: dict = {}
+        self._crop: dict = {}
+
+    def keys(self, axis: int, b0: int, b1: int) -> int:
+        key = (axis, b0, b1)
+        if key not in self._keys:
+            self._keys[key] = len(_axis_keys(self.lay, self.plan, self.support, axis, b0, b1,
+                                             self.lat[axis]))
+        return self._keys[key]
+
+    def crop(self, axis: int, b0: int, b1: int) -> tuple[int, int]:
+        """The halo crop's input range ``[c0, c1)`` along ``axis`` for the block range."""
+        key = (axis, b0, b1)
+        if key not in self._crop:
+            imp = _impulse_range(self.lay, self.plan, self.support, axis, b0, b1)
+            want = H.needs_axis(self.support, self.plan.kind, self.plan.method, axis, imp, (b0, b1))
+            self._crop[key] = H.crop_axis(self.support, self.plan.crop, axis, [want])[0]
+        return self._crop[key]
+
+    def crop_hw(self, block: P.Block) -> tuple[int, int]:
+        (y0, y1), (x0, x1) = self.crop(0, block.y0, block.y1), self.crop(1, block.x0, block.x1)
+        return y1 - y0, x1 - x0
+
+
+def largest_crop(lay, plan: ProbingPlan, support) -> tuple[int, int] | None:
+    """The largest halo crop (height, width) of a block of ``plan`` (None: full-image passes,
+    also when some block's crop is the whole image, as :func:`block_crop` then says)."""
+    if plan.method == "single" or not plan.crop or support is None or support.is_global:
+        return None
+    axes = AxisMemo(lay, plan, support)
+    tiles = lay.tiles()
+    grid = _tile_grid(tiles)
+    if grid is None:
+        sides = {axes.crop_hw(b) for b in P.blocks(tiles, plan.block)}
+    else:  # every pair of a row range and a column range is a block
+        ys, xs = ({b1 - b0 for b0, b1 in (axes.crop(ax, *r)
+                                          for r in _grouped(grid[ax], plan.block))}
+                  for ax in (0, 1))
+        sides = {(h, w) for h in ys for w in xs}
+    if not sides or tuple(support.in_hw) in sides:
+        return None
+    return max(h for h, _ in sides), max(w for _, w in sides)
 
 
 # --- choosing a method ---------------------------------------------------------------------
@@ -223,13 +274,54 @@ def block_crop(support, targets: list) -> "H.Crop | None":
     return None if crop.is_full(support.in_hw) else crop
 
 
-def _crop_share(lay, plan: ProbingPlan, support, block: P.Block) -> float:
+def _crop_share(lay, plan: ProbingPlan, support, block: P.Block,
+                axes: "AxisMemo | None" = None) -> float:
     """The fraction of the image one pass of ``block`` runs on (1 without a crop)."""
     if not plan.crop:
         return 1.0
     h, w = support.in_hw
-    crop = H.crop_for(support, plan.crop, lay.scale, [target_needs(lay, plan, support, block)])
-    return crop.area / (h * w)
+    ch, cw = (axes or AxisMemo(lay, plan, support)).crop_hw(block)
+    return (ch * cw) / (h * w)
+
+
+def _tile_grid(tiles: list[P.Tile]):
+    """The planned tiles as a product of tile rows ``{ty: (y0, y1)}`` and columns (a selection
+    is separable, so they always are); None if they were not."""
+    ys = {t.ty: (t.y0, t.y1) for t in tiles}
+    xs = {t.tx: (t.x0, t.x1) for t in tiles}
+    return (ys, xs) if len(ys) * len(xs) == len(tiles) else None
+
+
+def _grouped(ranges: dict, g: int) -> list[tuple[int, int]]:
+    """Block ranges along one axis: tile ranges grouped by ``index // g`` (as :func:`P.blocks`)."""
+    out: dict[int, tuple[int, int]] = {}
+    for i, (a, b) in sorted(ranges.items()):
+        lo, hi = out.get(i // g, (a, b))
+        out[i // g] = (min(lo, a), max(hi, b))
+    return [out[k] for k in sorted(out)]
+
+
+def _plan_cost(lay, plan: ProbingPlan, support, tiles, grid) -> float:
+    """Probes of every block of ``plan`` weighted by their crop's share of the image, in block
+    order (the blocks of a product grid are pairs of axis ranges: no Block is built — planning
+    a large image tries every block side over thousands of tiles)."""
+    axes = AxisMemo(lay, plan, support)
+    if grid is None:
+        bs = P.blocks(tiles, plan.block)
+        return sum(n * _crop_share(lay, plan, support, b, axes)
+                   for n, b in zip(count_each(lay, plan, support, bs, axes), bs))
+    # Σ_blocks probes · crop area / image area, with both factors products of their axes':
+    # (Σ_rows k_y·h_y)·(Σ_cols k_x·w_x)·channels / (H·W), in exact integers, one division
+    channels = lay.other_shape[0] if plan.method == "from_columns" else lay.probe_shape[0]
+    sums = []
+    for ax in (0, 1):
+        total = 0
+        for b0, b1 in _grouped(grid[ax], plan.block):
+            c = axes.crop(ax, b0, b1) if plan.crop else (0, 1)
+            total += axes.keys(ax, b0, b1) * (c[1] - c[0])
+        sums.append(total)
+    area = support.in_hw[0] * support.in_hw[1] if plan.crop else 1
+    return sums[0] * sums[1] * channels / area
 
 
 def choose(lay, support, itemsize: int, budget: int) -> tuple[ProbingPlan, dict[str, float]]:
@@ -245,7 +337,7 @@ def choose(lay, support, itemsize: int, budget: int) -> tuple[ProbingPlan, dict[
     support) with compressed backward passes, which win only for networks that shrink the image.
     Returns the plan and the cost of every candidate method (for the plan paragraph)."""
     tiles = lay.tiles()
-    n_single = sum(len(P.tile_pixels(t, lay.selection)) for t in tiles) * lay.probe_shape[0]
+    n_single = filters(lay, tiles)
     costs = {"single": n_single * (1.0 if lay.name == "columns" else BACKWARD_COST)}
     best = ProbingPlan(lay.name, "single")
     if support is None or support.is_global or not tiles:
@@ -260,15 +352,14 @@ def choose(lay, support, itemsize: int, budget: int) -> tuple[ProbingPlan, dict[
     nty = max(t.ty for t in tiles) + 1
     ntx = max(t.tx for t in tiles) + 1
     g_max = max(nty, ntx)
+    grid = _tile_grid(tiles)
     for method, period, weight in candidates:
         found: list[tuple[int, float]] = []
         for g in range(1, g_max + 1):
             if g > 1 and block_bytes(lay, g, itemsize) > budget:
                 break
             plan = ProbingPlan(lay.name, method, tuple(period), g, align)
-            cost = sum(count_probes(lay, plan, support, [b]) * _crop_share(lay, plan, support, b)
-                       for b in P.blocks(tiles, g))
-            found.append((g, cost))
+            found.append((g, _plan_cost(lay, plan, support, tiles, grid)))
         low = min(c for _, c in found)
         slack = BLOCK_SLACK if align else 1.0
         best_g, cost = next((g, c) for g, c in found if c <= slack * low)
@@ -430,6 +521,7 @@ class Target:
     block: P.Block
     buf: BlockBuffer | None = None
     sketch: object = None  # precompute.freivalds.Sketch: checked before the tiles are written
+    engine: object = None  # the engine its passes ran on (the block's halo crop or the image)
 
 
 def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target], k: int,
@@ -444,9 +536,16 @@ def run_probes(engine, support, probes: list[BlockProbe], targets: list[Target],
     kind = targets[0].plan.kind
     engine, shift, off = block_engine(engine, support, targets, stats)
     shape = engine.in_shape if kind == "columns" else engine.out_shape
+    # full-image boxes of the passes' input and output (the crop's, or the whole image)
+    (iy, ix), (oy, ox) = (shift, off) if kind == "columns" else (off, shift)
+    in_box = (iy, iy + engine.in_shape[1], ix, ix + engine.in_shape[2])
+    out_box = (oy, oy + engine.out_shape[1], ox, ox + engine.out_shape[2])
     decoders = []
     for t in targets:
+        t.engine = engine
         t.buf = BlockBuffer(t.lay, t.block, t.geo, np_dtype)
+        if t.sketch is not None:  # checked on the boxes the block ran on (Freivalds)
+            t.sketch.place(in_box, out_box, engine)
         t.buf.sketch = t.sketch
         decoders.append((_decode_rows_from_columns if t.plan.method == "from_columns"
                          else _decode_own, t, _lattices(t.lay, t.plan)))
@@ -546,7 +645,7 @@ def block_arrays(engine, support, lay, block: P.Block, plan: ProbingPlan, geo: G
 
 def filters(lay, tiles) -> int:
     """Filters (pixel × channel of the probed domain) stored by ``tiles``."""
-    return sum(len(P.tile_pixels(t, lay.selection)) for t in tiles) * lay.probe_shape[0]
+    return sum(P.tile_count(t, lay.selection) for t in tiles) * lay.probe_shape[0]
 
 
 def passes_of(n_probes: int, k: int) -> int:

@@ -52,18 +52,43 @@ class Sketch:
     Rows: ``acc_i = row_i · v`` for the unit's output pixels ``i`` (``mask`` over the output),
     ``v`` over the whole input; compared with ``(F·v)_i`` there. Both need one forward pass
     (a backward pass ``Fᵀ·u`` would check rows as well, at about twice the cost); both check
-    every entry of every filter, inside its window or not."""
+    every entry of every filter, inside its window or not.
 
-    def __init__(self, lay, mask: np.ndarray, unit: tuple[int, int], what: str, salt: int = 0):
-        self.analysis, self.unit, self.what = lay.name, unit, what
-        rng = _rng(lay.name, unit, salt)
-        self.mask = mask
-        if lay.name == "columns":
-            self.v = rng.standard_normal((N_VECTORS,) + tuple(lay.probe_shape)) * mask
-            self.acc = np.zeros((N_VECTORS,) + tuple(lay.other_shape))
+    A block that ran on a halo crop of x0 (:mod:`precompute.halo`) is checked on that crop
+    (:meth:`place`): ``v``, ``acc`` and the mask cover the crop's input and output boxes (full-
+    image coordinates ``(y0, y1, x0, x1)``), and ``F·v`` is a pass of the crop's interpreter —
+    memory and time per block are the crop's, not the image's. ``mask`` may then be a function
+    ``(box) -> bool array`` of the probe-domain box."""
+
+    def __init__(self, lay, mask, unit: tuple[int, int], what: str, salt: int = 0):
+        self.analysis, self.unit, self.what, self.salt = lay.name, unit, what, salt
+        self.lay, self._mask = lay, mask
+        self.engine = None  # the engine F·v is computed with (None: the caller's)
+        if not callable(mask):  # the full image
+            ins, outs = ((lay.probe_shape, lay.other_shape) if lay.name == "columns"
+                         else (lay.other_shape, lay.probe_shape))
+            self.place((0, ins[1], 0, ins[2]), (0, outs[1], 0, outs[2]))
+
+    def place(self, in_box: tuple, out_box: tuple, engine=None) -> None:
+        """Allocate ``v`` and ``acc`` on the input box ``in_box`` and output box ``out_box``
+        (full-image coordinates); ``engine``: the interpreter of exactly those boxes."""
+        lay = self.lay
+        cols = lay.name == "columns"
+        self.pbox, self.obox = (in_box, out_box) if cols else (out_box, in_box)
+        py0, py1, px0, px1 = self.pbox
+        oy0, oy1, ox0, ox1 = self.obox
+        m = self._mask
+        self.mask = m(self.pbox) if callable(m) else m[py0:py1, px0:px1]
+        rng = _rng(lay.name, self.unit, self.salt)
+        p_shape = (lay.probe_shape[0], py1 - py0, px1 - px0)
+        o_shape = (lay.other_shape[0], oy1 - oy0, ox1 - ox0)
+        if cols:
+            self.v = rng.standard_normal((N_VECTORS,) + p_shape) * self.mask
+            self.acc = np.zeros((N_VECTORS,) + o_shape)
         else:
-            self.v = rng.standard_normal((N_VECTORS,) + tuple(lay.other_shape))
-            self.acc = np.zeros((N_VECTORS,) + tuple(lay.probe_shape))
+            self.v = rng.standard_normal((N_VECTORS,) + o_shape)
+            self.acc = np.zeros((N_VECTORS,) + p_shape)
+        self.engine = engine
 
     # -- the left side, as filters are decoded ---------------------------------------------------
     def add_own(self, sub: np.ndarray, us: np.ndarray, vs: np.ndarray, ci: np.ndarray,
@@ -71,6 +96,8 @@ class Sketch:
         """Filters decoded from one probe of their own domain: the probe's output values ``sub``
         (C_other, nu, nv) at other-domain pixels ``us × vs`` belong to the filter of probed pixel
         (``channel``, ``ci[u]``, ``cj[v]``)."""
+        ci, cj = ci - self.pbox[0], cj - self.pbox[2]     # box coordinates
+        us, vs = us - self.obox[0], vs - self.obox[2]
         if self.analysis == "columns":
             w = self.v[:, channel][:, ci[:, None], cj[None, :]]           # (N, nu, nv)
             self.acc[:, :, us[:, None], vs[None, :]] += w[:, None] * sub[None]
@@ -86,12 +113,15 @@ class Sketch:
                        cj: np.ndarray, channel: int) -> None:
         """Rows read out of a forward probe: ``sub`` (C', nu, nv) holds, for output pixel
         (``us[u]``, ``vs[v]``) and every output channel, ``F[(·, u, v), (channel, ci[u], cj[v])]``."""
+        ci, cj = ci - self.obox[0], cj - self.obox[2]     # box coordinates
+        us, vs = us - self.pbox[0], vs - self.pbox[2]
         w = self.v[:, channel][:, ci[:, None], cj[None, :]]               # (N, nu, nv)
         self.acc[:, :, us[:, None], vs[None, :]] += w[:, None] * sub[None]
 
     def add_full(self, full: torch.Tensor, channels, ys, xs) -> None:
         """Whole filters of single impulses: ``full`` (K, C_other, H_o, W_o) of probed pixels
-        (``channels[k]``, ``ys[k]``, ``xs[k]``)."""
+        (``channels[k]``, ``ys[k]``, ``xs[k]``) on the full image's boxes."""
+        assert self.pbox[0] == self.pbox[2] == self.obox[0] == self.obox[2] == 0
         f = full.flatten(1).to(torch.float64)
         if self.analysis == "columns":
             w = torch.as_tensor(self.v[:, channels, ys, xs], device=full.device)   # (N, K)
@@ -111,7 +141,9 @@ class Sketch:
 def check(engine, sketches: list, tolerance: float) -> list[float]:
     """The right sides ``F·v`` of every sketch in one forward pass, compared with the
     sketches; returns their relative errors, raises :class:`FreivaldsError` for the first one
-    above ``tolerance``."""
+    above ``tolerance``. The sketches of one call share their boxes; ``engine`` is used unless
+    they were placed with their own (a halo crop's)."""
+    engine = sketches[0].engine or engine
     v = torch.cat([torch.as_tensor(s.v) for s in sketches]).to(engine.device, engine.dtype)
     with torch.no_grad():
         fv = engine.apply(v, "columns").detach().to(torch.float64).cpu().numpy()
@@ -136,13 +168,20 @@ def relative_error(lhs: np.ndarray, rhs: np.ndarray) -> float:
 
 
 def block_sketch(lay, block) -> Sketch:
-    """The sketch of one block of compressed probes: ``v`` on the block's selected pixels."""
+    """The sketch of one block of compressed probes: ``v`` on the block's selected pixels, placed
+    (:meth:`Sketch.place`) on the boxes its passes ran on."""
     from precompute import compressed as Cm
 
-    mask = np.zeros(lay.probe_shape[1:], dtype=bool)
-    sy = Cm._selected(lay.probe_shape[1], lay.selection, 0, block.y0, block.y1)
-    sx = Cm._selected(lay.probe_shape[2], lay.selection, 1, block.x0, block.x1)
-    mask[block.y0:block.y1, block.x0:block.x1] = sy[:, None] & sx[None, :]
+    def mask(box):
+        y0, y1, x0, x1 = box
+        m = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        a0, a1, b0, b1 = max(block.y0, y0), min(block.y1, y1), max(block.x0, x0), min(block.x1, x1)
+        if a1 > a0 and b1 > b0:
+            sy = Cm._selected(lay.probe_shape[1], lay.selection, 0, a0, a1)
+            sx = Cm._selected(lay.probe_shape[2], lay.selection, 1, b0, b1)
+            m[a0 - y0:a1 - y0, b0 - x0:b1 - x0] = sy[:, None] & sx[None, :]
+        return m
+
     return Sketch(lay, mask, (block.by, block.bx),
                   f"block ({block.by}, {block.bx}) (pixels y {block.y0}–{block.y1 - 1}, "
                   f"x {block.x0}–{block.x1 - 1})")

@@ -78,6 +78,7 @@ class Prepared:
     dtype: torch.dtype
     model_attrs: dict
     image_attrs: dict
+    memory: object = None  # precompute.memory.Estimate of one forward, once estimated
 
 
 
@@ -281,7 +282,7 @@ def check_memory(prep: Prepared, res) -> bool:
     from precompute import memory
 
     a = res.analyses(prep.spec.kind != "image")
-    est = memory.estimate(prep.spec.module, prep.x0)
+    est = prep.memory = memory.estimate(prep.spec.module, prep.x0)
     what = f"{prep.spec.model_id} on x0 {'×'.join(map(str, prep.x0.shape[1:]))}"
     memory.check(est, what=what, device=prep.device, batch=res.config.batch,
                  rows=a.rows is not None or a.svd is not None or a.classify is not None,

@@ -68,6 +68,10 @@ def gate_tolerance(dtype: torch.dtype, tf32: bool = False) -> float:
     return float(2**16 * torch.finfo(dtype).eps)
 
 
+def _amax(t: Tensor) -> float:
+    return t.abs().max().item() if t.numel() else 0.0
+
+
 class IdentityError(ScopeError):
     """The interpreter fails one of its defining identities beyond the gate's tolerance.
 
@@ -91,10 +95,6 @@ def exact_float_mode(device: torch.device) -> None:
         torch.backends.cuda.matmul.fp32_precision = "ieee"
 
 
-def _amax(t: Tensor) -> float:
-    return t.abs().max().item() if t.numel() else 0.0
-
-
 def _dot64(a: Tensor, b: Tensor, chunk: int = 1 << 20) -> float:
     """⟨a, b⟩ with products and sum in float64, a chunk at a time (no float64 copy of a
     full-size output)."""
@@ -116,10 +116,15 @@ class LinearInterpreter:
         batch: probes per pass for ``apply``/``apply_transpose`` (any K is split into passes).
         exact: on CUDA, switch TF32 off (the default; results are then exact in float32). Pass
             False to keep the process-wide precision settings as they are.
+        out_shape: the output's shape when the caller knows it (f(x0) of the plain model): the
+            pass that computes the scoped f(x0) and r(x0) (``output``, ``residual``) then runs
+            on their first use, not here — planning a large image builds the interpreter only
+            to cut halo crops out of it (:mod:`precompute.halo`).
     """
 
     def __init__(self, model: nn.Module, x0: Tensor, rule: str = "freeze",
-                 overrides: dict[str, str] | None = None, batch: int = 16, exact: bool = True):
+                 overrides: dict[str, str] | None = None, batch: int = 16, exact: bool = True,
+                 out_shape: tuple | None = None):
         self.model = unwrap_model(model)
         if not isinstance(x0, Tensor) or not x0.is_floating_point():
             raise ScopeError("x0 must be a floating-point tensor")
@@ -137,11 +142,34 @@ class LinearInterpreter:
         self.batch = int(batch)
         self.rule, self.overrides = rule, dict(overrides or {})
         self.in_shape = tuple(self.x0.shape[1:])
+        self._output = self._residual = None
+        self.out_shape = tuple(out_shape) if out_shape is not None else None
+        if out_shape is None:
+            self._constants_pass()
+
+    def _constants_pass(self) -> None:
+        """f(x0) and r(x0) of the scope (eq. 5 with a zero probe, constants on)."""
         with torch.no_grad():
             y = self._run(torch.zeros_like(self.x0), constants=True)
-        self.output = y[0].detach()
-        self.residual = y[1].detach()
-        self.out_shape = tuple(self.output.shape)
+        if self.out_shape is not None and tuple(y.shape[1:]) != self.out_shape:
+            raise ScopeError(f"the scoped model's output has shape {tuple(y.shape[1:])}, not the "
+                             f"{self.out_shape} of f(x0)")
+        self._output, self._residual = y[0].detach(), y[1].detach()
+        self.out_shape = tuple(self._output.shape)
+
+    @property
+    def output(self) -> Tensor:
+        """f(x0) as the scope computes it."""
+        if self._output is None:
+            self._constants_pass()
+        return self._output
+
+    @property
+    def residual(self) -> Tensor:
+        """r(x0) (eq. 5): the probe branch of a zero probe with the constants on."""
+        if self._residual is None:
+            self._constants_pass()
+        return self._residual
 
     # -- basics ------------------------------------------------------------------------------
     @property
@@ -292,12 +320,27 @@ class LinearInterpreter:
 
         u, v are random; everything is seeded by ``seed``.
         """
+        return self.check_local(seed) | self.check_whole(reference)
+
+    def check_local(self, seed: int = 0) -> dict[str, float]:
+        """The identities of :meth:`check` that are properties of the rules on this x0 —
+        requirement (3), linearity, the adjoint identity, columns against rows — and not of
+        the stored f(x0) and r(x0). For a network with a bounded support they hold on the
+        image if they hold on crops of it (every unit sees a crop of x0), so a run checks them
+        on halo crops; :meth:`check_whole` checks the rest on the whole image.
+
+        Each identity in its own method: its full-size temporaries die when it returns, so the
+        gate holds at most one pass of 3 probes and a few outputs besides f(x0), r and the
+        reference (precompute/memory.py counts exactly this to refuse what cannot fit)."""
         gen = torch.Generator().manual_seed(seed)
-        # Each identity in its own method: its full-size temporaries die when it returns, so the
-        # gate holds at most one pass of 3 probes and a few outputs besides f(x0), r and the
-        # reference (precompute/memory.py counts exactly this to refuse what cannot fit).
-        checks = self._requirement3() | self._reconstruction() | self._linearity_adjoint(gen)
+        checks = self._requirement3() | self._linearity_adjoint(gen)
         checks["column_row_rel"] = self._column_row(gen)
+        return checks
+
+    def check_whole(self, reference: Tensor | None = None) -> dict[str, float]:
+        """The identities of :meth:`check` about f(x0) and r(x0) as stored: F·x0 + r = f(x0)
+        (one pass of x0) and, with a ``reference`` f(x0), the scope's f(x0) against it."""
+        checks = self._reconstruction()
         if reference is not None:
             f = self.output
             ref = reference.reshape(f.shape).to(f.device, f.dtype)
@@ -356,14 +399,14 @@ class LinearInterpreter:
 
         # rows one at a time: a backward pass of K probes holds about 2K + 1 outputs besides its
         # forward (the K output-sized impulses and the gradient of the batch slice)
-        def rows(indices):
+        def rows_one_by_one(indices):
             return torch.cat([self.rows([i]).reshape(1, -1) for i in indices])
 
         cols = self.columns(js).reshape(m, -1)
         i_for_j = cols.abs().argmax(1).tolist()
-        compare(cols, rows(i_for_j), i_for_j, js)
+        compare(cols, rows_one_by_one(i_for_j), i_for_j, js)
         del cols
-        rows = rows(i_s)
+        rows = rows_one_by_one(i_s)
         j_for_i = rows.abs().argmax(1).tolist()
         compare(self.columns(j_for_i).reshape(m, -1), rows, i_s, j_for_i)
         return worst
@@ -380,7 +423,11 @@ class LinearInterpreter:
         if reference is None and not any(m.training for m in self.model.modules()):
             with torch.no_grad(), eager():
                 reference = self.model(self.x0)
-        checks = self.check(seed=seed, reference=reference)
+        return self.enforce(self.check(seed=seed, reference=reference))
+
+    def enforce(self, checks: dict[str, float]) -> dict[str, float]:
+        """Raise :class:`IdentityError` for the first identity of ``checks`` above
+        :func:`gate_tolerance` of this dtype (and TF32 setting); returns ``checks``."""
         tf32 = self.dtype == torch.float32 and tf32_enabled(self.device)
         tol = gate_tolerance(self.dtype, tf32)
         for identity in IDENTITIES:

@@ -54,9 +54,15 @@ class Estimate:
         bicubic ×300, where outputs dominate (tests/test_received_round2.py)."""
         return (k + 1) * (self.total + 2 * self.output)
 
+    def whole_checks(self) -> int:
+        """What every run does on the whole image, whatever its gate: f(x0), r and the reference
+        f(x0) held, and one pass of x0 (F·x0 + r = f(x0), LinearInterpreter.check_whole)."""
+        return 3 * self.output + self.columns_pass(1)
+
     def gate(self) -> int:
-        """The run-time gate (LinearInterpreter.check): f(x0), r and the reference f(x0) held
-        throughout, then the larger of a pass of GATE_PROBES columns with two output-sized
+        """The run-time gate on the whole image (LinearInterpreter.check; a large image with a
+        bounded support checks its rules on small crops instead, precompute/run.py gate):
+        f(x0), r and the reference f(x0) held throughout, then the larger of a pass of GATE_PROBES columns with two output-sized
         temporaries, and GATE_PROBES columns kept while rows are computed one at a time."""
         return 3 * self.output + max(self.columns_pass(GATE_PROBES) + 2 * self.output,
                                      GATE_PROBES * self.output + self.rows_pass(1))
@@ -159,6 +165,24 @@ def available(device: torch.device) -> int:
     return free
 
 
+def check_gate(est: Estimate | None, *, what: str, device: torch.device) -> None:
+    """Refuse (UserError with the numbers) a run-time gate on the whole image that cannot fit:
+    f(x0), r and the reference held, columns and rows of GATE_PROBES probes, forward and
+    backward (:meth:`Estimate.gate`). Called before the gate runs on the whole image."""
+    from precompute.text import fmt_bytes as _fmt
+
+    if est is None:
+        return
+    free = available(device)
+    if est.gate() > free:
+        where = "GPU" if device.type == "cuda" else "CPU"
+        raise UserError(
+            f"{what} needs about {_fmt(est.gate())} of {where} memory for the identity checks "
+            f"(f(x0), r, columns and rows of {GATE_PROBES} probes on the whole image), but only "
+            f"{_fmt(free)} is available on {device}; use a smaller image or crop, a smaller "
+            "scale, or a device with more memory")
+
+
 def check(est: Estimate | None, *, what: str, device: torch.device, rows: bool, columns: bool,
           batch: int | str) -> None:
     """Refuse (UserError with the numbers) a run whose forward, or whose smallest pass, cannot
@@ -178,15 +202,14 @@ def check(est: Estimate | None, *, what: str, device: torch.device, rows: bool, 
 
     free = available(device)
     where = "GPU" if device.type == "cuda" else "CPU"
-    # the run-time gate runs whatever the analyses (a residual-only run too): columns and rows
-    # (LinearInterpreter.check, column_row_rel), forward and backward, beside f(x0), r, f(x0)
-    gate = e.gate()
+    # every run checks F·x0 + r = f(x0) on the whole image (a residual-only run too); the rest
+    # of the gate is checked by check_gate once the run knows where it runs (crops or image)
+    gate = e.whole_checks()
     if max(need(1), gate) > free:
         passes = " and a pass of one probe about " + _fmt(need(1)) if (rows or columns) else ""
         raise UserError(
             f"{what} needs about {_fmt(peak)} of {where} memory for one forward{passes}, and "
-            f"about {_fmt(gate)} for the identity checks (f(x0), r, columns and rows of "
-            f"{GATE_PROBES} probes), but only {_fmt(free)} is available on {device}; use a smaller image or "
+            f"about {_fmt(gate)} for the identity checks (f(x0), r and a pass of x0), but only {_fmt(free)} is available on {device}; use a smaller image or "
             "crop, a smaller scale, or a device with more memory")
     if device.type != "cuda" and batch != "auto" and need(int(batch)) > free:
         fits = min(free // e.total - 1 if rows else free, (free - e.total) // e.peak - 1 if columns else free)

@@ -283,11 +283,13 @@ class RunPlan:
     li: object = None              # the LinearInterpreter, built on first use
     engine: Engine | None = None
     checks: dict | None = None     # the gate's measured identities (stored as `checks`)
+    whole_checked: bool = False    # F·x0 + r = f(x0) and output_rel measured on the whole image
     freivalds: object = None       # precompute.freivalds.Tally of this process's sweep
     # probing (precompute.compressed): method per analysis, the structural support, blocks
     probing: dict[str, Cm.ProbingPlan] = field(default_factory=dict)
     probing_costs: dict[str, dict[str, float]] = field(default_factory=dict)
     support: object = None         # precompute.support.Support, computed on first use
+    support_small: object = None   # the small image's support it was extended from (or None)
     block_budget: int = 0
     todo_blocks: dict[str, list[P.Block]] = field(default_factory=dict)
     filters_todo: dict[str, int] = field(default_factory=dict)
@@ -318,9 +320,13 @@ class RunPlan:
             from precompute.interpreter import LinearInterpreter
 
             c = self.res.config
+            # the constants pass (scoped f(x0), r(x0)) of the whole image runs on first use
+            # (the store's residual, the whole-image gate): planning only cuts crops out of it
             self.li = LinearInterpreter(self.prep.spec.module, self.prep.x0, rule=c.interpreter,
-                                        batch=k, exact=c.precision == "ieee")
+                                        batch=k, exact=c.precision == "ieee",
+                                        out_shape=self.out_shape)
             self.engine = Engine(self.li, self.device, self.prep.dtype)
+            self.engine.f_x0 = self.y0[0]  # halo crops reproduce the plain model's f(x0)
         return self.engine
 
     def get_support(self):
@@ -342,6 +348,7 @@ class RunPlan:
                 sup, small = support_crop.analyse(
                     self.prep.spec.module, self.in_shape, self.prep.dtype, self.device,
                     self.scale, self.out_shape[1:], rule=self.res.config.interpreter, batch=batch)
+            self.support_small = small
             # the cross-check is data-dependent (this x0's columns): run it for every image —
             # for an assembled support, on the small image's size (x0's top-left crop of it)
             eng = self.get_engine(max(self.batches.values(), default=16))
@@ -478,18 +485,79 @@ def plan(res: Resolved, image: Path, opts: Options) -> RunPlan:
     _estimate(rp)
     if not rp.exists or any(rp.todo.values()):
         rp.checks = gate(rp)
+        if not opts.dry_run and not rp.whole_checked:  # before the plan paragraph and the
+            rp.checks |= gate_whole(rp)                 # lock: a failure writes nothing
     return rp
 
 
 def gate(rp: RunPlan) -> dict:
     """The run-time gate (docs/INTERPRETER.md): the interpreter's identities, measured before
-    anything is written; one above its tolerance stops the run with one line."""
+    anything is written; one above its tolerance stops the run with one line.
+
+    When the support was analysed on a small image, every identity is measured on two halo
+    crops of x0 (top-left and bottom-right, each an image with its edges; f(x0) of the plain
+    model on the crop as the reference) — a network with a bounded support computes every unit
+    on a crop as on the image — and those about the stored f(x0) and r(x0) again on the whole
+    image by :func:`gate_whole` (a real run, not ``--dry-run``). Otherwise on the whole image."""
+    rp.get_engine(max(rp.batches.values(), default=1))
+    lis = _gate_interpreters(rp)
+    if lis == [rp.li]:
+        from precompute import memory
+
+        x0 = rp.prep.x0
+        memory.check_gate(rp.prep.memory, device=rp.device, what=f"{rp.prep.spec.model_id} on x0 "
+                          f"{'×'.join(map(str, x0.shape[1:]))}")
+        rp.whole_checked = True
+        return {k: float(v) for k, v in
+                _gated(rp, lambda: rp.li.enforce(rp.li.check(seed=0, reference=rp.y0))).items()}
+    worst: dict[str, float] = {}
+    for li in lis:
+        def measure(li=li):
+            with torch.no_grad():
+                ref = rp.prep.spec.module(li.x0)
+            return li.enforce(li.check(seed=0, reference=ref))
+
+        worst = {k: max(float(v), worst.get(k, 0.0)) for k, v in _gated(rp, measure).items()}
+    return worst
+
+
+def gate_whole(rp: RunPlan) -> dict:
+    """The identities about f(x0) and r(x0) as stored (F·x0 + r = f(x0), the scope's f(x0)
+    against the plain model's), on the whole image: one constants pass and one pass of x0."""
+    rp.get_engine(max(rp.batches.values(), default=1))
+    rp.whole_checked = True
+    return {k: float(v) for k, v in
+            _gated(rp, lambda: rp.li.enforce(rp.li.check_whole(reference=rp.y0))).items()}
+
+
+def _gate_interpreters(rp: RunPlan) -> list:
+    """The interpreters :func:`gate` checks: of x0's top-left and bottom-right crops of the
+    small image's size (on the translation lattice: its side ≡ the image's mod the period), or
+    of the whole image."""
+    from precompute import halo
+
+    small = rp.support_small if rp.support is not None and not rp.support.is_global else None
+    if small is None or tuple(small.in_hw) == tuple(rp.in_shape[1:]):
+        return [rp.li]
+    (h, w), (H, W) = small.in_hw, rp.in_shape[1:]
+    s = halo._fraction(rp.scale)
+    out = []
+    for y0, x0 in ((0, 0), (H - h, W - w)):
+        oy, ox = y0 * s, x0 * s
+        if oy.denominator != 1 or ox.denominator != 1:
+            return [rp.li]
+        crop = halo.Crop(y0, y0 + h, x0, x0 + w, int(oy), int(ox), (0, 0, 0, 0))
+        out.append(_gated(rp, lambda crop=crop: halo.crop_engine(rp.engine, crop)).li)
+    return out
+
+
+def _gated(rp: RunPlan, measure):
+    """``measure()`` with the gate's failures as one-line UserErrors."""
     from precompute.interpreter import IdentityError
     from precompute.scope import ScopeError
 
-    rp.get_engine(max(rp.batches.values(), default=1))
     try:
-        return {k: float(v) for k, v in rp.li.verify(seed=0, reference=rp.y0).items()}
+        return measure()
     except IdentityError as e:
         raise UserError(f"{e.summary}; run `precompute audit {rp.res.config_path}` to list every "
                         "intercepted call") from None
@@ -619,8 +687,8 @@ def _choose_batches(rp: RunPlan, attrs: dict | None) -> None:
             if plan.method == "single":
                 per_unit = lay.tile * lay.tile * lay.probe_shape[0]
             else:  # at most the probes of a block
-                per_unit = max(1, max((Cm.count_probes(lay, plan, rp.get_support(), [b])
-                                       for b in P.blocks(lay.tiles(), plan.block)), default=1))
+                per_unit = max(1, max(Cm.count_each(lay, plan, rp.get_support(),
+                                                    P.blocks(lay.tiles(), plan.block)), default=1))
             # a pass runs on a block's halo crop of x0 when the plan has crops: size it for that
             side = _largest_crop(rp, lay, plan)
             x0 = rp.prep.x0[..., :side[0], :side[1]] if side else rp.prep.x0
@@ -638,14 +706,7 @@ def _largest_crop(rp: RunPlan, lay: L.Layout, plan: Cm.ProbingPlan) -> tuple[int
     """The largest halo crop (height, width) of a block of ``plan`` (None: full-image passes)."""
     if plan.method == "single" or not plan.crop:
         return None
-    sup = rp.get_support()
-    hw = [0, 0]
-    for b in P.blocks(lay.tiles(), plan.block):
-        crop = Cm.block_crop(sup, [Cm.Target(lay, plan, None, b)])
-        if crop is None:
-            return None
-        hw = [max(hw[0], crop.y1 - crop.y0), max(hw[1], crop.x1 - crop.x0)]
-    return tuple(hw)
+    return Cm.largest_crop(lay, plan, rp.get_support())
 
 
 def _schedule(rp: RunPlan, group, candidates: dict[str, list[P.Tile]] | None = None) -> None:
@@ -679,7 +740,7 @@ def _schedule(rp: RunPlan, group, candidates: dict[str, list[P.Tile]] | None = N
         rp.filters_todo[lay.name] = Cm.filters(lay, todo)
         if plan.method == "single":
             rp.todo_blocks[lay.name] = []
-            counts = [len(P.tile_pixels(t, lay.selection)) * lay.probe_shape[0] for t in todo]
+            counts = [P.tile_count(t, lay.selection) * lay.probe_shape[0] for t in todo]
         else:
             left = {(t.ty, t.tx) for t in todo}
             rp.todo_blocks[lay.name] = [b for b in P.blocks(planned, plan.block)
@@ -692,7 +753,7 @@ def _schedule(rp: RunPlan, group, candidates: dict[str, list[P.Tile]] | None = N
                     "remaining tiles use one impulse per probe")
                 rp.probing[lay.name] = Cm.ProbingPlan(lay.name, "single")
                 return _schedule(rp, group, candidates)
-            counts = [Cm.count_probes(lay, plan, sup, [b]) for b in rp.todo_blocks[lay.name]]
+            counts = Cm.count_each(lay, plan, sup, rp.todo_blocks[lay.name])
         rp.probes_todo[lay.name] = sum(counts)
         rp.passes_todo[lay.name] = sum(Cm.passes_of(n, k) for n in counts)
 
@@ -842,12 +903,14 @@ def create(rp: RunPlan) -> None:
         if created:
             tiles.remove()
             t0 = time.perf_counter()
+            checks = rp.checks if rp.checks is not None else gate(rp)
+            if not rp.whole_checked:
+                checks = checks | gate_whole(rp)
             residual = li.residual.detach().reshape(rp.out_shape)
             output = rp.y0[0].detach()
             if not (torch.isfinite(residual).all() and torch.isfinite(output).all()):
                 raise UserError(f"{spec.model_id} produced NaN/Inf in f(x0) or r(x0); nothing was "
                                 "stored")
-            checks = rp.checks if rp.checks is not None else gate(rp)
             seconds = time.perf_counter() - t0
             disp_out = None if rp.vector else spec.display_output(rp.y0.detach().cpu().float(),
                                                                    prep.prepared)

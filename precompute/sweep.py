@@ -137,9 +137,10 @@ def sweep(rp, writer: Writer) -> dict[str, float]:
                 stats: dict = {}
                 Cm.run_probes(eng, support, probes, targets, k, np_dtype, progress, stats)
                 _note_fallback(rp, stats)
-                # every target proves itself (one pass of the whole image for all, whether the
-                # block ran on a halo crop or not) before any tile is written
-                tally.check(eng, [t.sketch for t in targets])
+                # every target proves itself before any tile is written: one pass of F·v on the
+                # boxes its probes ran on (the block's halo crop: exact there by the halo
+                # argument, so per-block cost stays the crop's), independent of the decoding
+                tally.check(targets[0].engine, [t.sketch for t in targets])
                 for t in targets:
                     for tile in tiles[t.lay.name]:
                         writer.put((t.lay, tile, *t.buf.tile(tile, np_dtype)))

@@ -459,23 +459,32 @@ def test_exif_orientation_is_applied_and_recorded(tmp_path):
 # --- 9: memory ---------------------------------------------------------------------------------
 
 def test_memory_check_covers_the_identity_checks(monkeypatch):
-    """Item 9: a residual-only run still runs the gate (f(x0), r and the reference held, columns
-    and rows, forward and backward): a forward that fits but a gate that does not is refused
-    with both numbers."""
+    """Item 9: a residual-only run still runs the identity checks. Every run checks F·x0 + r =
+    f(x0) on the whole image (f(x0), r, the reference and a pass of x0), refused before the
+    first forward; a gate on the whole image (columns and rows, forward and backward) is
+    refused before it runs, both with the numbers."""
+    import torch
+
     from precompute.config import UserError
-    from precompute.memory import GATE_PROBES, Estimate, check
+    from precompute.memory import GATE_PROBES, Estimate, check, check_gate
 
     e = Estimate(peak=100 << 20, total=300 << 20, output=50 << 20)
+    whole = 3 * e.output + e.columns_pass(1)
+    assert e.whole_checks() == whole == (150 + 400 + 300) << 20
     gate = 3 * e.output + max(e.columns_pass(GATE_PROBES) + 2 * e.output,
                               GATE_PROBES * e.output + e.rows_pass(1))
     assert e.gate() == gate == (150 + 800 + 300 + 100) << 20
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("LINEARSCOPE_MEMORY_BYTES", str(whole - 1))
+    with pytest.raises(UserError, match=r"about 891\.3 MB for the identity checks .* only 891\.3 MB"):
+        check(e, what="m on x0", device=cpu, rows=False, columns=False, batch="auto")
+    monkeypatch.setenv("LINEARSCOPE_MEMORY_BYTES", str(whole))
+    check(e, what="m on x0", device=cpu, rows=False, columns=False, batch="auto")  # fits
     monkeypatch.setenv("LINEARSCOPE_MEMORY_BYTES", str(gate - 1))
-    with pytest.raises(UserError, match=r"about 1\.4 GB for the identity checks .* only 1\.4 GB"):
-        check(e, what="m on x0", device=__import__("torch").device("cpu"), rows=False,
-              columns=False, batch="auto")
+    with pytest.raises(UserError, match=r"about 1\.4 GB .* on the whole image\), but only 1\.4 GB"):
+        check_gate(e, what="m on x0", device=cpu)
     monkeypatch.setenv("LINEARSCOPE_MEMORY_BYTES", str(gate))
-    check(e, what="m on x0", device=__import__("torch").device("cpu"), rows=False, columns=False,
-          batch="auto")  # fits
+    check_gate(e, what="m on x0", device=cpu)  # fits
 
 
 _PEAK = """
