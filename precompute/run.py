@@ -37,9 +37,8 @@ import torch
 from precompute import compressed as Cm
 from precompute import probes as P
 from precompute import layout as L
-from precompute import store as S
 from precompute import store_create as SC
-from precompute.config import VALUE_KEYS, Resolved
+from precompute.config import Resolved
 from precompute.errors import UserError
 from precompute.engine import GPU_MAX_BATCH, Engine, choose_batch, mem_available
 from precompute.inputs import (Prepared, check_images, check_memory, describe_device,
@@ -50,6 +49,8 @@ from precompute.tile_store import open_tiles
 from precompute.writer import store_lock
 from precompute.analysis import RunContext, WholeF
 from precompute.whole_f import REGISTRY
+from precompute.existing import (WHOLE_F, check_disk, check_writable,  # noqa: F401  (WHOLE_F)
+                                 existing_attrs, mismatch, store_damage, whole_f_changes)
 
 
 @dataclass
@@ -85,37 +86,7 @@ def versions() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Existing stores.
-
-
-def _value_diff(stored: dict, now: dict) -> list[str]:
-    """The value-affecting keys in which a store's config and the config now differ — for the
-    interpreter and the per-pixel sweep. The whole-F analyses (svd, classify) are compared on
-    their own (:func:`whole_f_changes`): adding one to a finished store, or computing one again
-    with other settings, must not throw away the rows and columns."""
-    def norm(cfg: dict, k: str):
-        v = cfg.get(k)
-        if k == "analyses" and isinstance(v, dict):
-            v = {name: a for name, a in v.items() if name not in WHOLE_F}
-        return v
-
-    return [k for k in VALUE_KEYS if norm(stored, k) != norm(now, k)]
-
-
-def whole_f_changes(attrs: dict, cfg: dict) -> tuple[list[str], list[str]]:
-    """(added, changed): whole-F analyses the config asks for that the store at ``attrs`` does
-    not have, and those it has with other settings. One the config no longer asks for is kept
-    (absent means "not asked this time", not "delete it")."""
-    stored = (attrs.get("config") or {}).get("analyses") or {}
-    now = cfg.get("analyses") or {}
-    added = [n for n in WHOLE_F if now.get(n) is not None and stored.get(n) is None]
-    changed = [n for n in WHOLE_F if now.get(n) is not None and stored.get(n) is not None
-               and _LATER_KEYS.get(n, {}) | stored.get(n) != now.get(n)]
-    return added, changed
-
-
-#: settings added after stores were made: absent from an older store's config = this default
-_LATER_KEYS = {"svd": {"operator": "auto"}}
+# Existing stores (the checks themselves: precompute/existing.py).
 
 
 def adopt_whole_f(rp: "RunPlan") -> None:
@@ -152,78 +123,8 @@ def adopt_whole_f(rp: "RunPlan") -> None:
             "and columns are kept)")
 
 
-def mismatch(attrs: dict, cfg: dict, prep: Prepared) -> list[str]:
-    """Value-affecting differences between a store and the config now (batch, device and output
-    may change between runs)."""
-    diff = _value_diff(attrs.get("config", {}), cfg)
-    if attrs.get("image", {}).get("sha256") != prep.image_attrs["sha256"]:
-        diff.append("image (file contents)")
-    if attrs.get("model", {}).get("checkpoint_sha256") != prep.model_attrs["checkpoint_sha256"]:
-        diff.append("model.checkpoint (file contents)")
-    return diff
-
-
-def existing_attrs(path: Path) -> dict | None:
-    """Attributes of a finished store at ``path``; None if there is none (or an interrupted
-    creation); UserError if the directory is something else."""
-    tiles = open_tiles(path)
-    if not tiles.exists():
-        return None
-    if not tiles.has_group():
-        if not tiles.is_empty():
-            raise UserError(f"{path} exists and is not a LinearScope store; choose another name/output")
-        return None
-    try:
-        attrs = tiles.read_attrs()
-    except S.StoreError as e:
-        raise UserError(f"{e}; delete it (or choose another name) to compute it again") from None
-    if "format_version" not in attrs:
-        if attrs.get(SC.CREATING):
-            return None  # our creation was interrupted before the attributes: nothing computed
-        raise UserError(f"{path} is a Zarr group but not a LinearScope store; choose another "
-                        "name/output (it is never deleted)")
-    version = attrs["format_version"]
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise UserError(f"{path} has format_version {str(version)[:20]!r}, not an integer: damaged, "
-                        "or not a LinearScope store; choose another name/output")
-    if version > SC.FORMAT_VERSION:
-        raise UserError(
-            f"{path} has format_version {attrs['format_version']}, newer than this LinearScope "
-            f"writes ({SC.FORMAT_VERSION}); upgrade linearscope or choose another name"
-        )
-    return attrs
-
-
-def store_damage(path: Path, attrs: dict) -> list[str]:
-    """Damage of an existing store outside its tiles (``TileStore.core_damage``); damaged tiles
-    are not listed: they are simply computed again."""
-    tiles = open_tiles(path)
-    try:
-        return tiles.core_damage(tiles.group("r"), attrs)
-    except Exception as e:  # noqa: BLE001 — the group's metadata itself
-        return [f"zarr.json ({type(e).__name__})"]
-
-
-def check_writable(path: Path) -> None:
-    """Refuse early (before any work, without creating anything) a store at ``path`` that its
-    tile store cannot write (on local files: its output directory)."""
-    open_tiles(path).check_writable()
-
-
-def check_disk(needed: int, free: int, directory: Path) -> None:
-    """Refuse a plan needing more than ``free`` bytes (``TileStore.free_bytes``)."""
-    if needed > free:
-        raise UserError(
-            f"the plan needs {fmt_bytes(needed)} (before compression) but only "
-            f"{fmt_bytes(free)} is free at {directory}; use smaller windows, a pixel region "
-            "or stride, or free some space"
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # Analyses of F as a whole (not per pixel).
-
-WHOLE_F = tuple(REGISTRY)
 
 
 def whole_f_analyses(rp: "RunPlan") -> list[tuple[str, WholeF, object]]:

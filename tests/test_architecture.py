@@ -31,7 +31,7 @@ PRECOMPUTE_LAYERS = [
                  "tile_store", "store", "writer", "stored_operator"}),
     ("analyses", {"analysis", "svd_solvers", "svd_state", "svd_gram", "svd", "classify",
                    "whole_f"}),
-    ("pipeline", {"inputs", "assemble", "sweep", "run"}),
+    ("pipeline", {"inputs", "assemble", "sweep", "existing", "run"}),
     ("front", {"report", "verify", "cli", ""}),
 ]
 
