@@ -29,7 +29,7 @@ from precompute import freivalds as Fv
 from precompute import halo as H
 from precompute import probes as P
 from precompute import rules
-from precompute import store as S
+from precompute import layout as L
 from precompute.interpreter import LinearInterpreter
 from sweep_helpers import REPO, cli, make_image, write_config
 
@@ -79,7 +79,7 @@ def test_block_costs_and_crops_per_axis_equal_those_per_block(arch, hw, name, se
     net = _load(arch)
     out_hw = tuple(net(torch.zeros((1, 3) + hw, dtype=torch.float64)).shape[2:])
     sup = analyse(net, (3,) + hw, torch.float64, torch.device("cpu"))
-    lay = S.make_layout(name, 5, 4, sel, (3,) + hw, (3,) + out_hw, net.scale, 0.0, 8)
+    lay = L.make_layout(name, 5, 4, sel, (3,) + hw, (3,) + out_hw, net.scale, 0.0, 8)
     tiles = lay.tiles()
     grid = Cm._tile_grid(tiles)
     assert grid is not None
