@@ -31,6 +31,7 @@ import torch
 
 from precompute import store as S
 from precompute import store_create as SC
+from precompute.tile_store import open_tiles
 from precompute.analysis import RunContext, WholeF
 from precompute.config import ClassifyConfig
 from precompute.errors import UserError
@@ -140,12 +141,11 @@ def analyse(model, x0: torch.Tensor, scores: torch.Tensor, top_k: int, rule: str
 
 
 def _group_complete(path: Path, name: str) -> bool:
-    import zarr
-
-    if not (path / name / "zarr.json").is_file():
+    tiles = open_tiles(path)
+    if not tiles.has_group(name):
         return False
     try:
-        return bool(zarr.open_group(str(path / name), mode="r").attrs.get("complete"))
+        return bool(tiles.group("r")[name].attrs.get("complete"))
     except Exception:  # a damaged group is redone
         return False
 
@@ -153,12 +153,9 @@ def _group_complete(path: Path, name: str) -> bool:
 def write_group(path: Path, name: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     """(Re)create group ``name`` of the store at ``path`` with ``arrays``, then mark it complete
     with one atomic write of its attributes (``complete: true`` last)."""
-    import zarr
-
-    target = path / name
-    if target.exists():
-        shutil.rmtree(target)
-    root = zarr.open_group(str(path), mode="r+")
+    tiles = open_tiles(path)
+    tiles.remove(name)
+    root = tiles.group("r+")
     g = root.create_group(name, attributes={})
     for key, arr in arrays.items():
         fill = _fill(arr.dtype)
@@ -227,11 +224,9 @@ class _Probe:
 def _votes_batch(ctx: RunContext, K: int) -> int:
     """Rows per backward pass of the votes: the config's ``batch``, else the one recorded when
     the store was created (a resumed run repeats the same passes)."""
-    import zarr
-
     if ctx.config.batch != "auto":
         return int(ctx.config.batch)
-    a = dict(zarr.open_group(str(ctx.path), mode="r").attrs).get("analyses", {}).get(GROUP, {})
+    a = open_tiles(ctx.path).read_attrs().get("analyses", {}).get(GROUP, {})
     return int(a.get("batch") or min(CPU_MAX_BATCH, K))
 
 

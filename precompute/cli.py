@@ -130,7 +130,7 @@ def verify(store, samples, seed, device, integrity_only, trust_code):
 
 
 @main.command()
-@click.argument("config", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--device", default=None, help="Override the config's device.")
 @_verbose
 def audit(config, device):

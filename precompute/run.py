@@ -25,7 +25,6 @@ import datetime as _dt
 import math
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,8 +110,7 @@ def adopt_whole_f(rp: "RunPlan") -> None:
         analyses = dict(g.attrs.get("analyses") or {})
         for name, mod, acfg in whole_f_analyses(rp):
             if name in added or name in changed:
-                if (rp.path / name).exists():
-                    shutil.rmtree(rp.path / name)
+                open_tiles(rp.path).remove(name)
                 config["analyses"][name] = rp.cfg["analyses"][name]
                 analyses[name] = mod.planned(run_context(rp), acfg)
         g.attrs.update({"config": config, "analyses": analyses})

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from precompute.tile_store import open_tiles
 from precompute.analysis import RunContext, WholeF
 from precompute.errors import UserError
 from precompute.svd_solvers import (  # noqa: F401  (re-exported: precompute.svd.Operator, …)
@@ -319,9 +320,7 @@ def run(ctx: RunContext, cfg) -> float:
     net = Operator.from_engine(eng, p.pass_size)
     state = State(ctx.path / "svd" / "state",
                   p.attrs() | {"dtype": p.dtype, "n": p.n, "N": p.N}, say=tell)
-    import zarr
-
-    g = zarr.open_group(str(ctx.path / "svd"), mode="a")
+    g = open_tiles(ctx.path).group("r+").require_group("svd")
     if not g.attrs.get("complete"):
         g.attrs.put({"complete": False})
     bar, update = _progress_bar(p, quiet or p.method == "dense")
