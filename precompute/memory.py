@@ -62,8 +62,9 @@ class Estimate:
     def gate(self) -> int:
         """The run-time gate on the whole image (LinearInterpreter.check; a large image with a
         bounded support checks its rules on small crops instead, precompute/run.py gate):
-        f(x0), r and the reference f(x0) held throughout, then the larger of a pass of GATE_PROBES columns with two output-sized
-        temporaries, and GATE_PROBES columns kept while rows are computed one at a time."""
+        f(x0), r and the reference f(x0) held throughout, then the larger of a pass of
+        GATE_PROBES columns with two output-sized temporaries, and GATE_PROBES columns kept
+        while rows are computed one at a time."""
         return 3 * self.output + max(self.columns_pass(GATE_PROBES) + 2 * self.output,
                                      GATE_PROBES * self.output + self.rows_pass(1))
 
@@ -175,12 +176,21 @@ def check_gate(est: Estimate | None, *, what: str, device: torch.device) -> None
         return
     free = available(device)
     if est.gate() > free:
-        where = "GPU" if device.type == "cuda" else "CPU"
         raise UserError(
-            f"{what} needs about {_fmt(est.gate())} of {where} memory for the identity checks "
-            f"(f(x0), r, columns and rows of {GATE_PROBES} probes on the whole image), but only "
-            f"{_fmt(free)} is available on {device}; use a smaller image or crop, a smaller "
-            "scale, or a device with more memory")
+            f"{what} needs about {_fmt(est.gate())} of {_where(device)} memory for the identity "
+            f"checks (f(x0), r, columns and rows of {GATE_PROBES} probes on the whole image), "
+            + _too_little(free, device))
+
+
+def _where(device: torch.device) -> str:
+    return "GPU" if device.type == "cuda" else "CPU"
+
+
+def _too_little(free: int, device: torch.device) -> str:
+    from precompute.text import fmt_bytes
+
+    return (f"but only {fmt_bytes(free)} is available on {device}; use a smaller image or crop, "
+            "a smaller scale, or a device with more memory")
 
 
 def check(est: Estimate | None, *, what: str, device: torch.device, rows: bool, columns: bool,
@@ -201,18 +211,19 @@ def check(est: Estimate | None, *, what: str, device: torch.device, rows: bool, 
         return max(e.rows_pass(k) if rows else 0, e.columns_pass(k) if columns else 0, peak)
 
     free = available(device)
-    where = "GPU" if device.type == "cuda" else "CPU"
     # every run checks F·x0 + r = f(x0) on the whole image (a residual-only run too); the rest
     # of the gate is checked by check_gate once the run knows where it runs (crops or image)
     gate = e.whole_checks()
     if max(need(1), gate) > free:
         passes = " and a pass of one probe about " + _fmt(need(1)) if (rows or columns) else ""
         raise UserError(
-            f"{what} needs about {_fmt(peak)} of {where} memory for one forward{passes}, and "
-            f"about {_fmt(gate)} for the identity checks (f(x0), r and a pass of x0), but only {_fmt(free)} is available on {device}; use a smaller image or "
-            "crop, a smaller scale, or a device with more memory")
+            f"{what} needs about {_fmt(peak)} of {_where(device)} memory for one "
+            f"forward{passes}, and about {_fmt(gate)} for the identity checks (f(x0), r and a "
+            "pass of x0), " + _too_little(free, device))
     if device.type != "cuda" and batch != "auto" and need(int(batch)) > free:
-        fits = min(free // e.total - 1 if rows else free, (free - e.total) // e.peak - 1 if columns else free)
+        # the largest k with need(k) <= free, from the pass formulas of Estimate
+        fits = min(free // (e.total + 2 * e.output) - 1 if rows else free,
+                   (free - e.total) // (2 * e.peak) - 1 if columns else free)
         raise UserError(
             f"{what}: a pass of batch {batch} probes needs about {_fmt(need(int(batch)))} of "
             f"CPU memory but only {_fmt(free)} is available; use batch: auto or at most {fits}")

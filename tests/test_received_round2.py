@@ -487,6 +487,30 @@ def test_memory_check_covers_the_identity_checks(monkeypatch):
     check_gate(e, what="m on x0", device=cpu)  # fits
 
 
+@pytest.mark.parametrize("rows,columns", [(True, False), (False, True), (True, True)])
+def test_suggested_batch_is_the_largest_that_fits(monkeypatch, rows, columns):
+    """The `batch` an explicit-batch refusal suggests fits (by the pass formulas the check
+    uses) and one more does not."""
+    import re
+
+    import torch
+
+    from precompute.config import UserError
+    from precompute.memory import Estimate, check
+
+    e = Estimate(peak=3 << 20, total=7 << 20, output=1 << 20)
+    free = 400 << 20
+    monkeypatch.setenv("LINEARSCOPE_MEMORY_BYTES", str(free))
+
+    def need(k):
+        return max(e.rows_pass(k) if rows else 0, e.columns_pass(k) if columns else 0, e.peak)
+
+    with pytest.raises(UserError, match="at most") as err:
+        check(e, what="m", device=torch.device("cpu"), rows=rows, columns=columns, batch=10**4)
+    fits = int(re.search(r"at most (\d+)", str(err.value)).group(1))
+    assert need(fits) <= free < need(fits + 1)
+
+
 _PEAK = """
 import sys
 def kb(field):
