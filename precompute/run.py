@@ -949,17 +949,25 @@ def run(config_paths: str | os.PathLike | Sequence[str | os.PathLike], opts: Opt
 
 
 def _distinct_stores(runs: list[Resolved]) -> None:
-    """Refuse two runs (of one config or of several) that would write the same store: the
-    second would find the first's store and refuse it, after the first's work."""
+    """Refuse two runs (of one config or of several) that would write the same store or the
+    same dataset summary: the second would refuse the first's store after its work, or
+    silently replace its summary."""
+    from precompute.classify import summary_path
+
     seen: dict[Path, str] = {}
+
+    def claim(path: Path, who: str) -> None:
+        path = path.resolve()
+        if path in seen:
+            raise UserError(f"{who} and {seen[path]} would both write {path}; give the runs "
+                            "different names or outputs")
+        seen[path] = who
+
     for res in runs:
         for image in res.images:
-            path = res.store_path(image).resolve()
-            who = f"{res.config_path} (run {res.config.name}, {image.name})"
-            if path in seen:
-                raise UserError(f"{who} and {seen[path]} would both write {path}; give the runs "
-                                "different names or outputs")
-            seen[path] = who
+            claim(res.store_path(image), f"{res.config_path} (run {res.config.name}, {image.name})")
+        if res.config.analyses.classify is not None and (len(res.images) > 1 or res.dataset):
+            claim(summary_path(res), f"{res.config_path} (run {res.config.name}, its summary)")
 
 
 def run_config(res: Resolved, opts: Options) -> list[str]:

@@ -10,7 +10,8 @@ import pytest
 import zarr
 
 import precompute
-from sweep_helpers import TINY, assert_bitwise_equal, cli, cli_subprocess, make_image, write_config
+from sweep_helpers import (REPO, TINY, assert_bitwise_equal, cli, cli_subprocess, make_image,
+                           write_config)
 
 
 def _cfg(tmp_path, name="t", image="img.png", **kw):
@@ -232,3 +233,17 @@ def test_several_configs_are_all_checked_before_any_work(tmp_path):
     other.write_text(same.read_text())
     _user_error(cli("run", same, other), "would both write")
     assert not (tmp_path / "runs" / "good.zarr").exists()
+
+
+def test_two_configs_writing_one_dataset_summary_are_refused_before_any_work(tmp_path):
+    """Different images, different stores, but one `<name>.summary.zarr`: the second summary
+    would silently replace the first."""
+    digits = sorted((REPO / "examples" / "images" / "digits").glob("*.png"))
+    common = {"name": "d", "model": {"arch": "digits",
+                                     "checkpoint": str(REPO / "examples" / "weights" / "digits.pt")},
+              "analyses": {"residual": True, "classify": {"top_k": 2}},
+              "output": str(tmp_path / "runs")}
+    a = write_config(tmp_path / "a.yaml", images=[str(p) for p in digits[:2]], **common)
+    b = write_config(tmp_path / "b.yaml", images=[str(p) for p in digits[2:4]], **common)
+    _user_error(cli("run", a, b), "its summary")
+    assert not (tmp_path / "runs").exists()
