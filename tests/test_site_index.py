@@ -80,6 +80,9 @@ def test_index_sections_in_the_browser(site, browser):
     pg.locator('.card[data-run="sr-2"] a.svd').click()
     pg.wait_for_function("window.__linearscope.svd && window.__linearscope.svd.ready")
     assert pg.url.split("#")[0].endswith("svd/sr-2.html")
+    # the page goes on loading its triplets' data after `ready`; leaving before it is done
+    # aborts those loads (a failed load the page would not otherwise have)
+    pg.wait_for_load_state("networkidle")
     pg.go_back()
     pg.wait_for_function("window.__linearscope && window.__linearscope.ready")
     pg.locator('.card[data-run="clf-b"] a.classify').click()
