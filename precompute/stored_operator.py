@@ -10,8 +10,8 @@ vectors (paper eq. 5 and 6 with the constants off) without any network pass: a w
 after a sweep (the SVD, :mod:`precompute.svd`; the SVD recheck of ``precompute verify``) then
 costs sparse products instead of batched passes of the network.
 
-scipy.sparse does the products on a CPU (compiled CSR/CSC kernels; torch's CPU CSR matmul was
-slower here) and torch's sparse CSR on a GPU (cuSPARSE), in the store's dtype. Assembling reads
+torch's sparse CSR kernels do the products (cuSPARSE on a GPU), in the store's dtype, with 32-bit
+indices where they fit; scipy.sparse assembles the matrix and serves the exact dense SVD. Assembling reads
 every shard once with :func:`precompute.shards.decode_shard` (checksums checked), far faster than
 zarr's per-chunk pipeline for one-pixel inner chunks.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +193,7 @@ class StoredF:
     dtype: torch.dtype
     device: torch.device
     seconds: float = 0.0      # reading and assembling
+    threads: int = field(default_factory=torch.get_num_threads)  # for the CPU products
     _torch: tuple | None = None
 
     @property
@@ -256,28 +257,43 @@ class StoredF:
 
     # -- products -----------------------------------------------------------------------------
     def _on_torch(self) -> tuple:
-        """F and Fᵀ as torch sparse CSR tensors on the (CUDA) device, built once."""
+        """F and Fᵀ as torch sparse CSR tensors on the device, built once. A CSC matrix's arrays
+        are the CSR arrays of its transpose, so one of the two shares the scipy matrix's memory
+        (on the CPU) and only the other is converted."""
         if self._torch is None:
-            def csr(m):
-                m = m.tocsr()
-                return torch.sparse_csr_tensor(
-                    torch.from_numpy(m.indptr.astype(np.int64)),
-                    torch.from_numpy(m.indices.astype(np.int64)),
-                    torch.from_numpy(np.asarray(m.data)), size=m.shape
-                ).to(self.device, self.dtype)
+            import warnings
 
-            self._torch = (csr(self.matrix), csr(self.matrix.T))
+            def csr(m, shape):
+                with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+                    warnings.simplefilter("ignore", UserWarning)
+                    # indices were range-checked and sorted in load(): no invariant check
+                    return torch.sparse_csr_tensor(
+                        torch.from_numpy(m.indptr), torch.from_numpy(m.indices),
+                        torch.from_numpy(np.asarray(m.data)), size=shape,
+                        check_invariants=False).to(self.device, self.dtype)
+
+            m = self.matrix
+            by_row, by_column = (m.tocsr(), m) if m.format == "csc" else (m, m.tocsc())
+            self._torch = (csr(by_row, (self.N, self.n)), csr(by_column, (self.n, self.N)))
         return self._torch
 
     def _apply(self, X: Tensor, transpose: bool) -> Tensor:
+        """``(K, n) → (K, N)`` (or back): torch's CSR kernel on every device. Each output entry
+        is summed over its row's entries in index order whatever the thread count (so results
+        are the same with one thread or many, and the same as scipy's, bit for bit), and on the
+        CPU it is 1.5× faster than scipy's with one thread and 3× with two (PixelShuffle at
+        144², 21.7 M entries, 16 vectors: 0.055 / 0.029 s against 0.09 s), so the products run
+        with the thread count of the run, not under :func:`one_thread`."""
+        A = self._on_torch()[1 if transpose else 0]
+        x = X.detach().to(self.device, self.dtype).T.contiguous()
         if self.device.type != "cpu":
-            A = self._on_torch()[1 if transpose else 0]
-            return (A @ X.to(self.device, self.dtype).T).T
-        A = self.matrix.T if transpose else self.matrix
-        # scipy multiplies vectors stored as columns, (n, K) C-contiguous; the result goes back
-        # as a transposed view (no copy): F then Fᵀ (the Gram solver) then needs no copy either
-        x = np.ascontiguousarray(X.detach().cpu().numpy().astype(A.dtype, copy=False).T)
-        return torch.from_numpy((A @ x).T).to(self.dtype)
+            return (A @ x).T
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return (A @ x).T
+        finally:
+            torch.set_num_threads(old)
 
     def F(self, V: Tensor) -> Tensor:
         return self._apply(V.reshape(V.shape[0], self.n), False)
