@@ -34,6 +34,7 @@ from precompute import integrity
 from precompute import probes as P
 from precompute import layout as L
 from precompute import store_create as SC
+from precompute.tile_store import open_tiles
 from precompute.local_tiles import LocalTileStore
 
 
@@ -44,7 +45,7 @@ def make_store(directory: Path, tiles: int, tile: int, window: int) -> Path:
     path = directory / "bench.zarr"
     rng = np.random.default_rng(0)
     x = rng.random(shape, dtype=np.float32)
-    SC.create_store(path, attrs={"format_version": SC.FORMAT_VERSION}, dtype="float32", input=x,
+    SC.create_store(open_tiles(path), attrs={"format_version": SC.FORMAT_VERSION}, dtype="float32", input=x,
                    output=x, residual=x, display_input=np.zeros((n, n, 3), np.uint8),
                    display_output=np.zeros((n, n, 3), np.uint8), layouts=[lay])
     g = zarr.open_group(str(path), mode="r+")

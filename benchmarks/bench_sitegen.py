@@ -76,12 +76,13 @@ def synthetic(n: int) -> None:
     from precompute import probes as P
     from precompute import layout as L
     from precompute import store_create as SC
+    from precompute.tile_store import open_tiles
     from precompute.local_tiles import LocalTileStore
 
     with tempfile.TemporaryDirectory() as tmp:
         lay = L.make_layout("rows", 12, 16, P.Selection(), (1, n // 3, n // 3), (1, n, n), 3.0,
                             0.0, 4)
-        g = SC.create_store(Path(tmp) / "s.zarr", attrs={}, dtype="float32",
+        g = SC.create_store(open_tiles(Path(tmp) / "s.zarr"), attrs={}, dtype="float32",
                            input=np.zeros((1, n // 3, n // 3)), output=np.zeros((1, n, n)),
                            residual=None, display_input=np.zeros((2, 2, 3), np.uint8),
                            display_output=None, layouts=[lay])

@@ -22,6 +22,7 @@ import torch
 from precompute import probes as P
 from precompute import layout as L
 from precompute import store_create as SC
+from precompute.tile_store import open_tiles
 from precompute.local_tiles import LocalTileStore
 from precompute import engine, inputs
 from precompute.assemble import tile_arrays
@@ -87,7 +88,7 @@ def main() -> None:
         tile = lay.tiles()[len(lay.tiles()) // 2]
         block, origin, outside = tile_arrays(eng, lay, tile, max(args.batch), np.dtype(cfg["dtype"]))
         with tempfile.TemporaryDirectory() as d:
-            g = SC.create_store(Path(d) / "b.zarr", attrs={}, dtype=cfg["dtype"],
+            g = SC.create_store(open_tiles(Path(d) / "b.zarr"), attrs={}, dtype=cfg["dtype"],
                                input=prep.x0[0].cpu().numpy(), output=li.output.cpu().numpy(),
                                residual=None, display_input=np.zeros((1, 1, 3), np.uint8),
                                display_output=None, layouts=[lay])

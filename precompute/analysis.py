@@ -21,6 +21,20 @@ from pathlib import Path
 
 import torch
 
+from precompute.tile_store import TileStore, open_tiles
+
+
+def group_complete(tiles: TileStore, name: str) -> bool:
+    """The analysis group ``name`` is in the store and complete: its ``complete`` attribute is
+    written last, in one atomic write (docs/FORMAT.md); a damaged group counts as not done, so
+    it is computed again."""
+    if not tiles.has_group(name):
+        return False
+    try:
+        return bool(tiles.group("r")[name].attrs.get("complete"))
+    except Exception:  # unreadable metadata: redo the group
+        return False
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -39,6 +53,11 @@ class RunContext:
     layouts: tuple             # the store's per-pixel analyses (precompute.store.Layout)
     support: object            # precompute.support.Support, or None when not computed
     quiet: bool
+
+    @property
+    def tiles(self) -> TileStore:
+        """The store behind the storage seam (an analysis touches no path of it)."""
+        return open_tiles(self.path)
 
 
 class WholeF(ABC):

@@ -20,8 +20,6 @@ With several images, :func:`summarize` writes the dataset summary (Table 4, Figu
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +30,9 @@ import torch
 from precompute import store as S
 from precompute import store_create as SC
 from precompute.tile_store import open_tiles
-from precompute.analysis import RunContext, WholeF
+from precompute.analysis import RunContext, WholeF, group_complete
 from precompute.config import ClassifyConfig
-from precompute.errors import UserError
+from precompute.errors import StoreError, UserError
 from precompute.contributions import decompose
 from precompute.discussions import discussions, pixel_votes, row_chunks
 from precompute.engine import CPU_MAX_BATCH, Engine, choose_batch, is_oom
@@ -141,13 +139,7 @@ def analyse(model, x0: torch.Tensor, scores: torch.Tensor, top_k: int, rule: str
 
 
 def _group_complete(path: Path, name: str) -> bool:
-    tiles = open_tiles(path)
-    if not tiles.has_group(name):
-        return False
-    try:
-        return bool(tiles.group("r")[name].attrs.get("complete"))
-    except Exception:  # a damaged group is redone
-        return False
+    return group_complete(open_tiles(path), name)
 
 
 def write_group(path: Path, name: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
@@ -328,13 +320,11 @@ def summary_path(res) -> Path:
 def _collect(stores: list[Path], group: str) -> dict | None:
     """Top-1 residual shares and normalised contributions of ``group`` in every store, aligned
     by term name (terms in first-seen forward order); None if a store lacks the group."""
-    import zarr
-
     rows, terms = [], []
     for p in stores:
         if not _group_complete(p, group):
             return None
-        g = zarr.open_group(str(p / group), mode="r")
+        g = open_tiles(p).group("r")[group]
         names = list(g.attrs["terms"])
         contrib = S.read_whole(g["contributions"])
         top = S.read_whole(g["top"])
@@ -372,24 +362,25 @@ def _stats(data: dict) -> tuple[dict, dict]:
 def summarize(res) -> str | None:
     """Write ``<output>/<name>.summary.zarr`` from the stores of a config with several images
     (FORMAT.md "Dataset summary"); returns a line for the user, or None when not applicable."""
-    import zarr
-
     if len(res.images) < 2 and not res.dataset:
         return None
     stores = [res.store_path(image) for image in res.images]
     clean = _collect(stores, GROUP)
     out = summary_path(res)
+    tiles = open_tiles(out)
     if clean is None:  # an older summary would describe other stores: it goes
-        if out.exists() and dict(zarr.open_group(str(out), mode="r").attrs).get("kind") == "summary":
-            shutil.rmtree(out)
+        if _is_summary(tiles):
+            tiles.remove()
         return f"{out}: not written (not every store has complete classifier analyses)"
     adv = _collect(stores, ADVERSARIAL)
-    first = dict(zarr.open_group(str(stores[0]), mode="r").attrs)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    first = open_tiles(stores[0]).read_attrs()
     arrays, attrs = _stats(clean)
-    g = zarr.open_group(str(tmp), mode="w", attributes={SC.CREATING: True})
+    if not tiles.is_empty() and not _is_summary(tiles):
+        raise UserError(f"{out} exists and is not a dataset summary: not replaced (the stores are "
+                        "complete; move it away and run again to write the summary)")
+    # rewritten in place, its real attributes last (one atomic write): until then it says it is
+    # being created, so no reader takes a half-written summary for a finished one
+    g = tiles.create({SC.CREATING: True})
     for key, arr in arrays.items():
         _small(g, key, arr)
     if adv is not None:
@@ -407,11 +398,20 @@ def summarize(res) -> str | None:
         "label": "top-1", "share_rule": SHARE_RULE, "std": "population (ddof 0), NaN skipped",
         **attrs,
     })
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
     return (f"{out}: top-1 residual share {100 * attrs['residual_share_mean']:.1f} % ± "
             f"{100 * attrs['residual_share_std']:.1f} over {attrs['count']} images")
+
+
+def _is_summary(tiles) -> bool:
+    """A dataset summary (possibly an interrupted one) is at the tile store's location: what
+    may be replaced or removed (never anything else found under that name)."""
+    if not tiles.has_group():
+        return False
+    try:
+        attrs = tiles.read_attrs()
+    except StoreError:
+        return False
+    return attrs.get("kind") == "summary" or attrs.get(SC.CREATING) is True
 
 
 def _image_sha(store: Path) -> str | None:
@@ -466,11 +466,9 @@ def info_lines(group) -> list[str]:
 
 def summary_info(path: Path) -> str:
     """``precompute info`` of a dataset summary store."""
-    import zarr
-
     from precompute import store_format
 
-    g = zarr.open_group(str(path), mode="r")
+    g = open_tiles(path).group("r")
     a = dict(g.attrs)
     try:  # the schema sitegen checks too
         store_format.validate_attrs(a, summary=True)

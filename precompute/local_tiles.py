@@ -61,6 +61,9 @@ class LocalTileStore:
     def group(self, mode: str = "r") -> zarr.Group:
         return zarr.open_group(str(self.path), mode=mode)
 
+    def create(self, attributes: dict) -> zarr.Group:
+        return zarr.open_group(str(self.path), mode="w", attributes=attributes)
+
     def exists(self) -> bool:
         return self.path.exists()
 

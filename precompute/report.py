@@ -13,20 +13,20 @@ import numpy as np
 
 from precompute import classify
 from precompute import integrity
-from precompute import store_format
 from precompute import store as S
 from precompute import store_create as SC
 from precompute import whole_f
+from precompute.errors import StoreError
+from precompute.tile_store import open_tiles
 
 
 def _group_attrs(path: Path) -> dict:
     """The attributes in a group's zarr.json, or {} when there is none or it is unreadable
     (``open_store`` then says what is wrong, in one line)."""
     try:
-        attrs = store_format.read_json(path / "zarr.json").get("attributes")
-    except (store_format.FormatError, AttributeError):
+        return open_tiles(path).read_attrs()
+    except StoreError:
         return {}
-    return attrs if isinstance(attrs, dict) else {}
 
 
 def probing_text(probing: dict) -> str:

@@ -93,8 +93,6 @@ def adopt_whole_f(rp: "RunPlan") -> None:
     changes in the store's attributes (``config.analyses.<name>``, ``analyses.<name>``), and
     delete the old result of a changed one — under the store lock, before any of its work, so
     that a run killed afterwards resumes the new analysis instead of starting over again."""
-    import zarr
-
     if rp.attrs is None:
         return
     with store_lock(rp.path):
@@ -104,7 +102,7 @@ def adopt_whole_f(rp: "RunPlan") -> None:
         added, changed = whole_f_changes(attrs, rp.cfg)
         if not added and not changed:
             return
-        g = zarr.open_group(str(rp.path), mode="r+")
+        g = open_tiles(rp.path).group("r+")
         config = dict(g.attrs["config"])
         config["analyses"] = dict(config.get("analyses") or {})
         analyses = dict(g.attrs.get("analyses") or {})
@@ -814,7 +812,7 @@ def create(rp: RunPlan) -> None:
             disp_out = None if rp.vector else spec.display_output(rp.y0.detach().cpu().float(),
                                                                    prep.prepared)
             SC.create_store(
-                rp.path, attrs=_new_attrs(rp, checks, seconds), dtype=c.dtype,
+                tiles, attrs=_new_attrs(rp, checks, seconds), dtype=c.dtype,
                 input=prep.x0[0].detach().cpu().numpy(), output=output.cpu().numpy(),
                 residual=residual.cpu().numpy() if c.analyses.residual else None,
                 display_input=spec.display_input(prep.prepared), display_output=disp_out,
@@ -850,11 +848,9 @@ def create(rp: RunPlan) -> None:
 
 def finish(rp: RunPlan, timings: dict[str, float]) -> None:
     """Add this process's compute time, device and out-of-memory splits to the attributes."""
-    import zarr
-
     eng = rp.engine
     with store_lock(rp.path):
-        g = zarr.open_group(str(rp.path), mode="r+")
+        g = open_tiles(rp.path).group("r+")
         t_old = dict(g.attrs.get("timings", {}))
         for k, v in timings.items():
             if k != "residual":

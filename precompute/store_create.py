@@ -14,7 +14,6 @@ Writing rules that make a run safe to kill at any moment (see the shared zarr no
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,17 +33,20 @@ def codecs() -> list:
     return [ZstdCodec(level=3), Crc32cCodec()]
 
 
-def create_store(path: Path, *, attrs: dict, dtype: str, input: np.ndarray, output: np.ndarray,
+def create_store(tiles, *, attrs: dict, dtype: str, input: np.ndarray, output: np.ndarray,
                  residual: np.ndarray | None, display_input: np.ndarray,
                  display_output: np.ndarray | None, layouts: list[Layout]) -> zarr.Group:
     """Create the group and every array, write the small arrays, then the group attributes.
+
+    ``tiles`` is where the store goes (a :class:`precompute.tile_store.TileStore`, e.g.
+    ``open_tiles(path)``: the storage seam below this module, so it is handed in).
 
     The attributes (with ``format_version``) are written last, in one atomic file: a store
     without them is an interrupted creation and may be deleted and made again.
     """
     # marker until the real attributes replace it: lets a resumed run tell its own interrupted
     # creation (safe to delete) from someone else's Zarr data (never deleted)
-    g = zarr.open_group(str(path), mode="w", attributes={CREATING: True})
+    g = tiles.create({CREATING: True})
     c = codecs()
 
     def small(name, arr, fill):

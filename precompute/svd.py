@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from precompute.tile_store import open_tiles
-from precompute.analysis import RunContext, WholeF
+from precompute.analysis import RunContext, WholeF, group_complete
 from precompute.errors import UserError
 from precompute.svd_solvers import (  # noqa: F401  (re-exported: precompute.svd.Operator, …)
     SIGN_CONVENTION, Operator, Solution, Triplets, block_krylov, dense, denominators, finish,
@@ -228,13 +228,7 @@ def describe(ctx: RunContext, cfg) -> str:
 
 
 def _complete(path: Path) -> bool:
-    import json
-
-    f = Path(path) / "svd" / "zarr.json"
-    try:
-        return bool(json.loads(f.read_text()).get("attributes", {}).get("complete"))
-    except (OSError, ValueError):
-        return False
+    return group_complete(open_tiles(path), "svd")
 
 
 def done(ctx: RunContext, cfg) -> bool:
@@ -275,11 +269,9 @@ def _progress_bar(p: Plan, quiet: bool):
 def write_result(path: Path, p: Plan, sol: Solution, tri: Triplets, in_shape, out_shape,
                  attrs: dict) -> None:
     """The result arrays, then the group attributes with ``complete: true`` (one atomic write)."""
-    import zarr
-
     from precompute.store_create import codecs
 
-    g = zarr.open_group(str(Path(path) / "svd"), mode="a")
+    g = open_tiles(path).group("r+").require_group("svd")
     g.attrs.put({"complete": False})
     k = p.k
     for name, data, shape in (("sigma", tri.sigma, (k,)), ("u", tri.u, (k, *out_shape)),
@@ -318,7 +310,7 @@ def run(ctx: RunContext, cfg) -> float:
                            batch=p.pass_size, exact=c.precision == "ieee")
     eng = Engine(li, ctx.device, ctx.prep.dtype)
     net = Operator.from_engine(eng, p.pass_size)
-    state = State(ctx.path / "svd" / "state",
+    state = State(open_tiles(ctx.path),
                   p.attrs() | {"dtype": p.dtype, "n": p.n, "N": p.N}, say=tell)
     g = open_tiles(ctx.path).group("r+").require_group("svd")
     if not g.attrs.get("complete"):
@@ -368,11 +360,9 @@ def run(ctx: RunContext, cfg) -> float:
 def _stored_operator(ctx: RunContext, cfg, p: Plan, tell):
     """The stored F of a plan on the store operator, or (None, the network plan) with a line
     saying why the store does not hold all of F after all."""
-    import zarr
-
     from precompute import stored_operator as SO
 
-    group = zarr.open_group(str(ctx.path), mode="r")
+    group = open_tiles(ctx.path).group("r")
     try:
         stored, why = SO.load_if_whole(ctx.path, group, ctx.layouts, ctx.prep.dtype, ctx.device,
                                        prefer=p.source)

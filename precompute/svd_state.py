@@ -7,35 +7,37 @@ bitwise-identically (docs/FORMAT.md, ``svd/state``).
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from precompute.svd_solvers import Basis, KrylovState, Operator
 
+if TYPE_CHECKING:
+    from precompute.tile_store import TileStore
+
+KEY = "svd/state"
+
 
 class State:
-    """Solver state saved in ``<store>/svd/state`` after every block (block) or triplet (power).
+    """Solver state saved in ``svd/state`` of a store after every block (block) or triplet (power).
 
     Arrays are written first, then the group attribute ``progress`` in one atomic write: what
     ``progress`` describes is always on disk. ``key`` (method, k, block, seed, tol, budget, dtype,
     sizes) must match for a resume; any other state is discarded and the solver restarts.
     """
 
-    def __init__(self, path: Path, key: dict, say: Callable[[str], None] = lambda s: None):
-        self.path, self.key, self.say = Path(path), dict(key), say
+    def __init__(self, tiles: "TileStore", key: dict, say: Callable[[str], None] = lambda s: None):
+        # the store through its tile store (the storage seam): no path of it is touched here
+        self.tiles, self.key, self.say = tiles, dict(key), say
         self.group = None
 
     # -- common -----------------------------------------------------------------------------
     def _open(self, method: str):
-        import zarr
-
-        if not (self.path / "zarr.json").is_file():
+        if not self.tiles.has_group(KEY):
             return None
-        g = zarr.open_group(str(self.path), mode="r+")
+        g = self.tiles.group("r+")[KEY]
         a = dict(g.attrs)
         if a.get("key") != self.key or "progress" not in a:
             self.say(f"svd: discarding saved state that does not match this {method} run; "
@@ -45,12 +47,12 @@ class State:
         return g, a["progress"]
 
     def _begin(self, arrays: dict[str, tuple[tuple, tuple, str]]) -> None:
-        import zarr
-
         from precompute.store_create import codecs
 
         self.remove()
-        g = zarr.open_group(str(self.path), mode="w", attributes={"key": self.key})
+        parent, name = KEY.rsplit("/", 1)
+        g = self.tiles.group("r+").require_group(parent).create_group(
+            name, attributes={"key": self.key})
         for name, (shape, chunks, dtype) in arrays.items():
             g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
                            compressors=codecs())
@@ -60,8 +62,7 @@ class State:
         self.group.attrs.put({"key": self.key, "progress": progress})
 
     def remove(self) -> None:
-        if self.path.exists():
-            shutil.rmtree(self.path)
+        self.tiles.remove(KEY)
 
     # -- block --------------------------------------------------------------------------------
     def begin_krylov(self, op: Operator, block: int, max_passes: int) -> None:
@@ -146,7 +147,7 @@ class State:
 
     # -- dense --------------------------------------------------------------------------------
     def begin_dense(self) -> None:
-        if (self.path / "zarr.json").is_file():
+        if self.tiles.has_group(KEY):
             self.say("svd: the dense SVD keeps no intermediate state: restarting it")
         self._begin({})
         self._commit({"started": True})

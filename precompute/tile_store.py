@@ -44,6 +44,10 @@ class TileStore(Protocol):
     def group(self, mode: str = "r") -> "zarr.Group":
         """The Zarr group (zarr does the array reads and writes)."""
 
+    def create(self, attributes: dict) -> "zarr.Group":
+        """A new, empty store with these root attributes (written with the group's metadata, in
+        one write), replacing whatever was at the location."""
+
     def exists(self) -> bool:
         """Anything at the location (a store, an interrupted creation, or something else)."""
 

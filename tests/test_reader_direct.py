@@ -20,6 +20,7 @@ from precompute import probes as P
 from precompute import shards
 from precompute import layout as L
 from precompute import store_create as SC
+from precompute.tile_store import open_tiles
 from precompute.local_tiles import LocalTileStore
 from sitegen.reader import StoreError, open_store
 from tests.site_fixtures import make_store
@@ -86,7 +87,7 @@ def test_precompute_shards_read_as_zarr_reads_them(tmp_path, name, window, shape
     """Shards written by precompute's own writer (LocalTileStore.write_tile), some tiles not written."""
     lay = L.make_layout(name, window, tile, P.Selection(), shape_in, shape_out, 2.0, 0.0,
                         np.dtype(dtype).itemsize)
-    g = SC.create_store(tmp_path / "s.zarr", attrs={}, dtype=dtype, input=np.zeros(shape_in),
+    g = SC.create_store(open_tiles(tmp_path / "s.zarr"), attrs={}, dtype=dtype, input=np.zeros(shape_in),
                        output=np.zeros(shape_out), residual=None,
                        display_input=np.zeros((2, 2, 3), np.uint8), display_output=None,
                        layouts=[lay])

@@ -12,6 +12,7 @@ from precompute import probes as P
 from precompute import shards
 from precompute import layout as L
 from precompute import store_create as SC
+from precompute.tile_store import open_tiles
 from precompute.local_tiles import LocalTileStore
 
 
@@ -26,7 +27,7 @@ def test_shards_are_byte_identical_to_zarr(tmp_path, name, window, shape_in, sha
     stores = {}
     for mode in ("zarr", "direct"):
         path = tmp_path / f"{mode}.zarr"
-        g = SC.create_store(path, attrs={}, dtype=dtype, input=np.zeros(shape_in),
+        g = SC.create_store(open_tiles(path), attrs={}, dtype=dtype, input=np.zeros(shape_in),
                            output=np.zeros(shape_out), residual=None,
                            display_input=np.zeros((2, 2, 3), np.uint8), display_output=None,
                            layouts=[lay])
@@ -73,7 +74,7 @@ def test_decode_shard_reads_what_zarr_reads(tmp_path, name, window, shape_in, sh
     lay = L.make_layout(name, window, tile, P.Selection(), shape_in, shape_out, 2.0, 0.0,
                         np.dtype(dtype).itemsize)
     path = tmp_path / "z.zarr"
-    g = SC.create_store(path, attrs={}, dtype=dtype, input=np.zeros(shape_in),
+    g = SC.create_store(open_tiles(path), attrs={}, dtype=dtype, input=np.zeros(shape_in),
                        output=np.zeros(shape_out), residual=None,
                        display_input=np.zeros((2, 2, 3), np.uint8), display_output=None,
                        layouts=[lay])

@@ -98,3 +98,59 @@ def test_only_the_local_tile_store_touches_local_files():
     found = sorted(f"{f.name}: {m.group(1)}" for f in (REPO / "precompute").rglob("*.py")
                    if f.name not in allowed for m in pattern.finditer(f.read_text()))
     assert not found, found
+
+
+def _opened_outside_the_seam(monkeypatch) -> list:
+    """Record every zarr group or array opened from a precompute module other than the tile
+    store's own (local_tiles, and integrity, its checksum reader)."""
+    import sys
+
+    import zarr
+
+    seam = {"precompute.local_tiles", "precompute.integrity"}
+    foreign: list = []
+
+    def watch(fn):
+        def opened(*a, **kw):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("precompute") and caller not in seam:
+                foreign.append((caller, fn.__name__, str(a[0]) if a else kw))
+            return fn(*a, **kw)
+        return opened
+
+    for name in ("open_group", "open_array", "open", "group", "create_group"):
+        monkeypatch.setattr(zarr, name, watch(getattr(zarr, name)))
+    return foreign
+
+
+def test_whole_f_analyses_and_summaries_open_stores_only_through_the_tile_store(tmp_path,
+                                                                                  monkeypatch):
+    """The SVD (its result and its resumable state), the classifier groups and the dataset
+    summary store are reached through the tile store too: no precompute module but the local
+    backend opens a store by its path."""
+    from precompute.models.digits import SHIPPED_WEIGHTS
+    from sweep_helpers import make_image, write_config
+
+    make_image(tmp_path / "img.png", 6, 6, seed=4)
+    svd_cfg = write_config(
+        tmp_path / "s.yaml", name="s", model={"arch": "bicubic", "scale": 2}, image="img.png",
+        dtype="float64", output=str(tmp_path / "out"),
+        analyses={"columns": False, "rows": False, "svd": {"k": 2, "operator": "network",
+                                                           "method": "block"}},
+    )
+    digits = REPO / "examples" / "images" / "digits"
+    cls_cfg = write_config(
+        tmp_path / "d.yaml", name="dg", model={"arch": "digits", "checkpoint": str(SHIPPED_WEIGHTS)},
+        dtype="float64", images=str(digits / "[38]-*.png"), output=str(tmp_path / "out"),
+        analyses={"classify": {"top_k": 2}},
+    )
+    foreign = _opened_outside_the_seam(monkeypatch)
+    log: list = []
+    with tile_store.backend(lambda p: Recording(p, log)):
+        r = cli("run", "-q", svd_cfg, cls_cfg)
+    assert r.exit_code == 0, r.output
+    assert foreign == []
+    assert (tmp_path / "out" / "dg.summary.zarr" / "zarr.json").is_file()
+    assert precompute.open_store(tmp_path / "out" / "s.zarr").attrs["analyses"]["svd"]
+    names = [n for n, _ in log]
+    assert names.count("create") == 4  # three stores and the summary, each created once
