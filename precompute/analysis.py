@@ -10,7 +10,7 @@ disk check), ``done`` (complete in the store), ``run`` (compute and write resuma
 ``precompute info`` shows its ``info_lines`` and ``precompute verify`` its ``verify_lines``.
 
 An analysis sees a :class:`RunContext`, the few facts of the run it reads, built from the
-pipeline's plan in one place (:func:`precompute.run.run_context`), never the plan itself.
+pipeline's plan in one place (:func:`precompute.run_plan.run_context`), never the plan itself.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class Estimate:
 
     def gate(self) -> int:
         """The run-time gate on the whole image (LinearInterpreter.check; a large image with a
-        bounded support checks its rules on small crops instead, precompute/run.py gate):
+        bounded support checks its rules on small crops instead, precompute/run_gate.py):
         f(x0), r and the reference f(x0) held throughout, then the larger of a pass of
         GATE_PROBES columns with two output-sized temporaries, and GATE_PROBES columns kept
         while rows are computed one at a time."""

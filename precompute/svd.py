@@ -42,7 +42,7 @@ POWER_CALLS_PER_TRIPLET = 2000  # default pass budget of Algorithm 1, per triple
 
 
 # ---------------------------------------------------------------------------------------------
-# The whole-F analysis `svd` of `precompute run` (protocol of precompute/run.py).
+# The whole-F analysis `svd` of `precompute run` (protocol of precompute/analysis.py).
 
 
 @dataclass(frozen=True)

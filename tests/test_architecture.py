@@ -31,7 +31,8 @@ PRECOMPUTE_LAYERS = [
                  "tile_store", "store", "writer", "stored_operator"}),
     ("analyses", {"analysis", "svd_solvers", "svd_state", "svd_gram", "svd", "classify",
                    "whole_f"}),
-    ("pipeline", {"inputs", "assemble", "sweep", "existing", "run"}),
+    ("pipeline", {"inputs", "assemble", "sweep", "existing", "run_plan", "run_gate", "run_probing",
+                  "run_describe", "run_stages", "run"}),
     ("front", {"report", "verify", "cli", ""}),
 ]
 
