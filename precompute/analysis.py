@@ -45,7 +45,7 @@ class RunContext:
     pending: frozenset         # analyses the config adds to, or changes in, the existing store
     device: torch.device
     config: object             # precompute.config.RunConfig: interpreter, precision, dtype, batch
-    prep: object               # precompute.inputs.Prepared: the model spec, x0 and its dtype
+    prep: object               # precompute.inputs.RunInput: the model spec, x0 and its dtype
     y0: torch.Tensor           # f(x0), (1, *out_shape)
     vector: bool               # a classifier (vector output)
     in_shape: tuple

@@ -13,7 +13,7 @@ from precompute import store as S
 from precompute import store_format
 from precompute.config import VALUE_KEYS
 from precompute.errors import UserError
-from precompute.inputs import Prepared
+from precompute.inputs import RunInput
 from precompute.text import fmt_bytes
 from precompute.tile_store import open_tiles
 from precompute.whole_f import REGISTRY
@@ -51,7 +51,7 @@ def whole_f_changes(attrs: dict, cfg: dict) -> tuple[list[str], list[str]]:
     return added, changed
 
 
-def mismatch(attrs: dict, cfg: dict, prep: Prepared) -> list[str]:
+def mismatch(attrs: dict, cfg: dict, prep: RunInput) -> list[str]:
     """Value-affecting differences between a store and the config now (batch, device and output
     may change between runs)."""
     diff = _value_diff(attrs.get("config", {}), cfg)

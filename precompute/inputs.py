@@ -68,8 +68,10 @@ def describe_device(device: torch.device) -> str:
 
 
 @dataclass
-class Prepared:
-    """Everything about (model, image) that the run and `verify` need."""
+class RunInput:
+    """Everything about (model, image) that the run and `verify` need: the model's spec, the
+    image as the model prepared it (``prepared``, a :class:`precompute.models.base.Prepared`),
+    x0 on the run's device and dtype, and the attributes recorded in the store."""
 
     spec: object
     prepared: object  # models.base.Prepared
@@ -185,8 +187,8 @@ def read_image(path: Path):
 
 
 def read_x0(spec, cfg: dict):
-    """The (cropped) image of a config dict made ready for ``spec``: (Prepared, crop, the EXIF
-    orientation applied).
+    """The (cropped) image of a config dict made ready for ``spec``: (models.base.Prepared, crop,
+    the EXIF orientation applied).
 
     Checks that the crop fits, that the model takes the size, and the channel count of x0."""
     from precompute.models import ModelError
@@ -221,7 +223,7 @@ def read_x0(spec, cfg: dict):
 
 
 def prepare(cfg: dict, base_dir: Path | None, device: torch.device,
-            random_weights: bool = False) -> Prepared:
+            random_weights: bool = False) -> RunInput:
     """Load the model and the (cropped) image of a resolved config dict (as stored in a store).
 
     Every problem (unknown model, bad checkpoint, unreadable image, crop outside the image, a
@@ -253,10 +255,10 @@ def prepare(cfg: dict, base_dir: Path | None, device: torch.device,
         "size": [int(x0.shape[2]), int(x0.shape[3])],
         "orientation": orientation,  # EXIF orientation applied before the crop (FORMAT.md)
     }
-    return Prepared(spec, prepared, x0, device, dtype, model_attrs, image_attrs)
+    return RunInput(spec, prepared, x0, device, dtype, model_attrs, image_attrs)
 
 
-def forward_checked(prep: Prepared) -> torch.Tensor:
+def forward_checked(prep: RunInput) -> torch.Tensor:
     """f(x0), turning a crash of the network on this input into one clear UserError."""
     try:
         with torch.no_grad():
@@ -275,7 +277,7 @@ def forward_checked(prep: Prepared) -> torch.Tensor:
 
 
 
-def check_memory(prep: Prepared, res) -> bool:
+def check_memory(prep: RunInput, res) -> bool:
     """Refuse, with the numbers, a run whose forward or smallest pass cannot fit in memory
     (:mod:`precompute.memory`); called before the first real forward. False when the model
     could not be estimated (it does not run on fake tensors): then the real forward decides."""
@@ -309,6 +311,6 @@ def check_images(res, always: bool = False) -> None:
         if tuple(x0.shape) in checked:
             continue
         checked.add(tuple(x0.shape))
-        prep = Prepared(spec, prepared, x0, device, dtype, {}, {})
+        prep = RunInput(spec, prepared, x0, device, dtype, {}, {})
         if not check_memory(prep, res):
             forward_checked(prep)  # the real forward names what is wrong with this size

@@ -22,7 +22,7 @@ from precompute import probes as P
 from precompute import layout as L
 from precompute.config import Resolved
 from precompute.engine import Engine
-from precompute.inputs import Prepared
+from precompute.inputs import RunInput
 from precompute.analysis import RunContext, WholeF
 from precompute.whole_f import REGISTRY
 from precompute.existing import whole_f_changes
@@ -69,7 +69,7 @@ class RunPlan:
     cfg: dict                      # the resolved config of this image (as stored)
     opts: Options
     device: torch.device
-    prep: Prepared
+    prep: RunInput
     y0: torch.Tensor               # f(x0), (1, *out_shape)
     vector: bool
     in_shape: tuple
