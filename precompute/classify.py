@@ -138,10 +138,6 @@ def analyse(model, x0: torch.Tensor, scores: torch.Tensor, top_k: int, rule: str
 # The store.
 
 
-def _group_complete(path: Path, name: str) -> bool:
-    return group_complete(open_tiles(path), name)
-
-
 def write_group(path: Path, name: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     """(Re)create group ``name`` of the store at ``path`` with ``arrays``, then mark it complete
     with one atomic write of its attributes (``complete: true`` last)."""
@@ -218,7 +214,7 @@ def _votes_batch(ctx: RunContext, K: int) -> int:
     the store was created (a resumed run repeats the same passes)."""
     if ctx.config.batch != "auto":
         return int(ctx.config.batch)
-    a = open_tiles(ctx.path).read_attrs().get("analyses", {}).get(GROUP, {})
+    a = ctx.tiles.read_attrs().get("analyses", {}).get(GROUP, {})
     return int(a.get("batch") or min(CPU_MAX_BATCH, K))
 
 
@@ -246,9 +242,9 @@ def describe(ctx: RunContext, cfg: ClassifyConfig) -> str:
 
 
 def done(ctx: RunContext, cfg: ClassifyConfig) -> bool:
-    if not _group_complete(ctx.path, GROUP):
+    if not group_complete(ctx.tiles, GROUP):
         return False
-    return cfg.adversarial is None or _group_complete(ctx.path, ADVERSARIAL)
+    return cfg.adversarial is None or group_complete(ctx.tiles, ADVERSARIAL)
 
 
 def run(ctx: RunContext, cfg: ClassifyConfig) -> float:
@@ -264,11 +260,11 @@ def run(ctx: RunContext, cfg: ClassifyConfig) -> float:
     labels = spec.labels or [str(k) for k in range(K)]
     common = {"labels": [str(v) for v in labels], "share_rule": SHARE_RULE}
     clean_top1 = top_labels(ctx.y0[0], 1)[0]
-    if not _group_complete(ctx.path, GROUP):
+    if not group_complete(ctx.tiles, GROUP):
         eng = Engine(_interpreter(ctx, x0, chunk), ctx.device, prep.dtype)
         res = analyse(model, x0, ctx.y0[0].detach(), top_k, rule, eng, chunk)
         write_group(ctx.path, GROUP, res.arrays, dict(res.attrs, **common))
-    if cfg.adversarial is not None and not _group_complete(ctx.path, ADVERSARIAL):
+    if cfg.adversarial is not None and not group_complete(ctx.tiles, ADVERSARIAL):
         from precompute.fgsm import fgsm
         from precompute.models.base import Prepared
 
@@ -322,7 +318,7 @@ def _collect(stores: list[Path], group: str) -> dict | None:
     by term name (terms in first-seen forward order); None if a store lacks the group."""
     rows, terms = [], []
     for p in stores:
-        if not _group_complete(p, group):
+        if not group_complete(open_tiles(p), group):
             return None
         g = open_tiles(p).group("r")[group]
         names = list(g.attrs["terms"])
@@ -493,7 +489,7 @@ def verify_lines(st, prep, tol: float) -> tuple[list[str], bool]:
     :meth:`LinearInterpreter.rows`, not the contributions pass), the terms and their sum."""
     from precompute.interpreter import LinearInterpreter
 
-    if not _group_complete(st.path, GROUP):
+    if not group_complete(st.tiles, GROUP):
         return [], True
     g = st.group[GROUP]
     rule = st.attrs["interpreter"]

@@ -213,7 +213,7 @@ def disk_bytes(ctx: RunContext, cfg) -> int:
 
 def describe(ctx: RunContext, cfg) -> str:
     p = resolve(ctx, cfg)
-    finished = ctx.exists and _complete(ctx.path) and "svd" not in ctx.pending
+    finished = ctx.exists and group_complete(ctx.tiles, "svd") and "svd" not in ctx.pending
     state = "already done" if finished else f"tolerance {p.tol:g}"
     if p.operator == "store":
         where = (f" on the F the store holds ({p.why}; sparse products, no network pass; the "
@@ -227,13 +227,9 @@ def describe(ctx: RunContext, cfg) -> str:
             f"{_method_text(p)}, {state}.")
 
 
-def _complete(path: Path) -> bool:
-    return group_complete(open_tiles(path), "svd")
-
-
 def done(ctx: RunContext, cfg) -> bool:
     resolve(ctx, cfg)  # refuse an impossible k before anything else
-    return ctx.exists and _complete(ctx.path)
+    return ctx.exists and group_complete(ctx.tiles, "svd")
 
 
 def solve(op: Operator, p: Plan, state: State | None = None, progress=None) -> Solution:
@@ -310,9 +306,10 @@ def run(ctx: RunContext, cfg) -> float:
                            batch=p.pass_size, exact=c.precision == "ieee")
     eng = Engine(li, ctx.device, ctx.prep.dtype)
     net = Operator.from_engine(eng, p.pass_size)
-    state = State(open_tiles(ctx.path),
+    tiles = ctx.tiles
+    state = State(tiles,
                   p.attrs() | {"dtype": p.dtype, "n": p.n, "N": p.N}, say=tell)
-    g = open_tiles(ctx.path).group("r+").require_group("svd")
+    g = tiles.group("r+").require_group("svd")
     if not g.attrs.get("complete"):
         g.attrs.put({"complete": False})
     bar, update = _progress_bar(p, quiet or p.method == "dense")
@@ -362,7 +359,7 @@ def _stored_operator(ctx: RunContext, cfg, p: Plan, tell):
     saying why the store does not hold all of F after all."""
     from precompute import stored_operator as SO
 
-    group = open_tiles(ctx.path).group("r")
+    group = ctx.tiles.group("r")
     try:
         stored, why = SO.load_if_whole(ctx.path, group, ctx.layouts, ctx.prep.dtype, ctx.device,
                                        prefer=p.source)

@@ -348,3 +348,46 @@ def test_terms_that_do_not_add_up_stop_the_analysis(monkeypatch):
     monkeypatch.setattr(classify, "decompose", missing_bn1)
     with pytest.raises(classify.UserError, match="do not add up to its score"):
         classify.analyse(net, x0, scores, 2, "freeze", eng, 10)
+
+
+def _two_digit_config(tmp_path):
+    return write_config(tmp_path / "d.yaml", name="dg",
+                        model={"arch": "digits", "checkpoint": str(SHIPPED_WEIGHTS)},
+                        images=str(IMAGES / "[38]-*.png"), dtype="float64",
+                        analyses={"classify": {"top_k": 2}}, output=str(tmp_path / "runs"))
+
+
+def test_a_folder_that_is_not_a_summary_is_never_replaced(tmp_path):
+    """The summary is written in place: something else under its name stays, with one line,
+    and the stores computed before are complete."""
+    cfg = _two_digit_config(tmp_path)
+    mine = tmp_path / "runs" / "dg.summary.zarr"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    r = cli("run", "-q", cfg)
+    assert r.exit_code == 2 and "Traceback" not in r.output + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a dataset summary: not replaced" in lines[0], r.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    stores = sorted((tmp_path / "runs").glob("dg-*.zarr"))
+    assert len(stores) == 2 and all(open_store(p).attrs["analyses"]["classify"] for p in stores)
+    assert all(zarr.open_group(str(p), mode="r")["classify"].attrs["complete"] for p in stores)
+
+
+def test_an_interrupted_summary_is_written_again_by_the_same_command(tmp_path):
+    """A summary killed while being written is left marked as being created (readers refuse
+    it in one line); the same command writes it whole, equal to an uninterrupted run's."""
+    cfg = _two_digit_config(tmp_path)
+    assert cli("run", "-q", cfg).exit_code == 0
+    out = tmp_path / "runs" / "dg.summary.zarr"
+    whole = zarr.open_group(str(out), mode="r")
+    expected = (dict(whole.attrs), whole["contributions"][...])
+    shutil.rmtree(out)
+    zarr.open_group(str(out), mode="w", attributes={"linearscope_creating": True})
+    info = cli("info", out)
+    assert info.exit_code == 2 and "still being created" in info.stderr
+    r = cli("run", "-q", cfg)
+    assert r.exit_code == 0, r.stderr
+    again = zarr.open_group(str(out), mode="r")
+    assert dict(again.attrs) == expected[0]
+    np.testing.assert_array_equal(again["contributions"][...], expected[1])
